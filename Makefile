@@ -1,0 +1,108 @@
+# Galaxy morphology service. `make serve` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Training / evaluation
+MODEL ?= b0
+DATA ?= data/synthetic.h5
+EPOCHS ?=
+OUT ?= runs/$(MODEL)
+RUN ?= runs/demo
+# Serving
+TS_HOST ?= 127.0.0.1
+TS_INFERENCE_PORT ?= 8080
+TS_MANAGEMENT_PORT ?= 8081
+TS_METRICS_PORT ?= 8082
+DASHBOARD_PORT ?= 8501
+VERSION ?=
+export TS_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT DASHBOARD_PORT
+
+.PHONY: help setup java browser test data demo-data demo-models train evaluate archive serve stop \
+        dashboard bench bench-train classify clean
+
+help:
+	@echo "make serve        set up, build demo models if none, start TorchServe + dashboard"
+	@echo "make test         set up, run the test suite"
+	@echo "make stop         stop TorchServe and the dashboard"
+	@echo "make data         download Galaxy10_DECals.h5 (2.54 GB) into data/"
+	@echo "make demo-data    generate data/synthetic.h5"
+	@echo "make demo-models  train b0 and b2 briefly on synthetic data into runs/demo"
+	@echo "make train MODEL=b0|b2 DATA=path [EPOCHS=n] [OUT=dir]"
+	@echo "make evaluate RUN=dir [DATA=path]"
+	@echo "make archive [RUN=runs/demo] [VERSION=x]   build model_store/*.mar and the .war"
+	@echo "make bench | bench-train | classify INPUT=... OUT=catalog.csv [MODEL=galaxy-ensemble]"
+
+setup: $(STAMP) java
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# TorchServe's frontend is Java 17.
+java:
+	@if java -version 2>&1 | grep -qE 'version "(1[7-9]|2[0-9])'; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Java 17 (openjdk-17-jre-headless)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; \
+	else echo "TorchServe needs Java 17: sudo apt-get install -y openjdk-17-jre-headless" >&2; exit 1; fi
+
+# The browser test drives Debian's Chromium (Playwright's own browser download cannot work offline).
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "the browser test needs Chromium: sudo apt-get install -y chromium" >&2; exit 1; fi
+
+test: setup browser
+	$(PY) -m pytest -q
+
+data: setup
+	$(PY) -m training.download --out data/Galaxy10_DECals.h5
+
+demo-data: setup data/synthetic.h5
+data/synthetic.h5:
+	$(PY) -m galaxy_morph.synthetic --out $@
+
+demo-models: setup data/synthetic.h5
+	$(PY) -m training.demo --data data/synthetic.h5 --out runs/demo
+
+train: setup
+	$(PY) -m training.train --model $(MODEL) --data $(DATA) --out $(OUT) $(if $(EPOCHS),--epochs $(EPOCHS))
+
+evaluate: setup
+	$(PY) -m training.evaluate --run $(RUN) $(if $(filter command line,$(origin DATA)),--data $(DATA))
+
+archive: setup
+	$(PY) -m handlers.archive --run $(RUN) --store model_store $(if $(VERSION),--version $(VERSION))
+
+serve: setup
+	scripts/serve.sh
+
+stop:
+	scripts/stop.sh
+
+dashboard: setup
+	scripts/dashboard.sh
+
+bench: setup
+	$(PY) -m bench.serving
+
+bench-train: setup
+	$(PY) -m bench.training
+
+INPUT ?=
+CATALOG ?= catalog.csv
+classify: setup
+	$(PY) -m galaxy_morph.bulk --input "$(INPUT)" --out "$(if $(filter command line,$(origin OUT)),$(OUT),$(CATALOG))" \
+		--model $(if $(filter command line,$(origin MODEL)),$(MODEL),galaxy-ensemble) $(if $(SERVERS),--servers $(SERVERS))
+
+clean:
+	rm -rf runs logs model_store/*.mar model_store/*.war

@@ -1,0 +1,64 @@
+"""Decoding untrusted image bytes into RGB PIL images, with errors that say what was wrong.
+
+Shared by the TorchServe handlers, the bulk classifier and the dashboard, so that every entry
+point accepts and refuses the same inputs: JPEG or PNG, 8 or 16 bit, greyscale, RGB or RGBA.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+MAX_PIXELS = 4096 * 4096  # Galaxy cutouts are ~256 px; a bigger image is a mistake or an attack
+ALLOWED_FORMATS = ("JPEG", "PNG")
+
+
+class ImageError(ValueError):
+    """Bytes that cannot be used as an image; the message is safe to show a client."""
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    if not data:
+        raise ImageError("empty image: the request carried no bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombWarning:
+        raise ImageError(f"image too large: over {max_pixels} pixels") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"image too large: over {max_pixels} pixels") from None
+    except Exception:
+        raise ImageError("not an image: expected JPEG or PNG bytes") from None
+    if img.format not in ALLOWED_FORMATS:
+        raise ImageError(f"unsupported image format {img.format}: send JPEG or PNG")
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(f"image too large: {w}x{h} is over the limit of {max_pixels} pixels")
+    if w < 8 or h < 8:
+        raise ImageError(f"image too small: {w}x{h}, need at least 8x8 pixels")
+    try:
+        img.load()
+    except Exception:
+        raise ImageError("truncated or corrupt image: the bytes end before the image does") from None
+    return to_rgb8(img)
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; 16-bit images are scaled, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        img = Image.fromarray(((arr - lo) / ((hi - lo) or 1.0) * 255.0).astype(np.uint8))
+    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on black: the sky behind a transparent cutout is dark, not white.
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(bg, rgba)
+    return img.convert("RGB")
