@@ -1,0 +1,73 @@
+"""Model card page: what the server really runs, from the describe API (?customized=true)."""
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard import common, views
+
+st.title("Model card")
+s = common.settings()
+
+with common.guard():
+    descs, defaults = common.descriptions(s["management_url"])
+if not descs:
+    st.info("No models registered.")
+    st.stop()
+
+models = sorted(descs, key=lambda m: (not m.startswith("galaxy-"), m))
+c1, c2 = st.columns(2)
+model = c1.selectbox("Model", models, key="card_model")
+versions = [d.get("modelVersion") for d in descs[model]]
+version = c2.selectbox("Version", versions, key="card_version",
+                       index=versions.index(defaults[model]) if defaults.get(model) in versions else 0)
+
+with common.guard():
+    card = views.card_of(common.card(s["management_url"], model, version))
+if not card:
+    st.info(f"{model} {version} returns no model card from its handler.")
+    st.stop()
+
+info = views.card_summary(card)
+acc, macro, date, data = info["accuracy"], info["macro_f1"], info["trained_at"], info["data"]
+a, b, c, d = st.columns(4)
+a.metric("Version", str(version) + (" (default)" if version == defaults.get(model) else ""))
+b.metric(f"{info['accuracy_kind'].capitalize()} accuracy",
+         f"{acc:.1%}" if isinstance(acc, (int, float)) else "n/a")
+c.metric("Macro F1", f"{macro:.3f}" if isinstance(macro, (int, float)) else "n/a")
+d.metric("Trained", str(date)[:10] if date else "n/a", help=str(date) if date else None)
+if info["note"]:
+    st.caption(info["note"])
+
+st.subheader("Training data")
+if isinstance(data, dict) and data:
+    st.dataframe(pd.DataFrame([{"field": k, "value": str(v)} for k, v in data.items()]),
+                 hide_index=True)
+else:
+    st.write(data or "not recorded")
+
+if info["per_class"]:
+    st.subheader("Per-class scores (test)")
+    st.dataframe(views.per_class_table(info["per_class"]), hide_index=True,
+                 column_config={k: st.column_config.NumberColumn(format="%.3f")
+                                for k in ("precision", "recall", "f1")})
+
+if info["confusion_matrix"] is not None:
+    st.subheader("Confusion matrix (rows: true, columns: predicted)")
+    names = list(info["class_names"])
+    frame = views.confusion_frame(info["confusion_matrix"], names)
+    base = alt.Chart(frame).encode(x=alt.X("predicted:N", sort=names), y=alt.Y("true:N", sort=names))
+    chart = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")),
+                                    tooltip=["true", "predicted", "count"])
+    text = base.mark_text(fontSize=10).encode(text="count:Q")
+    st.altair_chart(chart + text, width="stretch")
+
+if info["ensemble"]:
+    st.subheader("B0, B2 and the ensemble rules (evaluation report)")
+    table = views.comparison_table(info["ensemble"])
+    if table.empty:
+        st.json(info["ensemble"], expanded=False)
+    else:
+        st.dataframe(table, hide_index=True)
+
+with st.expander("Full model card (JSON)"):
+    st.json(card)
