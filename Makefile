@@ -21,7 +21,7 @@ DASHBOARD_PORT ?= 8501
 VERSION ?=
 export TS_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT DASHBOARD_PORT
 
-.PHONY: help setup java browser test data demo-data demo-models train evaluate archive serve stop \
+.PHONY: help setup java browser test data demo-data demo-models train evaluate archive serve stop versions \
         dashboard bench bench-train classify clean
 
 help:
@@ -84,10 +84,14 @@ archive: setup
 	$(PY) -m handlers.archive --run $(RUN) --store model_store $(if $(VERSION),--version $(VERSION))
 
 serve: setup
-	scripts/serve.sh
+	RUN=$(RUN) scripts/serve.sh
 
 stop:
 	scripts/stop.sh
+
+# make versions ARGS="set-default galaxy-b0 2.0" (see scripts/versions.sh)
+versions: setup
+	scripts/versions.sh $(ARGS)
 
 dashboard: setup
 	scripts/dashboard.sh

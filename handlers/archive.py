@@ -1,0 +1,196 @@
+"""Build the TorchServe archives from checkpoint folders.
+
+    python -m handlers.archive --run runs/demo --store model_store [--version V] [--models b0,b2]
+                               [--no-workflow] [--versioned-name]
+
+For each model M in --models, RUN/M must hold a checkpoint (model.pt + meta.json from
+galaxy_morph.models.save_checkpoint); RUN/M/report.json and RUN/report.json (evaluation) are used
+when present. Writes STORE/galaxy-M.mar (STORE/galaxy-M-vV.mar with --versioned-name, for
+registering a new version next to the served one) containing the handler, the core package, the
+checkpoint, index_to_name.json, model_card.json and model-config.yaml, and then
+STORE/galaxy-ensemble.war (workflow pre -> (b0, b2) -> ensemble over the two .mar files).
+The version is --version, else the checkpoint's meta "version", else 1.0.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+import galaxy_morph
+from galaxy_morph.data import file_sha256
+from galaxy_morph.models import META_FILE, WEIGHTS_FILE, read_meta
+
+HANDLERS = Path(__file__).resolve().parent
+MODEL_PREFIX = "galaxy-"
+WORKFLOW_NAME = "galaxy-ensemble"
+MODELS = ("b0", "b2")
+
+# Serving defaults per model (model-config.yaml). Batches of up to 8 images wait at most 50 ms:
+# on CPU a batch of 8 costs far less than 8 single calls, and 50 ms is small next to inference.
+# One worker per model: the models are CPU-bound and the machine has few cores.
+MODEL_CONFIG = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 50,
+                "responseTimeout": 120, "startupTimeout": 120}
+# Grad-CAM layer per model: B0's last stage is 4x4 at 128 px, features.5 is 8x8.
+CAM_LAYERS = {"b0": "features.5"}
+# TorchServe 0.12 queues a workflow node's job before it attaches the promise that receives the
+# answer (DagExecutor.invokeModel), so a node that answers within that gap is never heard and the
+# request waits for timeout-ms, then retries. Short node timeouts with retries bound that stall
+# (the function nodes also wait a few ms before answering: handlers/workflow.py).
+WORKFLOW_MODELS = {"min-workers": 1, "max-workers": 1, "batch-size": 8, "max-batch-delay": 50,
+                   "retry-attempts": 3, "timeout-ms": 5000}
+WORKFLOW_MODEL_NODE = {"timeout-ms": 30000}  # b0/b2 nodes: inference may take seconds under load
+
+
+def model_name(m: str) -> str:
+    return f"{MODEL_PREFIX}{m}"
+
+
+def _tool(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else name
+
+
+def _private_tmp(tmp: Path) -> dict:
+    """The archivers stage files in $TMPDIR/<name>: give each build its own, so that two builds
+    of the same model (tests running side by side) do not delete each other's files."""
+    return {**os.environ, "TMPDIR": str(tmp), "TEMP": str(tmp), "TMP": str(tmp)}
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def val_f1(ckpt: Path, meta: dict):
+    report = _read_json(ckpt / "report.json") or {}
+    return report.get("val_per_class_f1") or (meta.get("metrics") or {}).get("val_per_class_f1")
+
+
+def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path) -> dict:
+    """What a user should know about the served model, from its meta and evaluation reports."""
+    report = _read_json(ckpt / "report.json")
+    run_report = _read_json(run / "report.json")
+    card = {
+        "model": name, "version": version, "spec": meta.get("spec"),
+        "class_names": meta.get("class_names"), "trained_at": meta.get("saved_at"),
+        "archived_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "training_data": meta.get("data"), "split_file": meta.get("split_file"),
+        "hparams": meta.get("hparams"), "epoch": meta.get("epoch"),
+        "metrics": meta.get("metrics"),
+        "weights_sha256": file_sha256(ckpt / WEIGHTS_FILE),
+        "val_per_class_f1": val_f1(ckpt, meta),
+    }
+    card["evaluated"] = bool(report)  # (TorchServe drops null fields from describe output)
+    if report:
+        card["test"] = {k: report[k] for k in ("accuracy", "macro_f1", "per_class",
+                                               "confusion_matrix", "split", "n") if k in report}
+        card["test"]["per_class_f1"] = {c: v.get("f1") for c, v in
+                                        (report.get("per_class") or {}).items()}
+    else:
+        card["test"] = None
+        card["note"] = "no evaluation report (RUN/M/report.json) when this archive was built"
+    if run_report:
+        card["ensemble_comparison"] = run_report
+    return card
+
+
+def build_model_archive(run: Path, m: str, store: Path, version: str | None = None,
+                        versioned_name: bool = False) -> Path:
+    ckpt = run / m
+    meta = read_meta(ckpt)
+    if not (ckpt / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"no checkpoint weights at {ckpt / WEIGHTS_FILE}")
+    version = str(version or meta.get("version") or "1.0")
+    name = model_name(m)
+    file_stem = f"{name}-v{version}" if versioned_name else name
+    store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+        tmp = Path(tmp)
+        extra = tmp / "extra"
+        extra.mkdir()
+        shutil.copy2(ckpt / WEIGHTS_FILE, extra / WEIGHTS_FILE)
+        shutil.copy2(ckpt / META_FILE, extra / META_FILE)
+        shutil.copytree(Path(galaxy_morph.__file__).parent, extra / "galaxy_morph",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        names = meta["class_names"]
+        (extra / "index_to_name.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
+        (extra / "model_card.json").write_text(json.dumps(model_card(name, version, ckpt, meta, run),
+                                                          indent=1, default=str))
+        config = dict(MODEL_CONFIG)
+        config["handler"] = {"spec": meta["spec"]["name"]}
+        if m in CAM_LAYERS:
+            config["handler"]["cam_layer"] = CAM_LAYERS[m]
+        (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        cmd = [_tool("torch-model-archiver"), "--model-name", name, "--version", version,
+               "--handler", str(HANDLERS / "galaxy_handler.py"), "--extra-files", str(extra),
+               "--config-file", str(tmp / "model-config.yaml"), "--export-path", str(tmp), "-f"]
+        subprocess.run(cmd, check=True, env=_private_tmp(tmp))
+        out = store / f"{file_stem}.mar"
+        shutil.move(str(tmp / f"{name}.mar"), out)
+    return out
+
+
+def build_workflow_archive(store: Path, urls: dict, f1: dict | None = None,
+                           versions: dict | None = None, name: str = WORKFLOW_NAME) -> Path:
+    """galaxy-ensemble.war over the .mar files `urls` {"b0": "galaxy-b0.mar", "b2": ...}."""
+    store.mkdir(parents=True, exist_ok=True)
+    spec = {"models": {**WORKFLOW_MODELS, **{m: {"url": urls[m], **WORKFLOW_MODEL_NODE} for m in MODELS}},
+            "dag": {"pre": list(MODELS), "b0": ["ensemble"], "b2": ["ensemble"]}}
+    settings = {"name": name, "models": {m: {"url": urls[m], "version": (versions or {}).get(m)}
+                                         for m in MODELS},
+                "val_per_class_f1": {m: (f1 or {}).get(m) for m in MODELS}}
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
+        tmp = Path(tmp)
+        (tmp / "workflow.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        (tmp / "ensemble.json").write_text(json.dumps(settings, indent=1))
+        cmd = [_tool("torch-workflow-archiver"), "--workflow-name", name,
+               "--spec-file", str(tmp / "workflow.yaml"), "--handler", str(HANDLERS / "workflow.py"),
+               "--extra-files", f"{HANDLERS / 'galaxy_handler.py'},{tmp / 'ensemble.json'}",
+               "--export-path", str(store), "-f"]
+        subprocess.run(cmd, check=True, env=_private_tmp(tmp))
+    return store / f"{name}.war"
+
+
+def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_name=False) -> list[Path]:
+    run, store = Path(run), Path(store)
+    built = [build_model_archive(run, m, store, version, versioned_name) for m in models]
+    if workflow:
+        if set(models) != set(MODELS):
+            raise SystemExit("the workflow needs both b0 and b2: add --no-workflow")
+        metas = {m: read_meta(run / m) for m in MODELS}
+        built.append(build_workflow_archive(
+            store, {m: p.name for m, p in zip(models, built)},
+            f1={m: val_f1(run / m, metas[m]) for m in MODELS},
+            versions={m: str(version or metas[m].get("version") or "1.0") for m in MODELS}))
+    return built
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/demo", help="folder with b0/ and b2/ checkpoints")
+    ap.add_argument("--store", default="model_store", help="where the .mar/.war files go")
+    ap.add_argument("--version", default=None, help="archive version (default: checkpoint meta)")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: b0,b2")
+    ap.add_argument("--no-workflow", action="store_true", help="skip galaxy-ensemble.war")
+    ap.add_argument("--versioned-name", action="store_true",
+                    help="write galaxy-M-vVERSION.mar instead of galaxy-M.mar")
+    args = ap.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in MODELS:
+            ap.error(f"unknown model {m!r}: choose from {', '.join(MODELS)}")
+    for p in build_all(args.run, args.store, args.version, models, not args.no_workflow,
+                       args.versioned_name):
+        print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

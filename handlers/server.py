@@ -1,0 +1,393 @@
+"""Start, watch and stop a TorchServe instance (used by scripts/serve.sh, scripts/stop.sh, tests).
+
+    python -m handlers.server start [--store model_store] [--workdir .] [--no-workflow]
+    python -m handlers.server status [--workdir .]
+    python -m handlers.server stop [--workdir .]
+
+`start` renders config.properties into WORKDIR/logs/config.properties (ports from
+TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, TS_GRPC_INFERENCE_PORT,
+TS_GRPC_MANAGEMENT_PORT; the absolute model store in allowed_urls), starts the Java frontend in
+the background with WORKDIR as its working directory (so key_file.json lands there), waits until
+/ping answers and every worker is READY, registers the galaxy-ensemble workflow, and writes
+WORKDIR/logs/torchserve.pid (JSON: pid, ports, paths). `stop` ends the whole process group.
+
+The `torchserve` CLI is not used: it keeps one global pid file in /tmp, so a second instance
+(tests, benchmarks, another user) would refuse to start or stop the wrong one. Each instance also
+gets its own java.io.tmpdir, where TorchServe puts its worker sockets (/tmp/.ts.sock.9000 ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "config.properties"
+HOST = "127.0.0.1"
+MODELS = ("galaxy-b0.mar", "galaxy-b2.mar")
+WORKFLOW = "galaxy-ensemble.war"
+PORT_ENV = {"inference": ("TS_INFERENCE_PORT", 8080), "management": ("TS_MANAGEMENT_PORT", 8081),
+            "metrics": ("TS_METRICS_PORT", 8082),
+            "grpc_inference": ("TS_GRPC_INFERENCE_PORT", 7070),
+            "grpc_management": ("TS_GRPC_MANAGEMENT_PORT", 7071)}
+PID_FILE = "torchserve.pid"
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+@dataclass
+class Server:
+    """A running TorchServe: URLs, paths and the keys from its key_file.json."""
+
+    pid: int
+    workdir: Path
+    model_store: Path
+    log_dir: Path
+    ports: dict = field(default_factory=dict)
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://{HOST}:{self.ports['inference']}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{HOST}:{self.ports['management']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{HOST}:{self.ports['metrics']}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.workdir / "key_file.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.log_dir / PID_FILE
+
+    def keys(self) -> dict:
+        return json.loads(self.key_file.read_text())
+
+    def inference_key(self) -> str:
+        return self.keys()["inference"]["key"]
+
+    def management_key(self) -> str:
+        return self.keys()["management"]["key"]
+
+    def api_key(self) -> str:
+        return self.keys()["API"]["key"]
+
+    def auth(self, kind: str = "inference") -> dict:
+        key = self.inference_key() if kind == "inference" else self.management_key()
+        return {"Authorization": f"Bearer {key}"}
+
+    def alive(self) -> bool:
+        return _alive(self.pid)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.update(workdir=str(self.workdir), model_store=str(self.model_store), log_dir=str(self.log_dir))
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Server":
+        d = json.loads(text)
+        return cls(pid=d["pid"], workdir=Path(d["workdir"]), model_store=Path(d["model_store"]),
+                   log_dir=Path(d["log_dir"]), ports=d["ports"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((HOST, port)) == 0
+
+
+def env_ports() -> dict:
+    return {k: int(os.environ.get(var) or default) for k, (var, default) in PORT_ENV.items()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie child still "exists"
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _regex_path(path: Path) -> str:
+    """An absolute path as a regex without backslashes (Java properties files eat them)."""
+    return "".join(f"[{c}]" if c in ".+*?()|{}$^" else c for c in str(path))
+
+
+def render_config(out: Path, ports: dict, model_store: Path, models=MODELS,
+                  template: Path = TEMPLATE) -> Path:
+    """The template with this run's ports, model store and start-up models."""
+    store = model_store.resolve()
+    overrides = {
+        "inference_address": f"http://{HOST}:{ports['inference']}",
+        "management_address": f"http://{HOST}:{ports['management']}",
+        "metrics_address": f"http://{HOST}:{ports['metrics']}",
+        "grpc_inference_port": str(ports["grpc_inference"]),
+        "grpc_management_port": str(ports["grpc_management"]),
+        "model_store": str(store), "workflow_store": str(store),
+        "allowed_urls": f"file://{_regex_path(store)}/[^/]+[.](mar|war)",
+        "load_models": ",".join(models),
+    }
+    lines, seen = [], set()
+    for line in template.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if not line.lstrip().startswith("#") and "=" in line and key in overrides:
+            line = f"{key}={overrides[key]}"
+            seen.add(key)
+        lines.append(line)
+    lines += [f"{k}={v}" for k, v in overrides.items() if k not in seen and v]
+    if not models:
+        lines = [l for l in lines if not l.startswith("load_models=")]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def java_command(config: Path, model_store: Path, tmp_dir: Path, log_dir: Path) -> list[str]:
+    """What `torchserve --start --ncs` runs, with this instance's temp and log folders."""
+    import ts
+
+    ts_home = Path(ts.__file__).resolve().parent.parent
+    java = str(Path(os.environ["JAVA_HOME"]) / "bin" / "java") if os.environ.get("JAVA_HOME") else "java"
+    vmargs = []
+    for line in config.read_text().splitlines():
+        if line.startswith("vmargs="):
+            vmargs = line.split("=", 1)[1].split()
+    return [java, f"-Dmodel_server_home={ts_home}", f"-Djava.io.tmpdir={tmp_dir}",
+            f"-Dlog_location={log_dir}", f"-Dmetrics_location={log_dir}", *vmargs,
+            "-cp", f".:{ts_home / 'ts' / 'frontend' / '*'}", "org.pytorch.serve.ModelServer",
+            "--python", sys.executable, "-f", str(config), "-s", str(model_store.resolve()),
+            "-w", str(model_store.resolve()), "-ncs"]
+
+
+def read_pid_file(workdir: Path, log_dir: Path | None = None) -> Server | None:
+    path = (log_dir or Path(workdir) / "logs") / PID_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Server.from_json(path.read_text())
+    except (ValueError, KeyError):
+        return None
+
+
+def status(workdir=REPO, log_dir=None) -> Server | None:
+    """The server recorded in the pid file, if its process is still alive."""
+    server = read_pid_file(Path(workdir), log_dir)
+    return server if server is not None and server.alive() else None
+
+
+def _get(url, headers=None, timeout=5.0):
+    try:
+        return requests.get(url, headers=headers, timeout=timeout)
+    except requests.RequestException:
+        return None
+
+
+def wait_ready(server: Server, names, timeout: float = 300.0, proc=None) -> dict:
+    """Wait until /ping answers and every version of each model has a READY worker.
+
+    Returns {name: seconds from the call until its workers were READY}.
+    """
+    t0 = time.time()
+    deadline = t0 + timeout
+    ready = {}
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"TorchServe exited with {proc.returncode}; see {server.log_dir}")
+        if server.key_file.is_file():
+            try:
+                ping = _get(server.inference_url + "/ping", server.auth("inference"))
+            except (ValueError, KeyError):
+                ping = None  # key file half written
+            if ping is not None and ping.status_code == 200:
+                for name in names:
+                    if name in ready:
+                        continue
+                    r = _get(f"{server.management_url}/models/{name}", server.auth("management"))
+                    if r is not None and r.status_code == 200:
+                        versions = r.json()
+                        if versions and all(v.get("workers") and all(
+                                w.get("status") == "READY" for w in v["workers"]) for v in versions):
+                            ready[name] = round(time.time() - t0, 1)
+                if len(ready) == len(names):
+                    return ready
+        time.sleep(0.5)
+    raise ServerError(f"not READY after {timeout:.0f} s (ready: {ready or 'none'}); see {server.log_dir}")
+
+
+def register_workflow(server: Server, war: str = WORKFLOW, timeout: float = 300.0) -> dict:
+    r = requests.post(f"{server.management_url}/workflows", params={"url": war},
+                      headers=server.auth("management"), timeout=timeout)
+    if r.status_code != 200:
+        raise ServerError(f"registering workflow {war} failed: HTTP {r.status_code} {r.text}")
+    return r.json()
+
+
+def unregister_workflow(server: Server, name: str, timeout: float = 120.0) -> bool:
+    r = requests.delete(f"{server.management_url}/workflows/{name}",
+                        headers=server.auth("management"), timeout=timeout)
+    return r.status_code == 200
+
+
+def workflow_model_names(war_name: str = WORKFLOW) -> list[str]:
+    stem = war_name.rsplit(".", 1)[0]
+    return [f"{stem}__{n}" for n in ("pre", "b0", "b2", "ensemble")]
+
+
+def start(model_store=REPO / "model_store", workdir=REPO, ports: dict | None = None,
+          models=MODELS, workflow: str | None = WORKFLOW, log_dir=None,
+          timeout: float = 300.0, template: Path = TEMPLATE, quiet: bool = False) -> Server:
+    """Start TorchServe in the background and return once everything answers."""
+    workdir, model_store = Path(workdir).resolve(), Path(model_store).resolve()
+    log_dir = Path(log_dir or workdir / "logs").resolve()
+    running = status(workdir, log_dir)
+    if running is not None:
+        raise ServerError(f"already running (pid {running.pid}, {running.inference_url})")
+    ports = {**env_ports(), **(ports or {})}
+    busy = [f"{k} {p}" for k, p in ports.items() if port_in_use(p)]
+    if busy:
+        raise ServerError(f"port(s) in use on {HOST}: {', '.join(busy)}")
+    missing = [m for m in list(models) + ([workflow] if workflow else []) if not (model_store / m).is_file()]
+    if missing:
+        raise ServerError(f"missing in {model_store}: {', '.join(missing)} (run make archive)")
+    tmp_dir = log_dir / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    config = render_config(log_dir / "config.properties", ports, model_store, models, template)
+    key_file = workdir / "key_file.json"
+    if key_file.exists():
+        key_file.unlink()  # a stale one from a killed run would hold old keys
+    env = {**os.environ, "TMPDIR": str(tmp_dir), "TEMP": str(tmp_dir)}
+    t0 = time.time()
+    with open(log_dir / "torchserve.out", "ab") as out:
+        proc = subprocess.Popen(java_command(config, model_store, tmp_dir, log_dir), cwd=workdir,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+    server = Server(pid=proc.pid, workdir=workdir, model_store=model_store, log_dir=log_dir, ports=ports)
+    server.pid_file.write_text(server.to_json())
+    try:
+        names = [m.rsplit(".", 1)[0] for m in models]
+        times = wait_ready(server, names, timeout, proc) if names else {}
+        if not quiet:
+            print(f"models READY after {', '.join(f'{n} {s} s' for n, s in times.items())}")
+        if workflow:
+            t1 = time.time()
+            register_workflow(server, workflow, timeout)
+            wait_ready(server, workflow_model_names(workflow), timeout, proc)
+            if not quiet:
+                print(f"workflow {workflow} registered and READY in {time.time() - t1:.1f} s")
+    except BaseException:
+        stop(workdir, log_dir)
+        raise
+    if not quiet:
+        print(f"TorchServe up in {time.time() - t0:.1f} s (pid {proc.pid})")
+    return server
+
+
+def stop(workdir=REPO, log_dir=None, timeout: float = 30.0) -> bool:
+    """Stop the instance recorded in the pid file (its whole process group). True if one ran."""
+    workdir = Path(workdir).resolve()
+    server = read_pid_file(workdir, log_dir)
+    if server is None:
+        return False
+    was_alive = server.alive()
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            os.kill(server.pid, sig)
+        deadline = time.time() + wait
+        while time.time() < deadline and _group_alive(server.pid):
+            _reap(server.pid)
+            time.sleep(0.2)
+        if not _group_alive(server.pid):
+            break
+    _reap(server.pid)
+    server.pid_file.unlink(missing_ok=True)
+    if server.key_file.exists():
+        server.key_file.unlink()
+    return was_alive
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Only zombies left (children of a launcher that has not reaped them) count as stopped.
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _reap(pid: int):
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=("start", "stop", "status"))
+    ap.add_argument("--store", default=str(REPO / "model_store"), help="model store folder")
+    ap.add_argument("--workdir", default=str(REPO), help="working directory (key_file.json lands here)")
+    ap.add_argument("--log-dir", default=None, help="default: WORKDIR/logs")
+    ap.add_argument("--no-workflow", action="store_true", help="do not register galaxy-ensemble")
+    ap.add_argument("--timeout", type=float, default=300.0)
+    args = ap.parse_args(argv)
+    if args.command == "start":
+        try:
+            s = start(args.store, args.workdir, workflow=None if args.no_workflow else WORKFLOW,
+                      log_dir=args.log_dir, timeout=args.timeout)
+        except ServerError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"inference  {s.inference_url}\nmanagement {s.management_url}\n"
+              f"metrics    {s.metrics_url}/metrics\nkeys       {s.key_file}\nlogs       {s.log_dir}")
+        return 0
+    if args.command == "stop":
+        print("stopped" if stop(args.workdir, args.log_dir) else "not running")
+        return 0
+    s = status(args.workdir, args.log_dir)
+    if s is None:
+        print("not running")
+        return 3
+    print(f"running: pid {s.pid}, {s.inference_url}, keys {s.key_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

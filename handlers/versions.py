@@ -1,0 +1,163 @@
+"""Model version management for a running TorchServe (what scripts/versions.sh runs).
+
+    python -m handlers.versions list [galaxy-b0 ...]
+    python -m handlers.versions register galaxy-b0-v2.0.mar [--workers 1]
+    python -m handlers.versions set-default galaxy-b0 2.0
+    python -m handlers.versions rollback galaxy-b0 [--to 1.0]
+    python -m handlers.versions unregister galaxy-b0 2.0
+    python -m handlers.versions refresh-workflow [--store model_store]
+
+Options: --key-file (default ./key_file.json), --management-url (default
+http://127.0.0.1:$TS_MANAGEMENT_PORT). Build a new version's archive first with
+`python -m handlers.archive --run DIR --models b0 --version 2.0 --versioned-name --no-workflow`.
+
+The workflow keeps its own copies of the models (galaxy-ensemble__b0, __b2) and does not follow
+set-default: `refresh-workflow` rebuilds galaxy-ensemble.war over the current default version of
+galaxy-b0 and galaxy-b2 (their model-store files, their per-class F1 from the model cards) and
+re-registers it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS = ("galaxy-b0", "galaxy-b2")
+WORKFLOW = "galaxy-ensemble"
+
+
+class VersionError(RuntimeError):
+    pass
+
+
+class Management:
+    """The few management calls version handling needs, with the management key."""
+
+    def __init__(self, url: str, key_file: str | os.PathLike, timeout: float = 300.0):
+        self.url, self.key_file, self.timeout = url.rstrip("/"), Path(key_file), timeout
+
+    def _headers(self):
+        if not self.key_file.is_file():
+            raise VersionError(f"no key file at {self.key_file}: is TorchServe running (make serve)?")
+        return {"Authorization": f"Bearer {json.loads(self.key_file.read_text())['management']['key']}"}
+
+    def call(self, method: str, path: str, **params):
+        r = requests.request(method, self.url + path, params=params or None,
+                             headers=self._headers(), timeout=self.timeout)
+        if r.status_code != 200:
+            try:
+                msg = r.json().get("message", r.text)
+            except ValueError:
+                msg = r.text
+            raise VersionError(f"{method} {path}: HTTP {r.status_code}: {msg}")
+        return r.json()
+
+    def versions(self, name: str) -> list[dict]:
+        """Every registered version of a model, the default one flagged."""
+        default = self.call("GET", f"/models/{name}")[0]["modelVersion"]
+        return [{"version": v["modelVersion"], "url": v["modelUrl"], "default": v["modelVersion"] == default,
+                 "workers": [w["status"] for w in v.get("workers", [])]}
+                for v in self.call("GET", f"/models/{name}/all")]
+
+    def register(self, url: str, workers: int = 1) -> dict:
+        return self.call("POST", "/models", url=url, initial_workers=workers, synchronous="true")
+
+    def set_default(self, name: str, version: str) -> dict:
+        return self.call("PUT", f"/models/{name}/{version}/set-default")
+
+    def unregister(self, name: str, version: str) -> dict:
+        return self.call("DELETE", f"/models/{name}/{version}")
+
+    def rollback(self, name: str, to: str | None = None) -> str:
+        """Make `to`, or else the highest version below the current default, the default."""
+        versions = self.versions(name)
+        current = next(v["version"] for v in versions if v["default"])
+        if to is None:
+            older = sorted((v["version"] for v in versions if _key(v["version"]) < _key(current)), key=_key)
+            if not older:
+                raise VersionError(f"{name}: no version older than the default {current}")
+            to = older[-1]
+        self.set_default(name, to)
+        return to
+
+    def card(self, name: str) -> dict:
+        d = self.call("GET", f"/models/{name}", customized="true")[0]
+        card = d.get("customizedMetadata") or {}
+        return json.loads(card) if isinstance(card, str) else card
+
+    def refresh_workflow(self, store: str | os.PathLike, name: str = WORKFLOW) -> dict:
+        """Rebuild the workflow archive over the current default versions and re-register it."""
+        from handlers.archive import build_workflow_archive
+
+        urls, f1, versions = {}, {}, {}
+        for m in ("b0", "b2"):
+            d = self.call("GET", f"/models/galaxy-{m}", customized="true")[0]
+            urls[m], versions[m] = d["modelUrl"], d["modelVersion"]
+            card = d.get("customizedMetadata") or {}
+            card = json.loads(card) if isinstance(card, str) else card
+            f1[m] = card.get("val_per_class_f1")
+        build_workflow_archive(Path(store), urls, f1, versions, name)
+        if any(w["workflowName"] == name for w in self.call("GET", "/workflows").get("workflows", [])):
+            self.call("DELETE", f"/workflows/{name}")
+        self.call("POST", "/workflows", url=f"{name}.war")
+        return {"workflow": name, "models": urls, "versions": versions}
+
+
+def _key(version: str):
+    return tuple(int(p) if p.isdigit() else p for p in str(version).replace("-", ".").split("."))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--key-file", default=str(REPO / "key_file.json"))
+    ap.add_argument("--management-url",
+                    default=f"http://127.0.0.1:{os.environ.get('TS_MANAGEMENT_PORT') or 8081}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="list versions (default marked)")
+    p.add_argument("names", nargs="*", default=list(MODELS))
+    p = sub.add_parser("register", help="register an archive from the model store as a new version")
+    p.add_argument("file", help="file name in the model store, e.g. galaxy-b0-v2.0.mar")
+    p.add_argument("--workers", type=int, default=1)
+    p = sub.add_parser("set-default", help="make a version the default")
+    p.add_argument("name")
+    p.add_argument("version")
+    p = sub.add_parser("rollback", help="default back to the previous version")
+    p.add_argument("name")
+    p.add_argument("--to", default=None)
+    p = sub.add_parser("unregister", help="remove one version")
+    p.add_argument("name")
+    p.add_argument("version")
+    p = sub.add_parser("refresh-workflow", help="ensemble onto the current default versions")
+    p.add_argument("--store", default=str(REPO / "model_store"))
+    args = ap.parse_args(argv)
+    mgmt = Management(args.management_url, args.key_file)
+    try:
+        if args.command == "list":
+            for name in args.names:
+                for v in mgmt.versions(name):
+                    print(f"{name:12} {v['version']:8} {'default' if v['default'] else '':8} "
+                          f"{v['url']:28} workers: {', '.join(v['workers']) or 'none'}")
+        elif args.command == "register":
+            print(mgmt.register(args.file, args.workers)["status"])
+        elif args.command == "set-default":
+            print(mgmt.set_default(args.name, args.version)["status"])
+        elif args.command == "rollback":
+            print(f"{args.name}: default is now {mgmt.rollback(args.name, args.to)}")
+        elif args.command == "unregister":
+            print(mgmt.unregister(args.name, args.version)["status"])
+        elif args.command == "refresh-workflow":
+            r = mgmt.refresh_workflow(args.store)
+            print(f"{r['workflow']} now uses " + ", ".join(f"{u} ({r['versions'][m]})" for m, u in r["models"].items()))
+    except (VersionError, requests.RequestException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# `make serve`: demo models if none, archives if missing, TorchServe in the background, the
+# galaxy-ensemble workflow, the dashboard (when dashboard/app.py exists); prints URLs and the key
+# file. Running it again while everything runs only says so. `make stop` (scripts/stop.sh) stops it.
+#
+#   scripts/serve.sh            # RUN=runs/demo by default; ports from TS_*_PORT (8080/8081/8082)
+#
+# Logs and the pid file go to logs/; key_file.json (the API tokens) to the repository root.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+RUN="${RUN:-runs/demo}"
+STORE="$ROOT/model_store"
+mkdir -p logs "$STORE"
+
+if "$PY" -m handlers.server status >/dev/null 2>&1; then
+    echo "TorchServe is already running: $("$PY" -m handlers.server status)"
+else
+    stale=0
+    for f in galaxy-b0.mar galaxy-b2.mar galaxy-ensemble.war; do
+        [[ -f "$STORE/$f" ]] || stale=1
+    done
+    for m in b0 b2; do  # a checkpoint newer than its archive (retrained)
+        if [[ -f "$STORE/galaxy-$m.mar" && "$RUN/$m/model.pt" -nt "$STORE/galaxy-$m.mar" ]]; then stale=1; fi
+    done
+    if (( stale )) && [[ ! -f "$RUN/b0/model.pt" || ! -f "$RUN/b2/model.pt" ]]; then
+        echo "no checkpoints in $RUN: building the demo models (make demo-models)"
+        make --no-print-directory demo-models
+    fi
+    if (( stale )); then
+        echo "building archives from $RUN"
+        "$PY" -m handlers.archive --run "$RUN" --store "$STORE" $( [[ -n "${VERSION:-}" ]] && echo --version "$VERSION" )
+    fi
+    echo "starting TorchServe (log: logs/ts_log.log, logs/torchserve.out)"
+    "$PY" -m handlers.server start --store "$STORE" --workdir "$ROOT"
+fi
+
+if [[ -f dashboard/app.py && -x scripts/dashboard.sh ]]; then
+    TS_KEY_FILE="$ROOT/key_file.json" scripts/dashboard.sh start
+fi
+
+cat <<MSG
+
+Inference   http://127.0.0.1:${TS_INFERENCE_PORT:-8080}   (POST /predictions/galaxy-b0, /predictions/galaxy-b2, /wfpredict/galaxy-ensemble)
+Management  http://127.0.0.1:${TS_MANAGEMENT_PORT:-8081}
+Metrics     http://127.0.0.1:${TS_METRICS_PORT:-8082}/metrics
+Tokens      $ROOT/key_file.json   (header "Authorization: Bearer <inference|management key>")
+API guide   docs/api.md;  stop with: make stop
+MSG

@@ -1,0 +1,96 @@
+"""Shared fixtures: a real TorchServe (token auth on, free ports) serving random-init models.
+
+    def test_something(torchserve):
+        r = requests.post(torchserve.inference_url + "/predictions/galaxy-b0", data=jpeg,
+                          headers=torchserve.auth("inference"))
+
+`torchserve` (session scope) is a handlers.server.Server: .inference_url .management_url
+.metrics_url .key_file .model_store .workdir .log_dir .run_dir, and .inference_key()
+.management_key() .api_key() .auth(kind) read key_file.json (keys change at every start).
+Models galaxy-b0 and galaxy-b2 (version 1.0) and the galaxy-ensemble workflow are READY. The
+archives are built in a temporary folder from random-init checkpoints without evaluation reports.
+
+`make_torchserve(workflow=False)` starts another instance on free ports from the same model store
+(for restart / kill tests); every instance is stopped at the end of the session.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples" / "galaxy10_decals"
+
+
+def free_ports() -> dict:
+    from handlers.server import PORT_ENV, free_port
+
+    ports = set()
+    while len(ports) < len(PORT_ENV):
+        ports.add(free_port())
+    return dict(zip(PORT_ENV, sorted(ports)))
+
+
+def make_checkpoints(run_dir: Path, version: str = "1.0", seed: int = 0) -> Path:
+    """Random-init B0 and B2 checkpoints; a random classifier bias makes their answers differ."""
+    import torch
+
+    from galaxy_morph.models import build_model, save_checkpoint
+    from galaxy_morph.specs import GALAXY10_CLASSES, get_spec
+
+    for i, name in enumerate(("b0", "b2")):
+        torch.manual_seed(seed + i)
+        model = build_model(name)
+        head = model.classifier[-1] if name == "b0" else model.classifier
+        with torch.no_grad():
+            head.bias.normal_(0.0, 0.5)
+        save_checkpoint(run_dir / name, model, get_spec(name), GALAXY10_CLASSES, version=version,
+                        data={"path": "random-init", "sha256": None, "n": 0})
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def served_archives(tmp_path_factory):
+    """(run_dir, model_store) with galaxy-b0.mar, galaxy-b2.mar, galaxy-ensemble.war."""
+    from handlers.archive import build_all
+
+    root = tmp_path_factory.mktemp("archives")
+    run_dir = make_checkpoints(root / "run")
+    store = root / "model_store"
+    build_all(run_dir, store)
+    return run_dir, store
+
+
+@pytest.fixture(scope="session")
+def make_torchserve(tmp_path_factory, served_archives):
+    from handlers import server as ts_server
+
+    if shutil.which("java") is None:
+        pytest.skip("TorchServe needs Java 17 (make java)")
+    run_dir, store = served_archives
+    started = []
+
+    def start(workflow: bool = True, models=ts_server.MODELS, timeout: float = 300.0):
+        workdir = tmp_path_factory.mktemp("torchserve")
+        s = ts_server.start(store, workdir, ports=free_ports(), models=models,
+                            workflow=ts_server.WORKFLOW if workflow else None,
+                            log_dir=workdir / "logs", timeout=timeout, quiet=True)
+        s.run_dir = run_dir
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        ts_server.stop(s.workdir, s.log_dir)
+
+
+@pytest.fixture(scope="session")
+def torchserve(make_torchserve):
+    return make_torchserve(workflow=True)
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> list[Path]:
+    return sorted(SAMPLES.glob("class_*.jpg"))

@@ -1,0 +1,286 @@
+"""Unit tests of the handler, the workflow functions, the archive card and the launcher config,
+with a small fake TorchServe context (no server).
+
+    .venv/bin/python -m pytest -q tests/test_handler.py
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from ts.context import Context, RequestProcessor
+
+from galaxy_morph import ensemble
+from galaxy_morph.models import build_model, save_checkpoint
+from galaxy_morph.specs import GALAXY10_CLASSES, get_spec
+from handlers import workflow
+from handlers.galaxy_handler import GalaxyHandler
+
+
+def image_bytes(mode="RGB", size=(64, 64), fmt="PNG", seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, size[::-1], dtype=np.uint16))
+    else:
+        bands = len(Image.new(mode, (1, 1)).getbands())
+        arr = rng.integers(0, 255, (*size[::-1], bands), dtype=np.uint8)
+        img = Image.fromarray(arr[..., 0] if bands == 1 else arr, mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def make_context(model_dir, rows, headers=None, name="galaxy-b0", yaml_config=None):
+    ctx = Context(name, str(model_dir), {"model": {"modelName": name, "modelVersion": "1.0"}},
+                  8, None, "0.12.0", model_yaml_config=yaml_config or {})
+    headers = headers or [{} for _ in rows]
+    ctx.request_processor = [RequestProcessor(dict(h)) for h in headers]
+    ctx.request_ids = {i: f"req-{i}" for i in range(len(rows))}
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def b0_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("b0")
+    torch.manual_seed(0)
+    model = build_model("b0")
+    with torch.no_grad():
+        model.classifier[-1].bias.normal_(0, 0.5)
+    save_checkpoint(d, model, get_spec("b0"), GALAXY10_CLASSES, version="1.0",
+                    data={"path": "random-init", "sha256": None, "n": 0})
+    return d
+
+
+@pytest.fixture(scope="module")
+def handler(b0_dir):
+    h = GalaxyHandler()
+    h.initialize(make_context(b0_dir, [{}], yaml_config={"handler": {"spec": "b0", "cam_layer": "features.5"}}))
+    return h
+
+
+def test_spec_mismatch_refused(b0_dir):
+    with pytest.raises(ValueError, match="spec"):
+        GalaxyHandler().initialize(make_context(b0_dir, [{}], yaml_config={"handler": {"spec": "b2"}}))
+
+
+def run(handler, b0_dir, rows, headers=None):
+    ctx = make_context(b0_dir, rows, headers)
+    out = [json.loads(o) for o in handler.handle(rows, ctx)]
+    return out, [ctx.get_response_status(i)[0] for i in range(len(rows))]
+
+
+def test_answers_every_input_form(handler, b0_dir):
+    data = image_bytes()
+    rows = [{"body": data}, {"data": bytearray(data)}, {"file": data},
+            {"body": {"image": base64.b64encode(data).decode()}},
+            {"body": json.dumps({"image": base64.b64encode(data).decode()}).encode()},
+            {"body": base64.b64encode(data).decode()}]
+    out, codes = run(handler, b0_dir, rows)
+    assert codes == [200] * len(rows)
+    first = out[0]
+    assert set(first) == {"model", "version", "label", "class_name", "confidence", "probabilities"}
+    assert first["model"] == "galaxy-b0" and first["version"] == "1.0"
+    assert list(first["probabilities"]) == list(GALAXY10_CLASSES)
+    assert sum(first["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+    assert first["class_name"] == GALAXY10_CLASSES[first["label"]]
+    for o in out[1:]:
+        assert o["probabilities"] == pytest.approx(first["probabilities"], abs=1e-6)
+
+
+@pytest.mark.parametrize("mode,fmt", [("L", "PNG"), ("I;16", "PNG"), ("RGBA", "PNG"), ("RGB", "JPEG"), ("L", "JPEG")])
+def test_modes_and_formats(handler, b0_dir, mode, fmt):
+    out, codes = run(handler, b0_dir, [{"body": image_bytes(mode, fmt=fmt)}])
+    assert codes == [200] and out[0]["model"] == "galaxy-b0"
+
+
+def big_png():
+    buf = io.BytesIO()
+    Image.new("L", (4200, 4100)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+BAD = [
+    ({"body": b""}, 400, "empty"),
+    ({}, 400, "empty"),
+    ({"body": b"definitely not an image"}, 400, "not an image"),
+    ({"body": image_bytes(fmt="PNG", size=(200, 200))[:400]}, 400, "truncated"),
+    ({"body": big_png()}, 413, "too large"),
+    ({"body": image_bytes(size=(4, 4))}, 400, "too small"),
+    ({"body": {"image": "*** not base64 ***"}}, 400, "base64"),
+    ({"body": {"picture": "abc"}}, 400, '"image"'),
+    ({"body": image_bytes(fmt="GIF")}, 400, "unsupported image format"),
+]
+
+
+@pytest.mark.parametrize("row,code,words", BAD, ids=[b[2] for b in BAD])
+def test_every_bad_input(handler, b0_dir, row, code, words):
+    out, codes = run(handler, b0_dir, [row])
+    assert codes == [code]
+    assert out[0]["code"] == code and words in out[0]["error"]
+
+
+def test_batch_with_bad_images(handler, b0_dir):
+    good = image_bytes(seed=1)
+    rows = [{"body": good}, {"body": b""}, {"body": b"junk"}, {"body": good}, {"body": good[:100]}]
+    out, codes = run(handler, b0_dir, rows)
+    assert codes == [200, 400, 400, 200, 400]
+    assert out[0] == out[3]
+    assert all("error" in out[i] for i in (1, 2, 4))
+    out, codes = run(handler, b0_dir, [{"body": good}])  # still serving
+    assert codes == [200] and out[0]["label"] == out[0]["label"]
+
+
+def test_describe_returns_card(handler, b0_dir):
+    ctx = make_context(b0_dir, [{}], [{"describe": "True"}])
+    card = handler.handle([{}], ctx)[0]
+    assert card["model"] == "galaxy-b0" and card["spec"]["name"] == "b0"
+    assert card["data"]["path"] == "random-init"
+
+
+def test_explain_shape_target_and_not_constant(handler, b0_dir):
+    data = image_bytes(seed=3)
+    out, codes = run(handler, b0_dir, [{"body": data}, {"body": {"image": base64.b64encode(data).decode(), "target": 4}}],
+                     [{"explain": "True"}, {"explain": "True"}])
+    assert codes == [200, 200]
+    e, t = out
+    assert e["layer"] == "features.5" and e["shape"] == [8, 8] and e["input_size"] == 128
+    heat = np.array(e["heatmap"])
+    assert heat.shape == (8, 8) and heat.min() >= 0 and heat.max() == pytest.approx(1) and heat.std() > 0
+    assert e["target"] == e["predicted"] and t["target"] == 4
+    out, codes = run(handler, b0_dir, [{"body": data}], [{"explain": "True", "X-Target-Class": "Merging"}])
+    assert out[0]["target"] == 1
+    out, codes = run(handler, b0_dir, [{"body": data}], [{"explain": "True", "x-target-class": "nope"}])
+    assert codes == [400] and "unknown target" in out[0]["error"]
+
+
+def test_explain_and_predict_in_one_batch(handler, b0_dir):
+    data = image_bytes(seed=4)
+    out, codes = run(handler, b0_dir, [{"body": data}, {"body": data}], [{"explain": "True"}, {}])
+    assert codes == [200, 200] and "heatmap" in out[0] and "probabilities" in out[1]
+
+
+def test_b2_default_cam_layer(tmp_path):
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path, build_model("b2"), get_spec("b2"), GALAXY10_CLASSES, version="3.1")
+    h = GalaxyHandler()
+    h.initialize(make_context(tmp_path, [{}], name="galaxy-b2"))
+    out, codes = run(h, tmp_path, [{"body": image_bytes(size=(96, 96))}], [{"explain": "True"}])
+    assert codes == [200] and out[0]["layer"] == "conv_head" and out[0]["shape"] == [7, 7]
+
+
+# --- workflow functions ------------------------------------------------------------------------
+def wf_context(n, rule=None):
+    ctx = Context("galaxy-ensemble__x", "/nonexistent", {}, 8, None, "0.12.0")
+    ctx.request_processor = [RequestProcessor({"X-Ensemble-Rule": rule} if rule else {}) for _ in range(n)]
+    return ctx
+
+
+def fake_answer(p, model="galaxy-ensemble__b0"):
+    label = int(np.argmax(p))
+    return json.dumps({"model": model, "version": "1.0", "label": label, "class_name": GALAXY10_CLASSES[label],
+                       "confidence": float(p[label]), "probabilities": dict(zip(GALAXY10_CLASSES, map(float, p)))}).encode()
+
+
+def test_function_nodes_load_with_none():
+    assert workflow.pre(None, wf_context(1)) is None
+    assert workflow.ensemble(None, wf_context(1)) is None
+
+
+def test_pre_forwards_base64_or_error():
+    data = image_bytes()
+    out = workflow.pre([{"body": data}, {"body": b""}], wf_context(2))
+    assert base64.b64decode(json.loads(out[0])["image"]) == data
+    assert json.loads(out[1]) == {"error": "empty image: the request carried no bytes", "code": 400}
+    out = workflow.pre([{"body": data}], wf_context(1, "bogus"))
+    assert "unknown ensemble rule" in json.loads(out[0])["error"]
+
+
+def test_model_handler_passes_upstream_error_on(handler, b0_dir):
+    out, codes = run(handler, b0_dir, [{"body": json.dumps({"error": "empty image", "code": 400}).encode()}])
+    assert codes == [400] and out[0]["error"] == "empty image"
+
+
+def probs(seed):
+    p = np.random.default_rng(seed).random(10) ** 3
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("rule", [None, "seed", "mean", "MEAN"])
+def test_ensemble_applies_core_rule(rule):
+    rows = [{"b0": fake_answer(probs(s)), "b2": fake_answer(probs(s + 100), "galaxy-ensemble__b2")} for s in range(6)]
+    out = [json.loads(o) for o in workflow.ensemble(rows, wf_context(len(rows), rule))]
+    for s, o in enumerate(out):
+        want = ensemble.combine((rule or "seed").lower(), probs(s), probs(s + 100))
+        assert o["label"] == want["label"] and o["source"] == want["source"] and o["rule"] == want["rule"]
+        assert o["confidence"] == pytest.approx(want["confidence"])
+        assert o["class_name"] == GALAXY10_CLASSES[want["label"]]
+        assert o["b0"]["model"] == "galaxy-ensemble__b0" and o["b2"]["model"] == "galaxy-ensemble__b2"
+
+
+def test_ensemble_weighted_needs_f1(monkeypatch):
+    rows = [{"b0": fake_answer(probs(1)), "b2": fake_answer(probs(2))}]
+    monkeypatch.setattr(workflow, "_settings", {"name": "galaxy-ensemble"})
+    out = json.loads(workflow.ensemble(rows, wf_context(1, "weighted"))[0])
+    assert out["code"] == 400 and "F1" in out["error"]
+    f1 = {"b0": list(np.linspace(0.2, 0.9, 10)), "b2": list(np.linspace(0.9, 0.2, 10))}
+    monkeypatch.setattr(workflow, "_settings", {"name": "galaxy-ensemble", "val_per_class_f1": f1})
+    out = json.loads(workflow.ensemble(rows, wf_context(1, "weighted"))[0])
+    want = ensemble.weighted(probs(1), probs(2), f1["b0"], f1["b2"])
+    assert out["rule"] == "weighted" and out["label"] == want["label"]
+    assert out["confidence"] == pytest.approx(want["confidence"])
+
+
+def test_ensemble_forwards_model_errors():
+    err = json.dumps({"error": "truncated or corrupt image", "code": 400}).encode()
+    out = json.loads(workflow.ensemble([{"b0": err, "b2": err}], wf_context(1))[0])
+    assert out == {"error": "truncated or corrupt image", "code": 400}
+
+
+# --- archive card and launcher configuration ---------------------------------------------------
+def test_model_card_with_and_without_report(b0_dir, tmp_path):
+    from handlers.archive import model_card
+    from galaxy_morph.models import read_meta
+
+    meta = read_meta(b0_dir)
+    card = model_card("galaxy-b0", "1.0", b0_dir, meta, tmp_path)
+    assert card["test"] is None and card["val_per_class_f1"] is None and "note" in card
+    assert card["evaluated"] is False
+    run = tmp_path / "run"
+    (run / "b0").mkdir(parents=True)
+    for f in ("model.pt", "meta.json"):
+        (run / "b0" / f).write_bytes((b0_dir / f).read_bytes())
+    report = {"accuracy": 0.8, "per_class": {c: {"precision": 0.8, "recall": 0.8, "f1": 0.7, "support": 5}
+                                             for c in GALAXY10_CLASSES},
+              "confusion_matrix": np.eye(10, dtype=int).tolist(), "val_per_class_f1": [0.5] * 10}
+    (run / "b0" / "report.json").write_text(json.dumps(report))
+    (run / "report.json").write_text(json.dumps({"models": {"b0": {"accuracy": 0.8}}, "ensemble": {"seed": 0.81}}))
+    card = model_card("galaxy-b0", "1.0", run / "b0", meta, run)
+    assert card["evaluated"] is True and card["test"]["accuracy"] == 0.8 and card["test"]["per_class_f1"]["Merging"] == 0.7
+    assert card["test"]["confusion_matrix"][0][0] == 1 and card["val_per_class_f1"] == [0.5] * 10
+    assert card["ensemble_comparison"]["ensemble"]["seed"] == 0.81
+
+
+def test_rendered_config(tmp_path):
+    from handlers.server import render_config
+
+    store = tmp_path / "my.store-1" / "model_store"
+    ports = {"inference": 1, "management": 2, "metrics": 3, "grpc_inference": 4, "grpc_management": 5}
+    text = render_config(tmp_path / "c.properties", ports, store).read_text()
+    props = dict(l.split("=", 1) for l in text.splitlines() if "=" in l and not l.startswith("#"))
+    assert props["inference_address"] == "http://127.0.0.1:1"
+    assert props["management_address"] == "http://127.0.0.1:2" and props["metrics_address"] == "http://127.0.0.1:3"
+    assert props["grpc_inference_port"] == "4" and props["grpc_management_port"] == "5"
+    assert props["disable_token_authorization"] == "false" and props["enable_model_api"] == "true"
+    assert props["metrics_mode"] == "prometheus"
+    assert "\\" not in props["allowed_urls"]  # a Java properties file would eat it
+    allowed = re.compile(props["allowed_urls"])
+    assert allowed.fullmatch(f"file://{store.resolve()}/galaxy-b0.mar")
+    for url in (f"file://{store.resolve()}/../x.mar", f"file://{store.resolve()}x/galaxy-b0.mar",
+                "file:///etc/passwd", "http://example.com/galaxy-b0.mar", f"file://{store.resolve()}/sub/x.mar"):
+        assert not allowed.fullmatch(url), url
