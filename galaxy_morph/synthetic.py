@@ -1,0 +1,564 @@
+"""Synthetic Galaxy10 DECaLS: galaxies of the ten classes on a dark, noisy sky, in the real file's schema.
+
+Each image is a sum of light profiles (Sersic bulges, inclined exponential disks, logarithmic spiral
+arms, bars, thin edge-on disks, second nuclei and tidal tails, clumps) with a colour per component
+(bulges red-yellow, disks and arms blue-white), blurred by a Gaussian PSF, with field stars and small
+background galaxies, correlated sky noise, and an asinh stretch to uint8 like the DESI Legacy Surveys
+g, r, z colour cutouts. Sizes, brightness, stretch, sky level and noise were matched to the real
+samples in samples/galaxy10_decals/. Everything is drawn from one seed: the same seed gives the same
+bytes.
+
+Run:
+    python -m galaxy_morph.synthetic --out data/synthetic.h5 [--n 6000] [--seed 0] [--size 256]
+                                     [--mosaic docs/synthetic_mosaic.png]
+
+Python:
+    generate(path, n, seed=0, size=256)       # write an HDF5 file (images, ans, ra, dec, redshift, pxscale)
+    render_galaxy(cls, rng, size=256)         # one HxWx3 uint8 image of class index cls
+    save_mosaic(h5_path_or_arrays, png_path)  # one row per class, labelled
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import h5py
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from galaxy_morph.specs import GALAXY10_CLASSES
+
+NUM_CLASSES = len(GALAXY10_CLASSES)
+PXSCALE = 0.262  # arcsec per pixel, as in DECaLS
+DEFAULT_N = 6000
+CHUNK = 256
+DUPLICATE_FRACTION = 0.003
+
+# Flux ratios (R, G, B) = (z, r, g): old stellar light is red-yellow, young disks and arms blue-white.
+BULGE_RGB = np.array([1.0, 0.72, 0.36], np.float32)
+DISK_RGB = np.array([0.86, 0.82, 0.74], np.float32)
+ARM_RGB = np.array([0.6, 0.76, 1.0], np.float32)
+
+# The stretch, in units of the sky noise: out = sky + A * asinh(flux / SOFT).
+STRETCH_A = 45.0
+STRETCH_SOFT = 4.3
+NOISE_BLUR = 0.75
+NOISE_BANK = 1024
+NOISE_SHARED = 0.65
+
+
+@lru_cache(maxsize=4)
+def _grid(size: int):
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    return xx, yy
+
+
+def _rotated(size, x0, y0, pa):
+    """Pixel coordinates along (u) and across (v) a major axis at angle pa through (x0, y0)."""
+    xx, yy = _grid(size)
+    dx, dy = xx - np.float32(x0), yy - np.float32(y0)
+    c, s = np.float32(math.cos(pa)), np.float32(math.sin(pa))
+    return dx * c + dy * s, dy * c - dx * s
+
+
+def _radius(u, v, q, soft):
+    # soft ~ the PSF width keeps cuspy profiles finite at the centre
+    return np.sqrt(u * u + (v / np.float32(q)) ** 2 + np.float32(soft * soft))
+
+
+def _sersic(r, re, n):
+    b = 2.0 * n - 1.0 / 3.0
+    return np.exp(np.float32(-b) * ((r / np.float32(re)) ** np.float32(1.0 / n) - np.float32(1.0)))
+
+
+def _jitter(rgb, rng, amount=0.08):
+    return (rgb * (1.0 + rng.normal(0.0, amount, 3))).astype(np.float32)
+
+
+class _Canvas:
+    """Accumulates coloured light maps for one galaxy."""
+
+    def __init__(self, size):
+        self.size = size
+        self.lums, self.colours = [], []
+
+    def add(self, lum, amp, rgb):
+        self.lums.append(lum * np.float32(amp))
+        self.colours.append(np.asarray(rgb, np.float32))
+
+    def flux(self):
+        """Band-first (3, size, size) flux."""
+        out = np.empty((3, self.size, self.size), np.float32)
+        for band in range(3):
+            out[band] = self.lums[0] * self.colours[0][band]
+            for lum, rgb in zip(self.lums[1:], self.colours[1:]):
+                out[band] += lum * rgb[band]
+        return out
+
+
+def _bulge(cv, rng, x0, y0, re, n, q, pa, amp, rgb=None):
+    u, v = _rotated(cv.size, x0, y0, pa)
+    cv.add(_sersic(_radius(u, v, q, 1.0), re, n), amp, _jitter(BULGE_RGB, rng) if rgb is None else rgb)
+
+
+def _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, pitch_deg, arms, contrast, r_in=None,
+                 phase=None, sharp=None):
+    """Exponential disk with logarithmic spiral arms, seen at axis ratio q."""
+    u, v = _rotated(cv.size, x0, y0, pa)
+    v = v / np.float32(q)
+    r = np.sqrt(u * u + v * v + np.float32(1.0))
+    theta = np.arctan2(v, u)
+    k = np.float32(arms / math.tan(math.radians(pitch_deg)))
+    phase = rng.uniform(0, 2 * math.pi) if phase is None else phase
+    sharp = rng.uniform(2.0, 4.0) if sharp is None else sharp
+    phi = np.float32(arms) * theta - k * np.log(r) + np.float32(phase)
+    arm = ((1.0 + np.cos(phi)) * np.float32(0.5)) ** np.float32(sharp)
+    r_in = 0.5 * h if r_in is None else r_in
+    arm *= np.float32(contrast) * (1.0 - np.exp(-(r / np.float32(r_in)) ** 2))
+    disk = np.exp(-r / np.float32(h))
+    cv.add(disk * (1.0 - np.float32(contrast) * 0.5), amp, _jitter(DISK_RGB, rng))
+    cv.add(disk * arm, amp * 1.6, _jitter(ARM_RGB, rng))
+
+
+def _clumps(cv, rng, x0, y0, spread, count, amp, rgb, width=(0.8, 2.0)):
+    """Star-forming knots: small Gaussians scattered around (x0, y0)."""
+    lum = np.zeros((1, cv.size, cv.size), np.float32)
+    one = np.ones(1, np.float32)
+    for _ in range(count):
+        w = rng.uniform(*width) * _scale(cv.size)
+        cx, cy = x0 + rng.normal(0, spread), y0 + rng.normal(0, spread)
+        _blob(lum, cx, cy, rng.uniform(0.3, 1.0), w, w, 0.0, one)
+    cv.add(lum[0], amp, _jitter(rgb, rng, 0.12))
+
+
+def _centre(size, rng, spread=2.0):
+    c = (size - 1) / 2.0
+    spread *= _scale(size)
+    return c + rng.normal(0, spread), c + rng.normal(0, spread)
+
+
+def _scale(size):
+    return size / 256.0
+
+
+def _log_uniform(rng, lo, hi):
+    return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+
+# ---- the ten classes; sizes are in pixels of a 256 px frame, flux in units of the sky noise ----
+
+def _round_smooth(cv, rng, s):
+    x0, y0 = _centre(cv.size, rng)
+    re = _log_uniform(rng, 5.0, 14.0 if rng.random() < 0.85 else 30.0) * s
+    _bulge(cv, rng, x0, y0, re, rng.uniform(2.0, 4.5), rng.uniform(0.82, 1.0), rng.uniform(0, math.pi),
+           _log_uniform(rng, 12, 100))
+
+
+def _in_between_smooth(cv, rng, s):
+    x0, y0 = _centre(cv.size, rng)
+    re = _log_uniform(rng, 5.0, 12.0) * s
+    _bulge(cv, rng, x0, y0, re, rng.uniform(1.5, 4.0), rng.uniform(0.5, 0.75), rng.uniform(0, math.pi),
+           _log_uniform(rng, 40, 160))
+
+
+def _cigar(cv, rng, s):
+    x0, y0 = _centre(cv.size, rng)
+    re = _log_uniform(rng, 7.0, 16.0) * s
+    _bulge(cv, rng, x0, y0, re, rng.uniform(1.0, 2.5), rng.uniform(0.22, 0.42), rng.uniform(0, math.pi),
+           _log_uniform(rng, 40, 150))
+
+
+def _edge_on(cv, rng, s, bulge):
+    x0, y0 = _centre(cv.size, rng)
+    pa = rng.uniform(0, math.pi)
+    h = _log_uniform(rng, 14.0, 38.0 if not bulge else 20.0) * s
+    z = h * rng.uniform(0.08, 0.18)
+    u, v = _rotated(cv.size, x0, y0, pa)
+    r = np.sqrt(u * u + np.float32(1.0))
+    disk = np.exp(-r / np.float32(h)) / np.cosh(np.minimum(np.abs(v) / np.float32(z + 0.8), 30)) ** 2
+    amp = _log_uniform(rng, 150, 500)
+    colour = _jitter(DISK_RGB if not bulge else (DISK_RGB + BULGE_RGB) / 2, rng)
+    if rng.random() < 0.3:  # a dust lane along the midplane
+        disk *= 1.0 - 0.6 * np.exp(-(v / np.float32(z * 0.5 + 0.5)) ** 2) * np.exp(-r / np.float32(3 * h))
+    cv.add(disk, amp, colour)
+    if bulge:
+        re = h * rng.uniform(0.25, 0.5)
+        _bulge(cv, rng, x0, y0, re, rng.uniform(1.0, 2.5), rng.uniform(0.55, 0.85), pa,
+               amp * rng.uniform(0.6, 2.0))
+    else:
+        _bulge(cv, rng, x0, y0, h * rng.uniform(0.1, 0.2), 1.0, 0.5, pa, amp * rng.uniform(0.0, 0.5))
+
+
+def _spiral(cv, rng, s, kind):
+    x0, y0 = _centre(cv.size, rng)
+    pa = rng.uniform(0, math.pi)
+    q = rng.uniform(0.45, 1.0)
+    h = _log_uniform(rng, 11.0, 26.0) * s
+    amp = _log_uniform(rng, 35, 120)
+    if kind == "barred":
+        bar_len = h * rng.uniform(0.9, 1.5)
+        bar_pa = rng.uniform(0, math.pi)
+        # arms start at the bar ends: phase puts an arm crest at r = bar_len, theta = bar angle
+        pitch = rng.uniform(12, 28)
+        k = 2 / math.tan(math.radians(pitch))
+        phase = -2 * (bar_pa - pa) + k * math.log(bar_len)
+        _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, pitch, 2, rng.uniform(0.6, 0.95),
+                     r_in=bar_len * 0.9, phase=phase)
+        u, v = _rotated(cv.size, x0, y0, bar_pa)
+        bar_q = rng.uniform(0.2, 0.32)
+        cv.add(_sersic(_radius(u, v, bar_q, 1.0), bar_len * 0.55, rng.uniform(0.4, 0.8)),
+               amp * rng.uniform(1.0, 2.2), _jitter((BULGE_RGB + DISK_RGB) / 2, rng))
+        if rng.random() < 0.4:  # inner ring at the bar ends
+            u, v = _rotated(cv.size, x0, y0, pa)
+            rr = np.sqrt(u * u + (v / np.float32(q)) ** 2)
+            cv.add(np.exp(-((rr - bar_len) / np.float32(0.15 * bar_len + 1)) ** 2),
+                   amp * rng.uniform(0.3, 0.8), _jitter(DISK_RGB, rng))
+        bulge_amp = amp * rng.uniform(5, 15)
+    elif kind == "tight":
+        _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, rng.uniform(7, 14), rng.choice([2, 2, 3]),
+                     rng.uniform(0.35, 0.85))
+        bulge_amp = amp * rng.uniform(6, 20)
+    else:
+        h *= 1.15
+        _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, rng.uniform(20, 34), rng.choice([2, 2, 3]),
+                     rng.uniform(0.55, 1.0), r_in=0.35 * h)
+        bulge_amp = amp * rng.uniform(2, 10)
+    _bulge(cv, rng, x0, y0, h * rng.uniform(0.12, 0.25), rng.uniform(1.5, 3.0), rng.uniform(0.75, 1.0),
+           pa, bulge_amp)
+    if rng.random() < 0.5:
+        _clumps(cv, rng, x0, y0, h * 1.3, int(rng.integers(3, 10)), amp * 0.8, ARM_RGB)
+
+
+def _merging(cv, rng, s):
+    x0, y0 = _centre(cv.size, rng, 4.0)
+    sep = rng.uniform(9.0, 30.0) * s
+    ang = rng.uniform(0, 2 * math.pi)
+    ratio = rng.uniform(0.3, 1.0)
+    dx, dy = 0.5 * sep * math.cos(ang), 0.5 * sep * math.sin(ang)
+    amp = _log_uniform(rng, 100, 350)
+    for (cx, cy), f in (((x0 - dx, y0 - dy), 1.0), ((x0 + dx, y0 + dy), ratio)):
+        _bulge(cv, rng, cx, cy, rng.uniform(3.0, 8.0) * s, rng.uniform(1.5, 4.0), rng.uniform(0.5, 1.0),
+               rng.uniform(0, math.pi), amp * f)
+    # shared envelope and tidal tails: a faint, loose m=2 spiral around the pair
+    h = sep * rng.uniform(0.7, 1.3) + 4 * s
+    _spiral_disk(cv, rng, x0, y0, h, rng.uniform(0.5, 1.0), rng.uniform(0, math.pi),
+                 amp * rng.uniform(0.04, 0.12), rng.uniform(25, 45), 2 if rng.random() < 0.6 else 1,
+                 rng.uniform(0.8, 1.0), r_in=0.6 * sep, sharp=rng.uniform(3.0, 6.0))
+
+
+def _patchy(size, rng, scale, waves=3):
+    """A smooth random modulation (a few plane waves on the scale of the disk) for irregular light."""
+    xx, yy = _grid(size)
+    field = np.zeros((size, size), np.float32)
+    for _ in range(waves):
+        k = 2 * math.pi / (scale * rng.uniform(2.5, 6.0))
+        a = rng.uniform(0, 2 * math.pi)
+        field += np.cos(xx * np.float32(k * math.cos(a)) + yy * np.float32(k * math.sin(a))
+                        + np.float32(rng.uniform(0, 2 * math.pi)))
+    return np.exp(np.float32(rng.uniform(0.15, 0.4)) * field)
+
+
+def _disturbed(cv, rng, s):
+    x0, y0 = _centre(cv.size, rng, 3.0)
+    h = _log_uniform(rng, 6.0, 15.0) * s
+    pa = rng.uniform(0, math.pi)
+    q = rng.uniform(0.3, 0.9)
+    # lopsided disk: the outer isophotes are shifted to one side
+    u, v = _rotated(cv.size, x0, y0, pa)
+    r0 = np.sqrt(u * u + (v / np.float32(q)) ** 2 + np.float32(1.0))
+    off = rng.uniform(0.2, 0.5)
+    da = rng.uniform(0, 2 * math.pi)
+    u2 = u - np.float32(off * math.cos(da)) * r0
+    v2 = v - np.float32(off * math.sin(da)) * r0
+    r = np.sqrt(u2 * u2 + (v2 / np.float32(q)) ** 2 + np.float32(1.0))
+    amp = _log_uniform(rng, 70, 250)
+    cv.add(np.exp(-r / np.float32(h)) * _patchy(cv.size, rng, h), amp,
+           _jitter(ARM_RGB * 0.5 + DISK_RGB * 0.5, rng))
+    _clumps(cv, rng, x0, y0, h * 1.0, int(rng.integers(1, 6)), amp * rng.uniform(0.5, 1.5), ARM_RGB,
+            width=(1.5, 3.5))
+    if rng.random() < 0.5:
+        _bulge(cv, rng, x0, y0, h * 0.25, 1.5, rng.uniform(0.6, 1.0), pa, amp * rng.uniform(1, 4))
+    if rng.random() < 0.4:  # a faint plume
+        _spiral_disk(cv, rng, x0, y0, 2 * h, q, pa, amp * 0.15, rng.uniform(25, 40), 1, 1.0, r_in=h)
+
+
+RENDERERS = {
+    0: _disturbed,
+    1: _merging,
+    2: _round_smooth,
+    3: _in_between_smooth,
+    4: _cigar,
+    5: lambda cv, rng, s: _spiral(cv, rng, s, "barred"),
+    6: lambda cv, rng, s: _spiral(cv, rng, s, "tight"),
+    7: lambda cv, rng, s: _spiral(cv, rng, s, "loose"),
+    8: lambda cv, rng, s: _edge_on(cv, rng, s, bulge=False),
+    9: lambda cv, rng, s: _edge_on(cv, rng, s, bulge=True),
+}
+
+STAR_COLOURS = np.array([
+    [1.0, 0.4, 0.15],   # red dwarfs and distant red galaxies: the most common field objects
+    [1.0, 0.65, 0.35],
+    [1.0, 0.9, 0.7],
+    [0.55, 0.8, 1.2],
+], np.float32)
+
+
+def _blob(flux, cx, cy, amp, w_major, w_minor, angle, colour):
+    """Add an elliptical Gaussian of peak `amp` to band-first flux, inside a local patch."""
+    size = flux.shape[1]
+    lo = int(3.5 * w_major + 2 + (3 if amp > 1000 else 0))
+    x_a, x_b = max(int(cx) - lo, 0), min(int(cx) + lo + 1, size)
+    y_a, y_b = max(int(cy) - lo, 0), min(int(cy) + lo + 1, size)
+    if x_a >= x_b or y_a >= y_b:
+        return
+    xx, yy = _grid(size)
+    dx, dy = xx[y_a:y_b, x_a:x_b] - np.float32(cx), yy[y_a:y_b, x_a:x_b] - np.float32(cy)
+    c, s = np.float32(math.cos(angle)), np.float32(math.sin(angle))
+    u, v = dx * c + dy * s, dy * c - dx * s
+    d2 = (u / np.float32(w_major)) ** 2 + (v / np.float32(w_minor)) ** 2
+    lum = np.float32(amp) * np.exp(np.float32(-0.5) * d2)
+    flux[:, y_a:y_b, x_a:x_b] += colour.astype(np.float32)[:, None, None] * lum
+
+
+def _field(flux, rng, s, psf):
+    """Field stars, small background galaxies and now and then a brighter neighbour galaxy."""
+    size = flux.shape[1]
+    centre = (size - 1) / 2.0
+
+    def position(min_r):
+        while True:
+            cx, cy = rng.uniform(0, size), rng.uniform(0, size)
+            if math.hypot(cx - centre, cy - centre) >= min_r * s:
+                return cx, cy
+
+    for _ in range(int(rng.poisson(18 * s * s))):  # stars
+        cx, cy = position(10)
+        amp = math.exp(rng.uniform(math.log(2), math.log(40))) if rng.random() < 0.93 else \
+            math.exp(rng.uniform(math.log(40), math.log(2000)))
+        colour = STAR_COLOURS[rng.choice(4, p=[0.45, 0.25, 0.15, 0.15])] * (1 + rng.normal(0, 0.1, 3))
+        _blob(flux, cx, cy, amp, psf, psf, 0.0, colour)
+    for _ in range(int(rng.poisson(14 * s * s))):  # small, mostly red, background galaxies
+        cx, cy = position(8)
+        re = rng.uniform(0.5, 3.0) * s
+        w = math.sqrt(re * re + psf * psf)
+        q = rng.uniform(0.3, 1.0)
+        colour = STAR_COLOURS[rng.choice(4, p=[0.4, 0.35, 0.15, 0.1])] * (1 + rng.normal(0, 0.1, 3))
+        _blob(flux, cx, cy, math.exp(rng.uniform(math.log(2), math.log(30))), w,
+              max(w * q, psf), rng.uniform(0, math.pi), colour)
+    for _ in range(int(rng.poisson(0.6))):  # neighbour galaxies, as common around every class
+        cx, cy = position(22)
+        w = rng.uniform(2.5, 7.0) * s
+        colour = [BULGE_RGB, DISK_RGB, ARM_RGB][rng.integers(3)] * (1 + rng.normal(0, 0.08, 3))
+        _blob(flux, cx, cy, math.exp(rng.uniform(math.log(20), math.log(200))), w,
+              w * rng.uniform(0.4, 1.0), rng.uniform(0, math.pi), colour)
+
+
+def _blur(flux, psf):
+    """Gaussian PSF, applied only inside the box where the galaxy has light (the rest is ~0)."""
+    size = flux.shape[1]
+    rows = np.flatnonzero(flux[0].max(1) > 0.02)
+    cols = np.flatnonzero(flux[0].max(0) > 0.02)
+    if rows.size == 0:
+        return flux
+    pad = int(4 * psf) + 1
+    y_a, y_b = max(rows[0] - pad, 0), min(rows[-1] + pad + 1, size)
+    x_a, x_b = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, size)
+    flux[:, y_a:y_b, x_a:x_b] = gaussian_filter(flux[:, y_a:y_b, x_a:x_b], (0, psf, psf), truncate=3.0)
+    return flux
+
+
+@lru_cache(maxsize=2)
+def _noise_bank(size):
+    """A fixed, periodic field of sky noise; each image takes a window at a random offset.
+
+    The noise is spatially correlated (the DECaLS coadds are resampled) and partly shared between
+    bands (the real cutouts' sky has less colour noise than independent bands would give).
+    """
+    rng = np.random.default_rng(0x5C1)
+    common = rng.standard_normal((1, NOISE_BANK, NOISE_BANK), np.float32)
+    own = rng.standard_normal((3, NOISE_BANK, NOISE_BANK), np.float32)
+    noise = np.float32(math.sqrt(NOISE_SHARED)) * common + np.float32(math.sqrt(1 - NOISE_SHARED)) * own
+    noise = gaussian_filter(noise, (0, NOISE_BLUR, NOISE_BLUR), mode="wrap", truncate=3.0)
+    noise /= noise.std()
+    return np.pad(noise, ((0, 0), (0, size), (0, size)), mode="wrap")
+
+
+def _noise(rng, size):
+    bank = _noise_bank(size)
+    oy, ox = rng.integers(0, NOISE_BANK, 2)
+    win = bank[:, oy:oy + size, ox:ox + size]
+    flip = rng.integers(0, 8)
+    if flip & 1:
+        win = win[:, ::-1]
+    if flip & 2:
+        win = win[:, :, ::-1]
+    if flip & 4:
+        win = win.transpose(0, 2, 1)
+    return win
+
+
+def _stretch(flux, sky):
+    out = np.arcsinh(flux / np.float32(STRETCH_SOFT)) * np.float32(STRETCH_A) + sky[:, None, None]
+    np.clip(out, 0, 255, out=out)
+    return np.ascontiguousarray(out.astype(np.uint8).transpose(1, 2, 0))
+
+
+def render_galaxy(cls: int, rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    """One synthetic galaxy of Galaxy10 class index `cls` as a (size, size, 3) uint8 array."""
+    if cls not in RENDERERS:
+        raise ValueError(f"class index must be 0..{NUM_CLASSES - 1}, got {cls}")
+    s = _scale(size)
+    cv = _Canvas(size)
+    RENDERERS[cls](cv, rng, s)
+    psf = rng.uniform(1.5, 2.4) * s
+    flux = _blur(cv.flux(), psf)
+    _field(flux, rng, s, psf)
+    flux += _noise(rng, size)
+    sky = (rng.normal(34.0, 2.0) + rng.normal(0, 0.8, 3)).astype(np.float32)
+    return _stretch(flux, sky)
+
+
+def _positions(n, rng):
+    """(ra, dec) in degrees over the DECaLS footprint; ~0.3 % of rows repeat another row's position."""
+    ra = rng.uniform(0.0, 360.0, n)
+    dec = np.degrees(np.arcsin(rng.uniform(math.sin(math.radians(-20)), math.sin(math.radians(35)), n)))
+    n_dup = int(round(n * DUPLICATE_FRACTION)) if n >= 20 else (1 if n >= 2 else 0)
+    if n_dup:
+        rows = rng.choice(n, size=2 * n_dup, replace=False)
+        ra[rows[n_dup:]] = ra[rows[:n_dup]]
+        dec[rows[n_dup:]] = dec[rows[:n_dup]]
+    return ra, dec
+
+
+def _labels(n, rng, class_weights=None):
+    if class_weights is None:
+        labels = np.arange(n) % NUM_CLASSES
+    else:
+        p = np.asarray(class_weights, np.float64)
+        labels = rng.choice(NUM_CLASSES, size=n, p=p / p.sum())
+    return rng.permutation(labels)
+
+
+def _write(tmp, labels, ra, dec, redshift, seed, size, chunk, progress):
+    n = len(labels)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=n, unit="img", desc="synthetic galaxies")
+    with h5py.File(tmp, "w") as f:
+        images = f.create_dataset("images", (n, size, size, 3), np.uint8, chunks=(1, size, size, 3))
+        f.create_dataset("ans", data=labels.astype(np.uint8))
+        f.create_dataset("ra", data=ra)
+        f.create_dataset("dec", data=dec)
+        f.create_dataset("redshift", data=redshift.astype(np.float32))
+        f.create_dataset("pxscale", data=np.full(n, PXSCALE, np.float32))
+        f.attrs["source"] = "galaxy_morph.synthetic"
+        f.attrs["seed"] = seed
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            block = np.empty((stop - start, size, size, 3), np.uint8)
+            for i in range(start, stop):
+                block[i - start] = render_galaxy(int(labels[i]), np.random.default_rng([seed, i]), size)
+            images[start:stop] = block
+            if bar is not None:
+                bar.update(stop - start)
+    if bar is not None:
+        bar.close()
+
+
+def generate(path, n: int = DEFAULT_N, seed: int = 0, size: int = 256, class_weights=None,
+             progress: bool = False, chunk: int = CHUNK) -> Path:
+    """Write n synthetic galaxies in the Galaxy10 DECaLS HDF5 schema to `path`; return the path.
+
+    Classes are balanced unless `class_weights` (ten relative frequencies) is given. Image i is
+    drawn from its own stream seeded by (seed, i), so the file is identical for a given seed.
+    """
+    if n < 1:
+        raise ValueError("n must be at least 1")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 0x6A1A])
+    labels = _labels(n, rng, class_weights)
+    ra, dec = _positions(n, rng)
+    redshift = rng.gamma(4.0, 0.025, n)
+    redshift[rng.random(n) < 0.05] = np.nan
+    tmp = path.with_name(path.name + ".part")
+    try:
+        _write(tmp, labels, ra, dec, redshift, seed, size, chunk, progress)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written under either name
+        raise
+    tmp.replace(path)
+    return path
+
+
+def _load_for_mosaic(source, per_class):
+    if isinstance(source, (str, Path)):
+        with h5py.File(source, "r") as f:
+            labels = f["ans"][:]
+            picks = {c: np.flatnonzero(labels == c)[:per_class] for c in range(NUM_CLASSES)}
+            return {c: [f["images"][int(i)] for i in idx] for c, idx in picks.items()}
+    images, labels = source
+    labels = np.asarray(labels)
+    return {c: [images[int(i)] for i in np.flatnonzero(labels == c)[:per_class]] for c in range(NUM_CLASSES)}
+
+
+def save_mosaic(source, png_path, per_class: int = 8, thumb: int = 96) -> Path:
+    """A PNG with one row per class (labelled), `per_class` thumbnails each.
+
+    `source` is an HDF5 path or an (images, labels) pair.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rows = _load_for_mosaic(source, per_class)
+    sheet = np.zeros((NUM_CLASSES * thumb, per_class * thumb, 3), np.uint8)
+    for c, imgs in rows.items():
+        for k, img in enumerate(imgs):
+            small = np.asarray(Image.fromarray(np.asarray(img)).resize((thumb, thumb), Image.BILINEAR))
+            sheet[c * thumb:(c + 1) * thumb, k * thumb:(k + 1) * thumb] = small
+    label_w, dpi = 2.2, 100  # inches for the class names, dots per inch
+    width = label_w + per_class * thumb / dpi
+    fig = plt.figure(figsize=(width, NUM_CLASSES * thumb / dpi), dpi=dpi)
+    ax = fig.add_axes([label_w / width, 0, 1 - label_w / width, 1])
+    ax.imshow(sheet, interpolation="nearest")
+    ax.set_axis_off()
+    for c in range(NUM_CLASSES):
+        fig.text(0.01, 1 - (c + 0.5) / NUM_CLASSES, f"{c} {GALAXY10_CLASSES[c]}", va="center", ha="left",
+                 fontsize=9)
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
+    plt.close(fig)
+    buf.seek(0)
+    with Image.open(buf) as im:  # RGB, not matplotlib's RGBA: a quarter smaller
+        im.convert("RGB").save(png_path, optimize=True)
+    return png_path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Write synthetic Galaxy10 DECaLS galaxies to an HDF5 file.")
+    p.add_argument("--out", required=True, help="HDF5 file to write")
+    p.add_argument("--n", type=int, default=DEFAULT_N, help=f"number of images (default {DEFAULT_N})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--mosaic", help="also write a PNG mosaic, one row per class")
+    args = p.parse_args(argv)
+    if args.n < 1 or args.size < 32:
+        p.error("--n must be >= 1 and --size >= 32")
+    generate(args.out, args.n, seed=args.seed, size=args.size, progress=True)
+    print(f"wrote {args.n} images to {args.out}")
+    if args.mosaic:
+        save_mosaic(args.out, args.mosaic)
+        print(f"wrote mosaic {args.mosaic}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""The synthetic Galaxy10 generator: schema, classes, determinism, image content, positions, mosaic."""
+import h5py
+import numpy as np
+import pytest
+
+from galaxy_morph import synthetic
+from galaxy_morph.data import inspect_h5
+from galaxy_morph.specs import GALAXY10_CLASSES
+
+N = 60
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def h5(tmp_path_factory):
+    return synthetic.generate(tmp_path_factory.mktemp("syn") / "syn.h5", N, seed=3, size=SIZE, chunk=16)
+
+
+def test_schema_dtypes_and_shapes(h5):
+    with h5py.File(h5, "r") as f:
+        assert f["images"].shape == (N, SIZE, SIZE, 3)
+        assert f["images"].dtype == np.uint8
+        assert f["ans"].shape == (N,)
+        assert np.issubdtype(f["ans"].dtype, np.integer)
+        for key in ("ra", "dec"):
+            assert f[key].shape == (N,) and f[key].dtype == np.float64
+        assert f["redshift"].shape == (N,) and np.issubdtype(f["redshift"].dtype, np.floating)
+        assert np.allclose(f["pxscale"][:], 0.262)
+        assert np.all((f["dec"][:] >= -90) & (f["dec"][:] <= 90))
+    info = inspect_h5(h5)
+    assert info["n"] == N and info["size"] == SIZE
+    assert info["class_names"] == list(GALAXY10_CLASSES)
+
+
+def test_all_classes_present_and_balanced(h5):
+    with h5py.File(h5, "r") as f:
+        counts = np.bincount(f["ans"][:], minlength=10)
+    assert len(counts) == 10
+    assert counts.min() == counts.max() == N // 10
+
+
+def test_class_weights_change_the_mix(tmp_path):
+    weights = [0, 0, 1, 0, 0, 0, 0, 0, 0, 1]
+    path = synthetic.generate(tmp_path / "w.h5", 20, seed=1, size=64, class_weights=weights)
+    with h5py.File(path, "r") as f:
+        assert set(f["ans"][:].tolist()) <= {2, 9}
+
+
+def test_same_seed_gives_identical_bytes(h5, tmp_path):
+    again = synthetic.generate(tmp_path / "again.h5", N, seed=3, size=SIZE, chunk=7)
+    with h5py.File(h5, "r") as a, h5py.File(again, "r") as b:
+        for key in ("images", "ans", "ra", "dec"):
+            assert np.array_equal(a[key][:], b[key][:])
+        assert np.array_equal(a["redshift"][:], b["redshift"][:], equal_nan=True)
+
+
+def test_different_seeds_differ():
+    a = synthetic.render_galaxy(5, np.random.default_rng(1), 64)
+    b = synthetic.render_galaxy(5, np.random.default_rng(2), 64)
+    assert a.shape == b.shape == (64, 64, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 1.0
+
+
+def test_redshift_has_some_nan_and_positive_values(tmp_path):
+    path = synthetic.generate(tmp_path / "z.h5", 200, seed=0, size=32)
+    with h5py.File(path, "r") as f:
+        z = f["redshift"][:]
+    assert np.isnan(z).any()
+    assert (z[~np.isnan(z)] > 0).all()
+
+
+def test_images_have_dark_sky_and_bright_centre(h5):
+    with h5py.File(h5, "r") as f:
+        images = f["images"][:].astype(np.float32)
+        labels = f["ans"][:]
+    c, r = SIZE // 2, SIZE // 16
+    for img, label in zip(images, labels):
+        grey = img.mean(axis=2)
+        sky = np.median(np.concatenate([grey[:SIZE // 8].ravel(), grey[-SIZE // 8:].ravel()]))
+        centre = grey[c - r:c + r, c - r:c + r].mean()
+        assert 15 < sky < 60, f"class {label}: sky level {sky}"
+        assert centre > sky + 40, f"class {label}: centre {centre} not brighter than sky {sky}"
+        assert grey.std() > 3, f"class {label}: blank image"
+
+
+def test_sky_has_noise_and_centre_is_yellower_than_disk_for_spirals():
+    rng = np.random.default_rng(0)
+    img = synthetic.render_galaxy(6, rng, 256).astype(np.float32)
+    corner = img[:40, :40].reshape(-1, 3)
+    assert corner.std(axis=0).min() > 3  # noise, not a flat background
+    centre = img[124:132, 124:132].reshape(-1, 3).mean(axis=0)
+    assert centre[0] > centre[2]  # bulge: more red (z) than blue (g)
+
+
+def test_every_class_renders_and_rejects_unknown_class():
+    rng = np.random.default_rng(0)
+    for cls in range(10):
+        img = synthetic.render_galaxy(cls, rng, 64)
+        assert img.dtype == np.uint8 and img.shape == (64, 64, 3)
+    with pytest.raises(ValueError):
+        synthetic.render_galaxy(10, rng, 64)
+
+
+def test_duplicate_positions_exist(tmp_path):
+    path = synthetic.generate(tmp_path / "dup.h5", 700, seed=0, size=32)
+    with h5py.File(path, "r") as f:
+        pos = np.stack([f["ra"][:], f["dec"][:]], axis=1)
+    _, counts = np.unique(pos, axis=0, return_counts=True)
+    repeated = int((counts > 1).sum())
+    assert 1 <= repeated <= 5  # about 0.3 % of rows, as in the real catalogue
+
+
+def test_mosaic_written(h5, tmp_path):
+    from PIL import Image
+
+    png = synthetic.save_mosaic(h5, tmp_path / "mosaic.png", per_class=3, thumb=48)
+    assert png.is_file() and png.stat().st_size > 1000
+    with Image.open(png) as im:
+        w, h = im.size
+    assert h >= 10 * 48 and w > 3 * 48
+
+
+def test_cli_writes_file(tmp_path):
+    out = tmp_path / "cli.h5"
+    assert synthetic.main(["--out", str(out), "--n", "10", "--size", "48", "--seed", "2"]) == 0
+    assert inspect_h5(out)["n"] == 10
+    assert not list(tmp_path.glob("*.part"))
