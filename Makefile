@@ -106,7 +106,8 @@ INPUT ?=
 CATALOG ?= catalog.csv
 classify: setup
 	$(PY) -m galaxy_morph.bulk --input "$(INPUT)" --out "$(if $(filter command line,$(origin OUT)),$(OUT),$(CATALOG))" \
-		--model $(if $(filter command line,$(origin MODEL)),$(MODEL),galaxy-ensemble) $(if $(SERVERS),--servers $(SERVERS))
+		--model $(if $(filter command line,$(origin MODEL)),$(MODEL),galaxy-ensemble) $(if $(SERVERS),--servers $(SERVERS)) \
+		$(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(if $(RULE),--rule $(RULE))
 
 clean:
 	rm -rf runs logs model_store/*.mar model_store/*.war

@@ -280,7 +280,10 @@ def start(model_store=REPO / "model_store", workdir=REPO, ports: dict | None = N
     key_file = workdir / "key_file.json"
     if key_file.exists():
         key_file.unlink()  # a stale one from a killed run would hold old keys
-    env = {**os.environ, "TMPDIR": str(tmp_dir), "TEMP": str(tmp_dir)}
+    # Passive OpenMP waiting: with spinning threads (torch's default) workers that share a few
+    # cores with the frontend and each other ran 3-20x slower (make bench --tune).
+    env = {**os.environ, "TMPDIR": str(tmp_dir), "TEMP": str(tmp_dir),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     t0 = time.time()
     with open(log_dir / "torchserve.out", "ab") as out:
         proc = subprocess.Popen(java_command(config, model_store, tmp_dir, log_dir), cwd=workdir,

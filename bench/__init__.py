@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.training` (training input path vs raw step rate), `python -m bench.serving`."""
