@@ -1,0 +1,142 @@
+"""training.evaluate: report contents for b0, b2 and the ensemble rules; metric helpers; bad input."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from galaxy_morph import GALAXY10_CLASSES, get_spec
+from galaxy_morph.data import file_sha256, inspect_h5, make_split, save_split
+from galaxy_morph.models import build_model, save_checkpoint
+from tests.test_data import make_h5
+from training import evaluate as ev
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder with random-init b0 and b2 checkpoints on a tiny file, as training writes them."""
+    root = tmp_path_factory.mktemp("eval")
+    data = make_h5(root / "tiny.h5", n=40, size=64)
+    info, sha = inspect_h5(data), file_sha256(data)
+    split = make_split(info["labels"], info["ra"], info["dec"], seed=42)
+    torch.manual_seed(0)
+    for name in ("b0", "b2"):
+        spec = get_spec(name)
+        out = root / "run" / name
+        save_checkpoint(out, build_model(spec), spec, GALAXY10_CLASSES, version="1.0",
+                        data={"path": str(data), "sha256": sha, "n": 40}, split_file="split.json",
+                        hparams={}, metrics={}, epoch=1)
+        save_split(out / "split.json", split, data_sha256=sha)
+        (out / "history.json").write_text(json.dumps([
+            {"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.2 * e, "val_loss": 2.2 / e, "val_acc": 0.15 * e}
+            for e in (1, 2, 3)]))
+    ev.evaluate(root / "run", samples=str(ev.SAMPLES), device="cpu")
+    return root / "run"
+
+
+def test_model_reports(run_dir):
+    for name in ("b0", "b2"):
+        r = json.loads((run_dir / name / "report.json").read_text())
+        assert 0 <= r["accuracy"] <= 1 and r["n_test"] == 10
+        assert list(r["per_class"]) == list(GALAXY10_CLASSES)
+        assert set(r["per_class"]["Merging"]) == {"precision", "recall", "f1", "support"}
+        assert sum(v["support"] for v in r["per_class"].values()) == 10
+        assert set(r["macro"]) == {"precision", "recall", "f1"}
+        assert np.array(r["confusion_matrix"]).shape == (10, 10) and np.sum(r["confusion_matrix"]) == 10
+        assert len(r["val_per_class_f1"]) == 10 and r["temperature"] > 0
+        assert set(r["ece"]) == {"uncalibrated", "calibrated"}
+        assert set(r["ensemble"]) == {"seed", "mean", "weighted"}
+        assert set(r["ensemble"]["weighted"]) == {"accuracy", "macro_f1"}
+        assert 0 <= r["real_samples_accuracy"] <= 1
+        for png in ("confusion.png", "curves.png"):
+            assert (run_dir / name / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_top_report(run_dir):
+    top = json.loads((run_dir / "report.json").read_text())
+    assert set(top["models"]) == {"b0", "b2"} and set(top["ensemble"]) == {"seed", "mean", "weighted"}
+    assert set(top["accuracy"]) == {"b0", "b2", "ensemble_seed", "ensemble_mean", "ensemble_weighted"}
+    assert set(top["real_samples_accuracy"]) == {"b0", "b2", "ensemble", "n"}
+    assert top["real_samples_accuracy"]["n"] == 100
+    md = (run_dir / "report.md").read_text()
+    for text in ("| b0 |", "| b2 |", "ensemble `weighted`", "Edge-on with Bulge", "Real Galaxy10", "b0/confusion.png"):
+        assert text in md
+    assert (run_dir / "confusion_ensemble.png").is_file()
+
+
+def test_single_model_and_tta(run_dir, tmp_path):
+    one = tmp_path / "b0only"
+    shutil.copytree(run_dir / "b0", one / "b0")
+    top = ev.evaluate(one, tta=True, samples="", device="cpu")
+    assert set(top["models"]) == {"b0"} and top["ensemble"] == {} and "real_samples_accuracy" not in top
+    assert top["tta"] is True and (one / "report.md").is_file()
+
+
+def test_wrong_data_file_refused(run_dir, tmp_path, capsys):
+    other = make_h5(tmp_path / "other.h5", n=40, size=64, seed=9)
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = sorted(p.name for p in run.rglob("*"))
+    assert ev.main(["--run", str(run), "--data", str(other)]) == 2
+    assert "is not the file b0 was trained on" in capsys.readouterr().err
+    assert ev.main(["--run", str(tmp_path / "empty")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert sorted(p.name for p in run.rglob("*")) == before
+
+
+def test_dihedral_views():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    views = list(ev.dihedral(x))
+    assert len(views) == 8 and torch.equal(views[0], x)
+    assert len({tuple(v[0, 0].flatten().tolist()) for v in views}) == 8  # all different
+
+
+def test_ece_and_temperature():
+    y = np.array([0, 1, 0, 1])
+    perfect = np.array([[1.0, 0], [0, 1], [1, 0], [0, 1]])
+    assert ev.ece(perfect, y) == pytest.approx(0)
+    half = np.full((4, 2), 0.5) + np.array([1e-6, 0])
+    assert ev.ece(half, y) == pytest.approx(0, abs=1e-5)  # 50 % confident, 50 % right
+    wrong = np.array([[0.9, 0.1]] * 4)
+    assert ev.ece(wrong, y) == pytest.approx(0.4)  # 90 % confident, 50 % right
+    # Over-confident logits: the fitted temperature is above 1 and lowers the NLL.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 500)
+    logits = rng.normal(size=(500, 3))
+    logits[np.arange(500), y] += 1.0
+    t = ev.fit_temperature(logits * 5, y)
+    assert 3 < t < 8
+    assert ev.softmax(np.array([[0.0, np.log(3)]])) == pytest.approx(np.array([[0.25, 0.75]]))
+
+
+def test_scores_hand_computed():
+    s = ev.scores(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), ["a", "b", "c"])
+    assert s["accuracy"] == 0.5
+    assert s["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert s["per_class"]["b"]["precision"] == pytest.approx(1 / 3) and s["per_class"]["b"]["recall"] == 1.0
+    assert s["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert s["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+
+
+def test_demo_tiny(tmp_path, monkeypatch, capsys):
+    """training.demo end to end with a tiny schedule: trains both, evaluates, skips when done, fails loudly."""
+    from training import demo
+    data = make_h5(tmp_path / "tiny.h5", n=40, size=64)
+    monkeypatch.setattr(demo, "DEMO", {m: {"epochs": 1, "limit_train": 16, "batch_size": 16, "lr": 1e-3}
+                                       for m in ("b0", "b2")})
+    monkeypatch.setattr(demo, "MIN_B0_ACCURACY", 0.0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else demo sets it for the rest of the session
+    out = tmp_path / "demo"
+    assert demo.main(["--data", str(data), "--out", str(out)]) == 0
+    top = json.loads((out / "report.json").read_text())
+    assert set(top["real_samples_accuracy"]) == {"b0", "b2", "ensemble", "n"}
+    for m in ("b0", "b2"):
+        r = json.loads((out / m / "report.json").read_text())
+        assert "accuracy" in r and "per_class" in r and "real_samples_accuracy" in r
+    assert (out / "b0" / "split.json").read_text() == (out / "b2" / "split.json").read_text()
+    mtime = (out / "b0" / "model.pt").stat().st_mtime
+    monkeypatch.setattr(demo, "MIN_B0_ACCURACY", 1.01)  # second run: no training, and below the bar
+    assert demo.main(["--data", str(data), "--out", str(out)]) == 1
+    assert (out / "b0" / "model.pt").stat().st_mtime == mtime
+    assert "FAILED: b0 reached" in capsys.readouterr().err

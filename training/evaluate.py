@@ -1,0 +1,349 @@
+"""Evaluate the b0/b2 checkpoints of a run and the three ensemble rules on the saved test split.
+
+    python -m training.evaluate --run runs/demo [--data PATH] [--tta] [--samples DIR]
+
+RUN holds b0/ and b2/ checkpoint folders (whichever exist; the ensemble needs both), or is itself one
+checkpoint folder. Writes RUN/report.md and RUN/report.json (all side by side), and per model
+RUN/NAME/report.json, confusion.png and curves.png. The data file defaults to the one recorded in
+the checkpoint and must have the recorded SHA256. The temperature is fitted on the validation split,
+where the per-class F1 that weights the `weighted` rule comes from too. When the class names are
+Galaxy10's and the real sample folder exists, the 100 real images are scored as well
+("real_samples_accuracy").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from torch.utils.data import DataLoader
+
+from galaxy_morph import GALAXY10_CLASSES
+from galaxy_morph.data import DataError, GalaxyH5Dataset, file_sha256, load_split
+from galaxy_morph.ensemble import RULES, combine
+from galaxy_morph.imaging import decode_image
+from galaxy_morph.models import load_checkpoint, read_meta
+from galaxy_morph.specs import ModelSpec
+from galaxy_morph.transforms import eval_transform
+
+MODELS = ("b0", "b2")
+SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "galaxy10_decals"
+ECE_BINS = 15
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="folder with b0/ and/or b2/ checkpoints")
+    p.add_argument("--data", default=None, help="HDF5 file (default: the one in the checkpoint meta)")
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips/90-degree rotations")
+    p.add_argument("--samples", default=str(SAMPLES), help="real sample JPEGs class_{label}_{k}.jpg ('' to skip)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default=None, help="default: cuda if available")
+    return p.parse_args(argv)
+
+
+def find_checkpoints(run: Path) -> dict[str, Path]:
+    if (run / "meta.json").is_file():
+        return {read_meta(run)["model"]: run}
+    found = {m: run / m for m in MODELS if (run / m / "meta.json").is_file()}
+    if not found:
+        raise DataError(f"no checkpoint in {run}: expected {run}/b0/meta.json and/or {run}/b2/meta.json")
+    return found
+
+
+def dihedral(x: torch.Tensor):
+    """The 8 flips/90-degree rotations of a NCHW batch (galaxies have no preferred orientation)."""
+    for flipped in (x, x.flip(3)):
+        for k in range(4):
+            yield torch.rot90(flipped, k, (2, 3))
+
+
+@torch.no_grad()
+def log_probs(model, batches, device, tta=False) -> np.ndarray:
+    """Log of the (TTA-averaged) softmax, float64 rows; softmax(logp / T) is temperature scaling."""
+    model.to(device).eval()
+    out = []
+    for x in batches:
+        x = x.to(device)
+        views = list(dihedral(x)) if tta else [x]
+        p = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
+        out.append(p.clamp_min(1e-12).log().double().cpu())
+    return torch.cat(out).numpy()
+
+
+def predict_split(model, spec, data, indices, device, tta, batch_size, workers):
+    ds = GalaxyH5Dataset(data, indices, eval_transform(spec))
+    dl = DataLoader(ds, batch_size=batch_size, num_workers=workers)
+    labels = ds.labels[ds.indices]
+    return log_probs(model, (x for x, _ in dl), device, tta), labels
+
+
+def softmax(logp, t=1.0):
+    z = logp / t
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def fit_temperature(logp, y) -> float:
+    def nll(log_t):
+        z = logp / np.exp(log_t)
+        z = z - z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+    return float(np.exp(minimize_scalar(nll, bounds=(-4, 4), method="bounded").x))
+
+
+def ece(probs, y, bins=ECE_BINS) -> float:
+    """Expected calibration error: |accuracy - confidence| averaged over equal-width confidence bins."""
+    conf, pred = probs.max(1), probs.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            total += m.mean() * abs((pred[m] == y[m]).mean() - conf[m].mean())
+    return float(total)
+
+
+def scores(y, pred, class_names) -> dict:
+    k = len(class_names)
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=range(k), zero_division=0)
+    return {
+        "accuracy": float(np.mean(y == pred)),
+        "per_class": {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                          "support": int(s[i])} for i, n in enumerate(class_names)},
+        "macro": {"precision": float(p.mean()), "recall": float(r.mean()), "f1": float(f.mean())},
+        "confusion_matrix": confusion_matrix(y, pred, labels=range(k)).tolist(),
+    }
+
+
+def ensemble_probs(rule, p0, p2, f1_0, f1_2) -> np.ndarray:
+    return np.array([combine(rule, a, b, f1_0, f1_2)["probabilities"] for a, b in zip(p0, p2)])
+
+
+def load_samples(folder) -> tuple[list, np.ndarray]:
+    files = sorted(p for p in Path(folder).glob("class_*_*.jpg") if re.fullmatch(r"class_\d+_\d+\.jpg", p.name))
+    # Decoded exactly as the server decodes an upload.
+    images = [decode_image(p.read_bytes()) for p in files]
+    return images, np.array([int(p.name.split("_")[1]) for p in files])
+
+
+def plot_confusion(cm, class_names, title, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(cm)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(cm)):
+        for j in range(len(cm)):
+            ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(cm)), class_names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(cm)), class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(history, title, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for key, style in (("train", "-o"), ("val", "--o")):
+        a1.plot(ep, [h[f"{key}_loss"] for h in history], style, ms=3, label=key)
+        a2.plot(ep, [h[f"{key}_acc"] for h in history], style, ms=3, label=key)
+    a1.set(xlabel="epoch", ylabel="loss")
+    a2.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    a1.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_json(path, obj):
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, workers=0, device=None) -> dict:
+    """Evaluate everything, then write the reports; raises DataError before writing anything."""
+    run = Path(run)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ckpts = find_checkpoints(run)
+    sha_cache = {}
+    models, reports, preds = {}, {}, {}
+    for name, folder in ckpts.items():
+        model, meta = load_checkpoint(folder)
+        path = data or meta["data"]["path"]
+        if not Path(path).is_file():
+            raise DataError(f"data file not found: {path} (pass --data)")
+        sha = sha_cache.setdefault(str(path), file_sha256(path))
+        if sha != meta["data"]["sha256"]:
+            raise DataError(f"{path} is not the file {name} was trained on: sha256 {sha[:12]}... "
+                            f"!= {meta['data']['sha256'][:12]}...")
+        split, _ = load_split(folder / meta.get("split_file", "split.json"))
+        spec = ModelSpec.from_dict(meta["spec"])
+        print(f"{name}: predicting {len(split['val'])} val + {len(split['test'])} test rows"
+              f"{' x8 (TTA)' if tta else ''} on {device}", file=sys.stderr, flush=True)
+        val = predict_split(model, spec, path, split["val"], device, tta, batch_size, workers)
+        test = predict_split(model, spec, path, split["test"], device, tta, batch_size, workers)
+        models[name], preds[name] = (model, spec, meta), {"val": val, "test": test, "split": split}
+
+        names = meta["class_names"]
+        val_scores = scores(val[1], val[0].argmax(1), names)
+        t = fit_temperature(*val)
+        logp, y = test
+        r = {"model": name, "version": meta.get("version"), "checkpoint": str(folder),
+             "data": {"path": str(path), "sha256": sha}, "tta": tta, "class_names": names,
+             "n_test": int(len(y)), "n_val": int(len(val[1])),
+             **scores(y, logp.argmax(1), names),
+             "val_accuracy": val_scores["accuracy"],
+             "val_per_class_f1": [val_scores["per_class"][n]["f1"] for n in names],
+             "temperature": t,
+             "ece": {"uncalibrated": ece(softmax(logp), y), "calibrated": ece(softmax(logp, t), y)},
+             "epoch": meta.get("epoch"), "hparams": meta.get("hparams")}
+        reports[name] = r
+
+    ensemble = {}
+    if len(reports) == 2:
+        r0, r2 = reports["b0"], reports["b2"]
+        same = (r0["class_names"] == r2["class_names"]
+                and np.array_equal(preds["b0"]["split"]["test"], preds["b2"]["split"]["test"]))
+        if not same:
+            print("warning: b0 and b2 differ in classes or test split: no ensemble", file=sys.stderr)
+        else:
+            p0, p2 = softmax(preds["b0"]["test"][0]), softmax(preds["b2"]["test"][0])
+            y = preds["b0"]["test"][1]
+            for rule in RULES:
+                probs = ensemble_probs(rule, p0, p2, r0["val_per_class_f1"], r2["val_per_class_f1"])
+                ensemble[rule] = {**scores(y, probs.argmax(1), r0["class_names"]), "ece": ece(probs, y)}
+            for r in (r0, r2):
+                r["ensemble"] = {rule: {"accuracy": e["accuracy"], "macro_f1": e["macro"]["f1"]}
+                                 for rule, e in ensemble.items()}
+
+    real = None
+    if samples and Path(samples).is_dir() and all(r["class_names"] == list(GALAXY10_CLASSES) for r in reports.values()):
+        real = score_samples(models, reports, samples, device)
+
+    # Everything is computed: now write.
+    single = (run / "meta.json").is_file()
+    for name, r in reports.items():
+        folder = ckpts[name]
+        plot_confusion(r["confusion_matrix"], r["class_names"],
+                       f"{name} test confusion (accuracy {r['accuracy']:.3f})", folder / "confusion.png")
+        hist = folder / "history.json"
+        if hist.is_file():
+            plot_curves(json.loads(hist.read_text()), f"{name} training curves", folder / "curves.png")
+        r["figures"] = {"confusion": "confusion.png", "curves": "curves.png" if hist.is_file() else None}
+        write_json(folder / "report.json", r)
+    if "seed" in ensemble:
+        plot_confusion(ensemble["seed"]["confusion_matrix"], reports["b0"]["class_names"],
+                       f"ensemble (seed rule) test confusion (accuracy {ensemble['seed']['accuracy']:.3f})",
+                       run / "confusion_ensemble.png")
+    top = {"run": str(run), "tta": tta, "models": reports, "ensemble": ensemble,
+           "accuracy": {**{n: r["accuracy"] for n, r in reports.items()},
+                        **{f"ensemble_{k}": e["accuracy"] for k, e in ensemble.items()}}}
+    if real:
+        top["real_samples_accuracy"] = real
+    if not single:
+        write_json(run / "report.json", top)
+    (run / "report.md.tmp").write_text(markdown(top))
+    os.replace(run / "report.md.tmp", run / "report.md")
+    return top
+
+
+def score_samples(models, reports, folder, device) -> dict:
+    """Accuracy of each model and of the seed ensemble on the real sample JPEGs (never trained on)."""
+    images, y = load_samples(folder)
+    if not len(y):
+        return None
+    probs = {}
+    for name, (model, spec, _) in models.items():
+        tf = eval_transform(spec)
+        x = torch.stack([tf(im) for im in images])
+        probs[name] = softmax(log_probs(model, x.split(32), device))
+    real = {name: float(np.mean(p.argmax(1) == y)) for name, p in probs.items()}
+    if len(probs) == 2:
+        real["ensemble"] = float(np.mean(ensemble_probs("seed", probs["b0"], probs["b2"], None, None).argmax(1) == y))
+    real["n"] = int(len(y))
+    for name, r in reports.items():
+        r["real_samples_accuracy"] = real[name]
+    return real
+
+
+def markdown(top) -> str:
+    reports, ensemble = top["models"], top["ensemble"]
+    any_r = next(iter(reports.values()))
+    names = any_r["class_names"]
+    lines = [f"# Evaluation of {top['run']}", "",
+             f"Data `{any_r['data']['path']}` (sha256 `{any_r['data']['sha256'][:12]}`), "
+             f"test split {any_r['n_test']} rows, validation {any_r['n_val']} rows; "
+             f"test-time augmentation: {'8 flips/rotations' if top['tta'] else 'off'}.", "",
+             "| | accuracy | macro precision | macro recall | macro F1 | ECE | ECE after T-scaling | T |",
+             "|---|---|---|---|---|---|---|---|"]
+    for n, r in reports.items():
+        lines.append(f"| {n} | {r['accuracy']:.3f} | {r['macro']['precision']:.3f} | {r['macro']['recall']:.3f} "
+                     f"| {r['macro']['f1']:.3f} | {r['ece']['uncalibrated']:.3f} | {r['ece']['calibrated']:.3f} "
+                     f"| {r['temperature']:.2f} |")
+    for rule, e in ensemble.items():
+        lines.append(f"| ensemble `{rule}` | {e['accuracy']:.3f} | {e['macro']['precision']:.3f} "
+                     f"| {e['macro']['recall']:.3f} | {e['macro']['f1']:.3f} | {e['ece']:.3f} | | |")
+    cols = {**{n: r["per_class"] for n, r in reports.items()}, **{k: e["per_class"] for k, e in ensemble.items()}}
+    lines += ["", "## Per class on the test split (precision / recall / F1)", "",
+              "| class | support | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for c in names:
+        cells = [f"{v[c]['precision']:.2f} / {v[c]['recall']:.2f} / **{v[c]['f1']:.2f}**" for v in cols.values()]
+        lines.append(f"| {c} | {any_r['per_class'][c]['support']} | " + " | ".join(cells) + " |")
+    if top.get("real_samples_accuracy"):
+        real = top["real_samples_accuracy"]
+        lines += ["", f"## Real Galaxy10 DECaLS samples ({real['n']} images, never seen in training)", "",
+                  "| " + " | ".join(k for k in real if k != "n") + " |", "|---" * (len(real) - 1) + "|",
+                  "| " + " | ".join(f"{v:.2f}" for k, v in real.items() if k != "n") + " |"]
+    single = (Path(top["run"]) / "meta.json").is_file()
+    lines += ["", "## Figures", ""]
+    for n, r in reports.items():
+        prefix = "" if single else f"{n}/"
+        lines.append(f"![{n} confusion]({prefix}confusion.png)")
+        if r["figures"]["curves"]:
+            lines.append(f"![{n} training curves]({prefix}curves.png)")
+    if "seed" in ensemble:
+        lines.append("![ensemble confusion](confusion_ensemble.png)")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        top = evaluate(args.run, args.data, args.tta, args.samples, args.batch_size, args.workers, args.device)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for k, v in top["accuracy"].items():
+        print(f"{k:>18s} test accuracy {v:.4f}")
+    if top.get("real_samples_accuracy"):
+        print("real samples:", {k: round(v, 3) for k, v in top["real_samples_accuracy"].items()})
+    print(f"report: {Path(args.run) / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
