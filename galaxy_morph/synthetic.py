@@ -1,12 +1,12 @@
 """Synthetic Galaxy10 DECaLS: galaxies of the ten classes on a dark, noisy sky, in the real file's schema.
 
-Each image is a sum of light profiles (Sersic bulges, inclined exponential disks, logarithmic spiral
-arms, bars, thin edge-on disks, second nuclei and tidal tails, clumps) with a colour per component
-(bulges red-yellow, disks and arms blue-white), blurred by a Gaussian PSF, with field stars and small
-background galaxies, correlated sky noise, and an asinh stretch to uint8 like the DESI Legacy Surveys
-g, r, z colour cutouts. Sizes, brightness, stretch, sky level and noise were matched to the real
-samples in samples/galaxy10_decals/. Everything is drawn from one seed: the same seed gives the same
-bytes.
+Each image is a sum of light profiles (Sersic bulges, inclined exponential disks with small-scale
+texture, logarithmic spiral arms, bars, thin edge-on disks, second nuclei and tidal tails, clumps) with
+a colour per component (bulges red-yellow, disks and arms blue-white), blurred by a Gaussian PSF, with
+field stars and small background galaxies, correlated sky noise, the Legacy Surveys' colour-preserving
+asinh stretch to uint8, and JPEG compression at the quality of the real cutouts. Sizes, brightness,
+colours, stretch, sky level, noise and compression were matched to the real samples in
+samples/galaxy10_decals/. Everything is drawn from one seed: the same seed gives the same bytes.
 
 Run:
     python -m galaxy_morph.synthetic --out data/synthetic.h5 [--n 6000] [--seed 0] [--size 256]
@@ -38,16 +38,21 @@ CHUNK = 256
 DUPLICATE_FRACTION = 0.003
 
 # Flux ratios (R, G, B) = (z, r, g): old stellar light is red-yellow, young disks and arms blue-white.
-BULGE_RGB = np.array([1.0, 0.72, 0.36], np.float32)
+BULGE_RGB = np.array([1.0, 0.92, 0.76], np.float32)
 DISK_RGB = np.array([0.86, 0.82, 0.74], np.float32)
 ARM_RGB = np.array([0.6, 0.76, 1.0], np.float32)
 
-# The stretch, in units of the sky noise: out = sky + A * asinh(flux / SOFT).
-STRETCH_A = 45.0
-STRETCH_SOFT = 4.3
-NOISE_BLUR = 0.75
+# The Legacy Surveys' colour-preserving stretch (their sdss_rgb), in units of the sky noise:
+# I = mean over bands of (flux + SKY_OFFSET), each band out = (flux + SKY_OFFSET) * A * asinh(I / SOFT) / I.
+# The offset is what turns the sky grey and the faint outskirts of every galaxy neutral, while cores
+# keep their colour.
+STRETCH_A = 54.0
+STRETCH_SOFT = 3.8
+SKY_OFFSET = 2.6
+NOISE_BLUR = 0.55
 NOISE_BANK = 1024
-NOISE_SHARED = 0.65
+NOISE_SHARED = 0.25
+JPEG_QUALITY = 75  # the real cutouts are baseline JPEGs at quality 75 with 4:2:0 chroma
 
 
 @lru_cache(maxsize=4)
@@ -75,7 +80,10 @@ def _sersic(r, re, n):
 
 
 def _jitter(rgb, rng, amount=0.08):
-    return (rgb * (1.0 + rng.normal(0.0, amount, 3))).astype(np.float32)
+    # redder or bluer, hardly ever green: stellar populations vary along one colour axis
+    tilt = rng.normal(0.0, amount)
+    tint = np.exp(np.array([tilt, 0.0, -tilt])) * (1.0 + rng.normal(0.0, amount / 4, 3))
+    return (rgb * tint).astype(np.float32)
 
 
 class _Canvas:
@@ -118,7 +126,7 @@ def _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, pitch_deg, arms, contrast, r_in
     arm = ((1.0 + np.cos(phi)) * np.float32(0.5)) ** np.float32(sharp)
     r_in = 0.5 * h if r_in is None else r_in
     arm *= np.float32(contrast) * (1.0 - np.exp(-(r / np.float32(r_in)) ** 2))
-    disk = np.exp(-r / np.float32(h))
+    disk = np.exp(-r / np.float32(h)) * _texture(cv.size, rng, rng.uniform(0.1, 0.3))
     cv.add(disk * (1.0 - np.float32(contrast) * 0.5), amp, _jitter(DISK_RGB, rng))
     cv.add(disk * arm, amp * 1.6, _jitter(ARM_RGB, rng))
 
@@ -148,39 +156,67 @@ def _log_uniform(rng, lo, hi):
     return math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
 
+@lru_cache(maxsize=2)
+def _texture_bank(size):
+    rng = np.random.default_rng(0x7E7)
+    field = gaussian_filter(rng.standard_normal((NOISE_BANK, NOISE_BANK), np.float32), 1.6 * _scale(size),
+                            mode="wrap", truncate=3.0)
+    field /= field.std()
+    return np.pad(field, ((0, size), (0, size)), mode="wrap")
+
+
+def _texture(size, rng, amount):
+    """Multiplicative small-scale light structure (star-forming regions, dust) of a stellar disk.
+
+    Real disks are never smooth at the pixel scale; without this only the Disturbed class would
+    have any texture and every real disk would look disturbed.
+    """
+    oy, ox = rng.integers(0, NOISE_BANK, 2)
+    win = _texture_bank(size)[oy:oy + size, ox:ox + size]
+    a = np.float32(amount)
+    return np.exp(a * win - a * a / 2)
+
+
 # ---- the ten classes; sizes are in pixels of a 256 px frame, flux in units of the sky noise ----
+
+def _smooth_rgb(rng):
+    # Galaxy Zoo's smooth classes hold many bluer, disk-like galaxies, not only red ellipticals
+    t = rng.uniform(0.0, 1.0) ** 2
+    return _jitter((1 - t) * BULGE_RGB + t * DISK_RGB, rng)
+
 
 def _round_smooth(cv, rng, s):
     x0, y0 = _centre(cv.size, rng)
     re = _log_uniform(rng, 5.0, 14.0 if rng.random() < 0.85 else 30.0) * s
     _bulge(cv, rng, x0, y0, re, rng.uniform(2.0, 4.5), rng.uniform(0.82, 1.0), rng.uniform(0, math.pi),
-           _log_uniform(rng, 12, 100))
+           _log_uniform(rng, 12, 100), _smooth_rgb(rng))
 
 
 def _in_between_smooth(cv, rng, s):
     x0, y0 = _centre(cv.size, rng)
     re = _log_uniform(rng, 5.0, 12.0) * s
     _bulge(cv, rng, x0, y0, re, rng.uniform(1.5, 4.0), rng.uniform(0.5, 0.75), rng.uniform(0, math.pi),
-           _log_uniform(rng, 40, 160))
+           _log_uniform(rng, 40, 160), _smooth_rgb(rng))
 
 
 def _cigar(cv, rng, s):
     x0, y0 = _centre(cv.size, rng)
     re = _log_uniform(rng, 7.0, 16.0) * s
     _bulge(cv, rng, x0, y0, re, rng.uniform(1.0, 2.5), rng.uniform(0.22, 0.42), rng.uniform(0, math.pi),
-           _log_uniform(rng, 40, 150))
+           _log_uniform(rng, 40, 150), _smooth_rgb(rng))
 
 
 def _edge_on(cv, rng, s, bulge):
     x0, y0 = _centre(cv.size, rng)
     pa = rng.uniform(0, math.pi)
-    h = _log_uniform(rng, 14.0, 38.0 if not bulge else 20.0) * s
-    z = h * rng.uniform(0.08, 0.18)
+    h = _log_uniform(rng, 16.0, 42.0 if not bulge else 20.0) * s
+    z = h * rng.uniform(0.08, 0.24)
     u, v = _rotated(cv.size, x0, y0, pa)
     r = np.sqrt(u * u + np.float32(1.0))
     disk = np.exp(-r / np.float32(h)) / np.cosh(np.minimum(np.abs(v) / np.float32(z + 0.8), 30)) ** 2
+    disk *= _texture(cv.size, rng, rng.uniform(0.1, 0.4))
     amp = _log_uniform(rng, 150, 500)
-    colour = _jitter(DISK_RGB if not bulge else (DISK_RGB + BULGE_RGB) / 2, rng)
+    colour = _jitter(0.7 * DISK_RGB + 0.3 * ARM_RGB if not bulge else (DISK_RGB + BULGE_RGB) / 2, rng)
     if rng.random() < 0.3:  # a dust lane along the midplane
         disk *= 1.0 - 0.6 * np.exp(-(v / np.float32(z * 0.5 + 0.5)) ** 2) * np.exp(-r / np.float32(3 * h))
     cv.add(disk, amp, colour)
@@ -199,6 +235,7 @@ def _spiral(cv, rng, s, kind):
     h = _log_uniform(rng, 11.0, 26.0) * s
     amp = _log_uniform(rng, 35, 120)
     if kind == "barred":
+        h *= 1.2
         bar_len = h * rng.uniform(0.9, 1.5)
         bar_pa = rng.uniform(0, math.pi)
         # arms start at the bar ends: phase puts an arm crest at r = bar_len, theta = bar angle
@@ -218,6 +255,7 @@ def _spiral(cv, rng, s, kind):
                    amp * rng.uniform(0.3, 0.8), _jitter(DISK_RGB, rng))
         bulge_amp = amp * rng.uniform(5, 15)
     elif kind == "tight":
+        h *= 0.85
         _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, rng.uniform(7, 14), rng.choice([2, 2, 3]),
                      rng.uniform(0.35, 0.85))
         bulge_amp = amp * rng.uniform(6, 20)
@@ -234,18 +272,24 @@ def _spiral(cv, rng, s, kind):
 
 def _merging(cv, rng, s):
     x0, y0 = _centre(cv.size, rng, 4.0)
-    sep = rng.uniform(9.0, 30.0) * s
+    sep = _log_uniform(rng, 10.0, 48.0) * s
     ang = rng.uniform(0, 2 * math.pi)
     ratio = rng.uniform(0.3, 1.0)
     dx, dy = 0.5 * sep * math.cos(ang), 0.5 * sep * math.sin(ang)
     amp = _log_uniform(rng, 100, 350)
     for (cx, cy), f in (((x0 - dx, y0 - dy), 1.0), ((x0 + dx, y0 + dy), ratio)):
-        _bulge(cv, rng, cx, cy, rng.uniform(3.0, 8.0) * s, rng.uniform(1.5, 4.0), rng.uniform(0.5, 1.0),
+        re = rng.uniform(3.0, 8.0) * s
+        _bulge(cv, rng, cx, cy, re, rng.uniform(1.5, 4.0), rng.uniform(0.5, 1.0),
                rng.uniform(0, math.pi), amp * f)
+        if rng.random() < 0.6:  # each partner may keep a (distorted) disk of its own
+            u, v = _rotated(cv.size, cx, cy, rng.uniform(0, math.pi))
+            r = np.sqrt(u * u + (v / np.float32(rng.uniform(0.4, 1.0))) ** 2 + np.float32(1.0))
+            cv.add(np.exp(-r / np.float32(re * rng.uniform(1.5, 3.0))) * _texture(cv.size, rng, 0.3),
+                   amp * f * rng.uniform(0.05, 0.2), _jitter(0.5 * DISK_RGB + 0.5 * ARM_RGB, rng))
     # shared envelope and tidal tails: a faint, loose m=2 spiral around the pair
     h = sep * rng.uniform(0.7, 1.3) + 4 * s
     _spiral_disk(cv, rng, x0, y0, h, rng.uniform(0.5, 1.0), rng.uniform(0, math.pi),
-                 amp * rng.uniform(0.04, 0.12), rng.uniform(25, 45), 2 if rng.random() < 0.6 else 1,
+                 amp * rng.uniform(0.05, 0.16), rng.uniform(25, 45), 2 if rng.random() < 0.6 else 1,
                  rng.uniform(0.8, 1.0), r_in=0.6 * sep, sharp=rng.uniform(3.0, 6.0))
 
 
@@ -263,7 +307,7 @@ def _patchy(size, rng, scale, waves=3):
 
 def _disturbed(cv, rng, s):
     x0, y0 = _centre(cv.size, rng, 3.0)
-    h = _log_uniform(rng, 6.0, 15.0) * s
+    h = _log_uniform(rng, 5.0, 12.0) * s
     pa = rng.uniform(0, math.pi)
     q = rng.uniform(0.3, 0.9)
     # lopsided disk: the outer isophotes are shifted to one side
@@ -275,8 +319,9 @@ def _disturbed(cv, rng, s):
     v2 = v - np.float32(off * math.sin(da)) * r0
     r = np.sqrt(u2 * u2 + (v2 / np.float32(q)) ** 2 + np.float32(1.0))
     amp = _log_uniform(rng, 70, 250)
-    cv.add(np.exp(-r / np.float32(h)) * _patchy(cv.size, rng, h), amp,
-           _jitter(ARM_RGB * 0.5 + DISK_RGB * 0.5, rng))
+    light = np.exp(-r / np.float32(h)) * _patchy(cv.size, rng, h)
+    light *= _texture(cv.size, rng, rng.uniform(0.15, 0.45))
+    cv.add(light, amp, _jitter(ARM_RGB * 0.5 + DISK_RGB * 0.5, rng))
     _clumps(cv, rng, x0, y0, h * 1.0, int(rng.integers(1, 6)), amp * rng.uniform(0.5, 1.5), ARM_RGB,
             width=(1.5, 3.5))
     if rng.random() < 0.5:
@@ -299,8 +344,8 @@ RENDERERS = {
 }
 
 STAR_COLOURS = np.array([
-    [1.0, 0.4, 0.15],   # red dwarfs and distant red galaxies: the most common field objects
-    [1.0, 0.65, 0.35],
+    [1.0, 0.55, 0.3],   # red dwarfs and distant red galaxies: the most common field objects
+    [1.0, 0.7, 0.45],
     [1.0, 0.9, 0.7],
     [0.55, 0.8, 1.2],
 ], np.float32)
@@ -400,10 +445,27 @@ def _noise(rng, size):
     return win
 
 
-def _stretch(flux, sky):
-    out = np.arcsinh(flux / np.float32(STRETCH_SOFT)) * np.float32(STRETCH_A) + sky[:, None, None]
+def _stretch(flux, offset):
+    flux += offset[:, None, None]
+    np.maximum(flux, 0, out=flux)
+    inten = flux.mean(0) + np.float32(1e-6)
+    gain = np.arcsinh(inten / np.float32(STRETCH_SOFT)) * np.float32(STRETCH_A) / inten
+    # where the brightest band would clip, scale all three down: saturated cores keep their hue
+    peak = flux.max(0) * gain
+    gain *= np.minimum(np.float32(255.0) / np.maximum(peak, np.float32(1e-6)), np.float32(1.0))
+    out = flux * gain
     np.clip(out, 0, 255, out=out)
     return np.ascontiguousarray(out.astype(np.uint8).transpose(1, 2, 0))
+
+
+def _jpeg(img):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=JPEG_QUALITY)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.array(im.convert("RGB"))
 
 
 def render_galaxy(cls: int, rng: np.random.Generator, size: int = 256) -> np.ndarray:
@@ -417,8 +479,8 @@ def render_galaxy(cls: int, rng: np.random.Generator, size: int = 256) -> np.nda
     flux = _blur(cv.flux(), psf)
     _field(flux, rng, s, psf)
     flux += _noise(rng, size)
-    sky = (rng.normal(34.0, 2.0) + rng.normal(0, 0.8, 3)).astype(np.float32)
-    return _stretch(flux, sky)
+    offset = (SKY_OFFSET * rng.normal(1.0, 0.08) * (1 + rng.normal(0, 0.02, 3))).astype(np.float32)
+    return _jpeg(_stretch(flux, offset))
 
 
 def _positions(n, rng):

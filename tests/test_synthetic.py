@@ -125,3 +125,20 @@ def test_cli_writes_file(tmp_path):
     assert synthetic.main(["--out", str(out), "--n", "10", "--size", "48", "--seed", "2"]) == 0
     assert inspect_h5(out)["n"] == 10
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_sky_is_grey_and_images_are_jpeg_like():
+    # The real cutouts' sky is neutral grey (the stretch adds one offset to every band) and they are
+    # JPEGs: re-encoding at the same quality leaves an already-compressed image almost unchanged.
+    import io
+
+    from PIL import Image
+
+    for cls in range(10):
+        img = synthetic.render_galaxy(cls, np.random.default_rng(cls), 128)
+        sky = np.median(img[:16].reshape(-1, 3).astype(np.float32), axis=0)
+        assert sky.max() - sky.min() < 8, f"class {cls}: coloured sky {sky}"
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=synthetic.JPEG_QUALITY)
+        again = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        assert np.abs(again.astype(np.float32) - img).mean() < 2.0
