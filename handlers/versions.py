@@ -19,12 +19,11 @@ re-registers it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-import requests
+from galaxy_morph.client import TorchServeClient, TorchServeError
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("galaxy-b0", "galaxy-b2")
@@ -36,42 +35,28 @@ class VersionError(RuntimeError):
 
 
 class Management:
-    """The few management calls version handling needs, with the management key."""
+    """Version handling on top of the project's TorchServe client (management key from the key file)."""
 
-    def __init__(self, url: str, key_file: str | os.PathLike, timeout: float = 300.0):
-        self.url, self.key_file, self.timeout = url.rstrip("/"), Path(key_file), timeout
-
-    def _headers(self):
-        if not self.key_file.is_file():
-            raise VersionError(f"no key file at {self.key_file}: is TorchServe running (make serve)?")
-        return {"Authorization": f"Bearer {json.loads(self.key_file.read_text())['management']['key']}"}
-
-    def call(self, method: str, path: str, **params):
-        r = requests.request(method, self.url + path, params=params or None,
-                             headers=self._headers(), timeout=self.timeout)
-        if r.status_code != 200:
-            try:
-                msg = r.json().get("message", r.text)
-            except ValueError:
-                msg = r.text
-            raise VersionError(f"{method} {path}: HTTP {r.status_code}: {msg}")
-        return r.json()
+    def __init__(self, url: str, key_file: str | os.PathLike):
+        if not Path(key_file).is_file():
+            raise VersionError(f"no key file at {key_file}: is TorchServe running (make serve)?")
+        self.client = TorchServeClient(management_url=url, key_file=key_file)
 
     def versions(self, name: str) -> list[dict]:
         """Every registered version of a model, the default one flagged."""
-        default = self.call("GET", f"/models/{name}")[0]["modelVersion"]
+        default = self.client.default_version(name)
         return [{"version": v["modelVersion"], "url": v["modelUrl"], "default": v["modelVersion"] == default,
                  "workers": [w["status"] for w in v.get("workers", [])]}
-                for v in self.call("GET", f"/models/{name}/all")]
+                for v in self.client.versions(name)]
 
     def register(self, url: str, workers: int = 1) -> dict:
-        return self.call("POST", "/models", url=url, initial_workers=workers, synchronous="true")
+        return self.client.register(url, initial_workers=workers)
 
     def set_default(self, name: str, version: str) -> dict:
-        return self.call("PUT", f"/models/{name}/{version}/set-default")
+        return self.client.set_default(name, version)
 
     def unregister(self, name: str, version: str) -> dict:
-        return self.call("DELETE", f"/models/{name}/{version}")
+        return self.client.unregister(name, version)
 
     def rollback(self, name: str, to: str | None = None) -> str:
         """Make `to`, or else the highest version below the current default, the default."""
@@ -86,9 +71,7 @@ class Management:
         return to
 
     def card(self, name: str) -> dict:
-        d = self.call("GET", f"/models/{name}", customized="true")[0]
-        card = d.get("customizedMetadata") or {}
-        return json.loads(card) if isinstance(card, str) else card
+        return self.client.describe(name)[0].get("customizedMetadata") or {}
 
     def refresh_workflow(self, store: str | os.PathLike, name: str = WORKFLOW) -> dict:
         """Rebuild the workflow archive over the current default versions and re-register it."""
@@ -96,15 +79,13 @@ class Management:
 
         urls, f1, versions = {}, {}, {}
         for m in ("b0", "b2"):
-            d = self.call("GET", f"/models/galaxy-{m}", customized="true")[0]
+            d = self.client.describe(f"galaxy-{m}")[0]
             urls[m], versions[m] = d["modelUrl"], d["modelVersion"]
-            card = d.get("customizedMetadata") or {}
-            card = json.loads(card) if isinstance(card, str) else card
-            f1[m] = card.get("val_per_class_f1")
+            f1[m] = (d.get("customizedMetadata") or {}).get("val_per_class_f1")
         build_workflow_archive(Path(store), urls, f1, versions, name)
-        if any(w["workflowName"] == name for w in self.call("GET", "/workflows").get("workflows", [])):
-            self.call("DELETE", f"/workflows/{name}")
-        self.call("POST", "/workflows", url=f"{name}.war")
+        if any(w["workflowName"] == name for w in self.client.list_workflows()):
+            self.client.unregister_workflow(name)
+        self.client.register_workflow(f"{name}.war")
         return {"workflow": name, "models": urls, "versions": versions}
 
 
@@ -135,8 +116,8 @@ def main(argv=None):
     p = sub.add_parser("refresh-workflow", help="ensemble onto the current default versions")
     p.add_argument("--store", default=str(REPO / "model_store"))
     args = ap.parse_args(argv)
-    mgmt = Management(args.management_url, args.key_file)
     try:
+        mgmt = Management(args.management_url, args.key_file)
         if args.command == "list":
             for name in args.names:
                 for v in mgmt.versions(name):
@@ -153,7 +134,7 @@ def main(argv=None):
         elif args.command == "refresh-workflow":
             r = mgmt.refresh_workflow(args.store)
             print(f"{r['workflow']} now uses " + ", ".join(f"{u} ({r['versions'][m]})" for m, u in r["models"].items()))
-    except (VersionError, requests.RequestException) as e:
+    except (VersionError, TorchServeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
