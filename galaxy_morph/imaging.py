@@ -16,7 +16,14 @@ ALLOWED_FORMATS = ("JPEG", "PNG")
 
 
 class ImageError(ValueError):
-    """Bytes that cannot be used as an image; the message is safe to show a client."""
+    """Bytes that cannot be used as an image; the message is safe to show a client.
+
+    `status` is the HTTP status a server answers it with."""
+    status = 400
+
+
+class ImageTooLarge(ImageError):
+    status = 413
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -27,16 +34,16 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombWarning:
-        raise ImageError(f"image too large: over {max_pixels} pixels") from None
+        raise ImageTooLarge(f"image too large: over {max_pixels} pixels") from None
     except Image.DecompressionBombError:
-        raise ImageError(f"image too large: over {max_pixels} pixels") from None
+        raise ImageTooLarge(f"image too large: over {max_pixels} pixels") from None
     except Exception:
         raise ImageError("not an image: expected JPEG or PNG bytes") from None
     if img.format not in ALLOWED_FORMATS:
         raise ImageError(f"unsupported image format {img.format}: send JPEG or PNG")
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageError(f"image too large: {w}x{h} is over the limit of {max_pixels} pixels")
+        raise ImageTooLarge(f"image too large: {w}x{h} is over the limit of {max_pixels} pixels")
     if w < 8 or h < 8:
         raise ImageError(f"image too small: {w}x{h}, need at least 8x8 pixels")
     try:
