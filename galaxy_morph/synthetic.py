@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,6 +30,7 @@ import h5py
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from galaxy_morph.legacy_rgb import sdss_rgb, to_uint8
 from galaxy_morph.specs import GALAXY10_CLASSES
 
 NUM_CLASSES = len(GALAXY10_CLASSES)
@@ -42,17 +44,23 @@ BULGE_RGB = np.array([1.0, 0.92, 0.76], np.float32)
 DISK_RGB = np.array([0.86, 0.82, 0.74], np.float32)
 ARM_RGB = np.array([0.6, 0.76, 1.0], np.float32)
 
-# The Legacy Surveys' colour-preserving stretch (their sdss_rgb), in units of the sky noise:
-# I = mean over bands of (flux + SKY_OFFSET), each band out = (flux + SKY_OFFSET) * A * asinh(I / SOFT) / I.
-# The offset is what turns the sky grey and the faint outskirts of every galaxy neutral, while cores
-# keep their colour.
+# The Legacy Surveys' colour-preserving stretch (galaxy_morph.legacy_rgb.sdss_rgb) on fluxes in units
+# of the sky noise: I = mean over bands of (flux + SKY_OFFSET), each band out = (flux + SKY_OFFSET)
+# * A * asinh(I / SOFT) / I (in 0-255), which is sdss_rgb with Q = (255 / A)^2 and a flux scale of
+# 1 / (SOFT * Q). The offset is what turns the sky grey and the faint outskirts of every galaxy
+# neutral, while cores keep their colour.
 STRETCH_A = 54.0
 STRETCH_SOFT = 3.8
-SKY_OFFSET = 2.6
+STRETCH_Q = (255.0 / STRETCH_A) ** 2
+STRETCH_SCALE = 1.0 / (STRETCH_SOFT * STRETCH_Q)
+SKY_OFFSET = 2.45
+# The real sky is a little redder than grey (median R - B of about +1 of 255 at the border).
+SKY_TINT = np.array([1.01, 1.0, 0.99], np.float32)
 NOISE_BLUR = 0.55
 NOISE_BANK = 1024
 NOISE_SHARED = 0.25
 JPEG_QUALITY = 75  # the real cutouts are baseline JPEGs at quality 75 with 4:2:0 chroma
+JPEG_QUALITY_RANGE = (60, 96)  # randomised around it: other surveys and re-encodings compress differently
 
 
 @lru_cache(maxsize=4)
@@ -79,10 +87,10 @@ def _sersic(r, re, n):
     return np.exp(np.float32(-b) * ((r / np.float32(re)) ** np.float32(1.0 / n) - np.float32(1.0)))
 
 
-def _jitter(rgb, rng, amount=0.08):
+def _jitter(rgb, rng, amount=0.14):
     # redder or bluer, hardly ever green: stellar populations vary along one colour axis
     tilt = rng.normal(0.0, amount)
-    tint = np.exp(np.array([tilt, 0.0, -tilt])) * (1.0 + rng.normal(0.0, amount / 4, 3))
+    tint = np.exp(np.array([tilt, 0.0, -tilt])) * (1.0 + rng.normal(0.0, 0.02, 3))
     return (rgb * tint).astype(np.float32)
 
 
@@ -179,63 +187,69 @@ def _texture(size, rng, amount):
 
 # ---- the ten classes; sizes are in pixels of a 256 px frame, flux in units of the sky noise ----
 
-def _smooth_rgb(rng):
-    # Galaxy Zoo's smooth classes hold many bluer, disk-like galaxies, not only red ellipticals
-    t = rng.uniform(0.0, 1.0) ** 2
+def _smooth_rgb(rng, blue=1.0):
+    # Galaxy Zoo's smooth classes hold many bluer, disk-like galaxies, not only red ellipticals;
+    # the real cigars are the bluest of them (blue > 1 moves the mix towards disk colours)
+    t = rng.uniform(0.0, 1.0) ** (1.0 / blue)
     return _jitter((1 - t) * BULGE_RGB + t * DISK_RGB, rng)
 
 
 def _round_smooth(cv, rng, s):
     x0, y0 = _centre(cv.size, rng)
     re = _log_uniform(rng, 5.0, 14.0 if rng.random() < 0.85 else 30.0) * s
-    _bulge(cv, rng, x0, y0, re, rng.uniform(2.0, 4.5), rng.uniform(0.82, 1.0), rng.uniform(0, math.pi),
-           _log_uniform(rng, 12, 100), _smooth_rgb(rng))
+    _bulge(cv, rng, x0, y0, re, rng.uniform(1.5, 4.0), rng.uniform(0.78, 1.0), rng.uniform(0, math.pi),
+           _log_uniform(rng, 20, 160), _smooth_rgb(rng))
 
 
 def _in_between_smooth(cv, rng, s):
     x0, y0 = _centre(cv.size, rng)
     re = _log_uniform(rng, 5.0, 12.0) * s
-    _bulge(cv, rng, x0, y0, re, rng.uniform(1.5, 4.0), rng.uniform(0.5, 0.75), rng.uniform(0, math.pi),
-           _log_uniform(rng, 40, 160), _smooth_rgb(rng))
+    _bulge(cv, rng, x0, y0, re, rng.uniform(1.0, 3.0), rng.uniform(0.5, 0.78), rng.uniform(0, math.pi),
+           _log_uniform(rng, 60, 240), _smooth_rgb(rng))
 
 
 def _cigar(cv, rng, s):
     x0, y0 = _centre(cv.size, rng)
     re = _log_uniform(rng, 7.0, 16.0) * s
-    _bulge(cv, rng, x0, y0, re, rng.uniform(1.0, 2.5), rng.uniform(0.22, 0.42), rng.uniform(0, math.pi),
-           _log_uniform(rng, 40, 150), _smooth_rgb(rng))
+    _bulge(cv, rng, x0, y0, re, rng.uniform(0.8, 2.2), rng.uniform(0.25, 0.5), rng.uniform(0, math.pi),
+           _log_uniform(rng, 60, 220), _smooth_rgb(rng, blue=2.0))
 
 
 def _edge_on(cv, rng, s, bulge):
+    # Measured on the real samples (axis ratio, area and light concentration of the central source):
+    # bulgeless edge-ons are long and not razor thin; edge-ons with a bulge are shorter, thin, and
+    # their bulge is modest and red rather than a dominant round core.
     x0, y0 = _centre(cv.size, rng)
     pa = rng.uniform(0, math.pi)
-    h = _log_uniform(rng, 16.0, 42.0 if not bulge else 20.0) * s
-    z = h * rng.uniform(0.08, 0.24)
+    h = (_log_uniform(rng, 20.0, 50.0) if not bulge else _log_uniform(rng, 13.0, 24.0)) * s
+    z = h * rng.uniform(0.1, 0.26) if not bulge else h * rng.uniform(0.14, 0.3)
     u, v = _rotated(cv.size, x0, y0, pa)
     r = np.sqrt(u * u + np.float32(1.0))
-    disk = np.exp(-r / np.float32(h)) / np.cosh(np.minimum(np.abs(v) / np.float32(z + 0.8), 30)) ** 2
+    # flatter than exponential along the disk: the real edge-ons' light is less centrally concentrated
+    disk = np.exp(-(r / np.float32(h)) ** np.float32(rng.uniform(1.0, 1.8))) / np.cosh(np.minimum(np.abs(v) / np.float32(z + 0.8), 30)) ** 2
     disk *= _texture(cv.size, rng, rng.uniform(0.1, 0.4))
-    amp = _log_uniform(rng, 150, 500)
-    colour = _jitter(0.7 * DISK_RGB + 0.3 * ARM_RGB if not bulge else (DISK_RGB + BULGE_RGB) / 2, rng)
+    amp = _log_uniform(rng, 120, 450)
+    colour = _jitter(0.7 * DISK_RGB + 0.3 * ARM_RGB if not bulge else BULGE_RGB, rng)
     if rng.random() < 0.3:  # a dust lane along the midplane
         disk *= 1.0 - 0.6 * np.exp(-(v / np.float32(z * 0.5 + 0.5)) ** 2) * np.exp(-r / np.float32(3 * h))
     cv.add(disk, amp, colour)
     if bulge:
-        re = h * rng.uniform(0.25, 0.5)
-        _bulge(cv, rng, x0, y0, re, rng.uniform(1.0, 2.5), rng.uniform(0.55, 0.85), pa,
-               amp * rng.uniform(0.6, 2.0))
+        re = h * rng.uniform(0.18, 0.35)
+        _bulge(cv, rng, x0, y0, re, rng.uniform(1.0, 2.5), rng.uniform(0.45, 0.8), pa,
+               amp * rng.uniform(0.15, 0.6))
     else:
-        _bulge(cv, rng, x0, y0, h * rng.uniform(0.1, 0.2), 1.0, 0.5, pa, amp * rng.uniform(0.0, 0.5))
+        _bulge(cv, rng, x0, y0, h * rng.uniform(0.1, 0.2), 1.0, 0.5, pa, amp * rng.uniform(0.0, 0.2))
 
 
 def _spiral(cv, rng, s, kind):
     x0, y0 = _centre(cv.size, rng)
     pa = rng.uniform(0, math.pi)
-    q = rng.uniform(0.45, 1.0)
+    # real barred spirals are the largest and most face-on of the spirals, loose ones smaller
+    q = rng.uniform(0.55 if kind == "barred" else 0.45, 1.0)
     h = _log_uniform(rng, 11.0, 26.0) * s
     amp = _log_uniform(rng, 35, 120)
     if kind == "barred":
-        h *= 1.2
+        h *= 1.25
         bar_len = h * rng.uniform(0.9, 1.5)
         bar_pa = rng.uniform(0, math.pi)
         # arms start at the bar ends: phase puts an arm crest at r = bar_len, theta = bar angle
@@ -253,14 +267,14 @@ def _spiral(cv, rng, s, kind):
             rr = np.sqrt(u * u + (v / np.float32(q)) ** 2)
             cv.add(np.exp(-((rr - bar_len) / np.float32(0.15 * bar_len + 1)) ** 2),
                    amp * rng.uniform(0.3, 0.8), _jitter(DISK_RGB, rng))
-        bulge_amp = amp * rng.uniform(5, 15)
+        bulge_amp = amp * rng.uniform(3, 10)
     elif kind == "tight":
         h *= 0.85
         _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, rng.uniform(7, 14), rng.choice([2, 2, 3]),
                      rng.uniform(0.35, 0.85))
         bulge_amp = amp * rng.uniform(6, 20)
     else:
-        h *= 1.15
+        h *= 0.95
         _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, rng.uniform(20, 34), rng.choice([2, 2, 3]),
                      rng.uniform(0.55, 1.0), r_in=0.35 * h)
         bulge_amp = amp * rng.uniform(2, 10)
@@ -281,7 +295,7 @@ def _merging(cv, rng, s):
         re = rng.uniform(3.0, 8.0) * s
         _bulge(cv, rng, cx, cy, re, rng.uniform(1.5, 4.0), rng.uniform(0.5, 1.0),
                rng.uniform(0, math.pi), amp * f)
-        if rng.random() < 0.6:  # each partner may keep a (distorted) disk of its own
+        if rng.random() < 0.45:  # each partner may keep a (distorted) disk of its own
             u, v = _rotated(cv.size, cx, cy, rng.uniform(0, math.pi))
             r = np.sqrt(u * u + (v / np.float32(rng.uniform(0.4, 1.0))) ** 2 + np.float32(1.0))
             cv.add(np.exp(-r / np.float32(re * rng.uniform(1.5, 3.0))) * _texture(cv.size, rng, 0.3),
@@ -324,7 +338,7 @@ def _disturbed(cv, rng, s):
     cv.add(light, amp, _jitter(ARM_RGB * 0.5 + DISK_RGB * 0.5, rng))
     _clumps(cv, rng, x0, y0, h * 1.0, int(rng.integers(1, 6)), amp * rng.uniform(0.5, 1.5), ARM_RGB,
             width=(1.5, 3.5))
-    if rng.random() < 0.5:
+    if rng.random() < 0.75:  # most real disturbed galaxies keep a bright core
         _bulge(cv, rng, x0, y0, h * 0.25, 1.5, rng.uniform(0.6, 1.0), pa, amp * rng.uniform(1, 4))
     if rng.random() < 0.4:  # a faint plume
         _spiral_disk(cv, rng, x0, y0, 2 * h, q, pa, amp * 0.15, rng.uniform(25, 40), 1, 1.0, r_in=h)
@@ -368,7 +382,7 @@ def _blob(flux, cx, cy, amp, w_major, w_minor, angle, colour):
     flux[:, y_a:y_b, x_a:x_b] += colour.astype(np.float32)[:, None, None] * lum
 
 
-def _field(flux, rng, s, psf):
+def _field(flux, rng, s, psf, density=1.0):
     """Field stars, small background galaxies and now and then a brighter neighbour galaxy."""
     size = flux.shape[1]
     centre = (size - 1) / 2.0
@@ -379,13 +393,13 @@ def _field(flux, rng, s, psf):
             if math.hypot(cx - centre, cy - centre) >= min_r * s:
                 return cx, cy
 
-    for _ in range(int(rng.poisson(18 * s * s))):  # stars
+    for _ in range(int(rng.poisson(18 * density * s * s))):  # stars
         cx, cy = position(10)
         amp = math.exp(rng.uniform(math.log(2), math.log(40))) if rng.random() < 0.93 else \
             math.exp(rng.uniform(math.log(40), math.log(2000)))
         colour = STAR_COLOURS[rng.choice(4, p=[0.45, 0.25, 0.15, 0.15])] * (1 + rng.normal(0, 0.1, 3))
         _blob(flux, cx, cy, amp, psf, psf, 0.0, colour)
-    for _ in range(int(rng.poisson(14 * s * s))):  # small, mostly red, background galaxies
+    for _ in range(int(rng.poisson(14 * density * s * s))):  # small, mostly red, background galaxies
         cx, cy = position(8)
         re = rng.uniform(0.5, 3.0) * s
         w = math.sqrt(re * re + psf * psf)
@@ -446,41 +460,44 @@ def _noise(rng, size):
 
 
 def _stretch(flux, offset):
+    """Band-first (R, G, B) = (z, r, g) flux in sky-noise units plus a sky offset -> HxWx3 uint8."""
     flux += offset[:, None, None]
-    np.maximum(flux, 0, out=flux)
-    inten = flux.mean(0) + np.float32(1e-6)
-    gain = np.arcsinh(inten / np.float32(STRETCH_SOFT)) * np.float32(STRETCH_A) / inten
-    # where the brightest band would clip, scale all three down: saturated cores keep their hue
-    peak = flux.max(0) * gain
-    gain *= np.minimum(np.float32(255.0) / np.maximum(peak, np.float32(1e-6)), np.float32(1.0))
-    out = flux * gain
-    np.clip(out, 0, 255, out=out)
-    return np.ascontiguousarray(out.astype(np.uint8).transpose(1, 2, 0))
+    k = STRETCH_SCALE
+    # where the brightest band would clip, all three are scaled down: saturated cores keep their hue
+    rgb = sdss_rgb(flux[::-1], scales={"g": (2, k), "r": (1, k), "z": (0, k)}, m=0.0, q=STRETCH_Q,
+                   keep_hue=True)
+    return to_uint8(rgb)
 
 
-def _jpeg(img):
+def _jpeg(img, quality=JPEG_QUALITY):
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", quality=JPEG_QUALITY)
+    Image.fromarray(img).save(buf, "JPEG", quality=int(quality))
     buf.seek(0)
     with Image.open(buf) as im:
         return np.array(im.convert("RGB"))
 
 
-def render_galaxy(cls: int, rng: np.random.Generator, size: int = 256) -> np.ndarray:
-    """One synthetic galaxy of Galaxy10 class index `cls` as a (size, size, 3) uint8 array."""
+def render_galaxy(cls: int, rng: np.random.Generator, size: int = 256, jpeg_quality=None) -> np.ndarray:
+    """One synthetic galaxy of Galaxy10 class index `cls` as a (size, size, 3) uint8 array.
+
+    The JPEG quality is drawn from JPEG_QUALITY_RANGE unless `jpeg_quality` fixes it.
+    """
     if cls not in RENDERERS:
         raise ValueError(f"class index must be 0..{NUM_CLASSES - 1}, got {cls}")
     s = _scale(size)
     cv = _Canvas(size)
-    RENDERERS[cls](cv, rng, s)
-    psf = rng.uniform(1.5, 2.4) * s
+    # Domain randomisation around the measured medians: galaxy scale, seeing, crowding, sky noise
+    # (the real samples' sky noise spans 6-12 of 255, median 10), sky level and JPEG quality.
+    RENDERERS[cls](cv, rng, s * _log_uniform(rng, 0.85, 1.2))
+    psf = rng.uniform(1.3, 2.8) * s
     flux = _blur(cv.flux(), psf)
-    _field(flux, rng, s, psf)
-    flux += _noise(rng, size)
-    offset = (SKY_OFFSET * rng.normal(1.0, 0.08) * (1 + rng.normal(0, 0.02, 3))).astype(np.float32)
-    return _jpeg(_stretch(flux, offset))
+    _field(flux, rng, s, psf, density=_log_uniform(rng, 0.35, 1.3))
+    flux += _noise(rng, size) * np.float32(_log_uniform(rng, 0.8, 1.45))
+    offset = (SKY_OFFSET * rng.normal(1.0, 0.04) * SKY_TINT * (1 + rng.normal(0, 0.015, 3))).astype(np.float32)
+    quality = rng.integers(*JPEG_QUALITY_RANGE)
+    return _jpeg(_stretch(flux, offset), quality=quality if jpeg_quality is None else jpeg_quality)
 
 
 def _positions(n, rng):
@@ -504,7 +521,15 @@ def _labels(n, rng, class_weights=None):
     return rng.permutation(labels)
 
 
-def _write(tmp, labels, ra, dec, redshift, seed, size, chunk, progress):
+def _render_block(args):
+    labels, start, seed, size = args
+    block = np.empty((len(labels), size, size, 3), np.uint8)
+    for k, label in enumerate(labels):
+        block[k] = render_galaxy(int(label), np.random.default_rng([seed, start + k]), size)
+    return block
+
+
+def _write(tmp, labels, ra, dec, redshift, seed, size, chunk, progress, workers=1):
     n = len(labels)
     bar = None
     if progress:
@@ -519,24 +544,31 @@ def _write(tmp, labels, ra, dec, redshift, seed, size, chunk, progress):
         f.create_dataset("pxscale", data=np.full(n, PXSCALE, np.float32))
         f.attrs["source"] = "galaxy_morph.synthetic"
         f.attrs["seed"] = seed
-        for start in range(0, n, chunk):
-            stop = min(start + chunk, n)
-            block = np.empty((stop - start, size, size, 3), np.uint8)
-            for i in range(start, stop):
-                block[i - start] = render_galaxy(int(labels[i]), np.random.default_rng([seed, i]), size)
-            images[start:stop] = block
-            if bar is not None:
-                bar.update(stop - start)
+        jobs = [(labels[a:a + chunk], a, seed, size) for a in range(0, n, chunk)]
+        pool = None
+        if workers > 1 and len(jobs) > 1:
+            import multiprocessing
+            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)))
+        try:
+            blocks = pool.imap(_render_block, jobs) if pool else map(_render_block, jobs)
+            for (_, start, _, _), block in zip(jobs, blocks):  # in order: the file is the same for any workers
+                images[start:start + len(block)] = block
+                if bar is not None:
+                    bar.update(len(block))
+        finally:
+            if pool:
+                pool.terminate()
     if bar is not None:
         bar.close()
 
 
 def generate(path, n: int = DEFAULT_N, seed: int = 0, size: int = 256, class_weights=None,
-             progress: bool = False, chunk: int = CHUNK) -> Path:
+             progress: bool = False, chunk: int = CHUNK, workers: int = 1) -> Path:
     """Write n synthetic galaxies in the Galaxy10 DECaLS HDF5 schema to `path`; return the path.
 
     Classes are balanced unless `class_weights` (ten relative frequencies) is given. Image i is
-    drawn from its own stream seeded by (seed, i), so the file is identical for a given seed.
+    drawn from its own stream seeded by (seed, i), so the file is identical for a given seed,
+    whatever the number of worker processes.
     """
     if n < 1:
         raise ValueError("n must be at least 1")
@@ -549,7 +581,7 @@ def generate(path, n: int = DEFAULT_N, seed: int = 0, size: int = 256, class_wei
     redshift[rng.random(n) < 0.05] = np.nan
     tmp = path.with_name(path.name + ".part")
     try:
-        _write(tmp, labels, ra, dec, redshift, seed, size, chunk, progress)
+        _write(tmp, labels, ra, dec, redshift, seed, size, chunk, progress, workers)
     except BaseException:
         tmp.unlink(missing_ok=True)  # nothing half-written under either name
         raise
@@ -610,11 +642,13 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=DEFAULT_N, help=f"number of images (default {DEFAULT_N})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes rendering in parallel (default: one per core)")
     p.add_argument("--mosaic", help="also write a PNG mosaic, one row per class")
     args = p.parse_args(argv)
     if args.n < 1 or args.size < 32:
         p.error("--n must be >= 1 and --size >= 32")
-    generate(args.out, args.n, seed=args.seed, size=args.size, progress=True)
+    generate(args.out, args.n, seed=args.seed, size=args.size, progress=True, workers=args.workers)
     print(f"wrote {args.n} images to {args.out}")
     if args.mosaic:
         save_mosaic(args.out, args.mosaic)

@@ -47,7 +47,8 @@ def test_class_weights_change_the_mix(tmp_path):
 
 
 def test_same_seed_gives_identical_bytes(h5, tmp_path):
-    again = synthetic.generate(tmp_path / "again.h5", N, seed=3, size=SIZE, chunk=7)
+    # other chunking and two worker processes: still the same file
+    again = synthetic.generate(tmp_path / "again.h5", N, seed=3, size=SIZE, chunk=7, workers=2)
     with h5py.File(h5, "r") as a, h5py.File(again, "r") as b:
         for key in ("images", "ans", "ra", "dec"):
             assert np.array_equal(a[key][:], b[key][:])
@@ -135,7 +136,7 @@ def test_sky_is_grey_and_images_are_jpeg_like():
     from PIL import Image
 
     for cls in range(10):
-        img = synthetic.render_galaxy(cls, np.random.default_rng(cls), 128)
+        img = synthetic.render_galaxy(cls, np.random.default_rng(cls), 128, jpeg_quality=synthetic.JPEG_QUALITY)
         sky = np.median(img[:16].reshape(-1, 3).astype(np.float32), axis=0)
         assert sky.max() - sky.min() < 8, f"class {cls}: coloured sky {sky}"
         buf = io.BytesIO()
