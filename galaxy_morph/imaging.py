@@ -1,7 +1,8 @@
 """Decoding untrusted image bytes into RGB PIL images, with errors that say what was wrong.
 
 Shared by the TorchServe handlers, the bulk classifier and the dashboard, so that every entry
-point accepts and refuses the same inputs: JPEG or PNG, 8 or 16 bit, greyscale, RGB or RGBA.
+point accepts and refuses the same inputs: JPEG or PNG, 8 or 16 bit, greyscale, RGB or RGBA, and
+g, r, z FITS cutouts, rendered with the Legacy Surveys' colours (galaxy_morph.fits_image).
 """
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ class ImageTooLarge(ImageError):
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if not data:
         raise ImageError("empty image: the request carried no bytes")
+    if bytes(data[:9]) == b"SIMPLE  =":  # FITS (its first header card): a survey cutout
+        from galaxy_morph.fits_image import decode_fits
+
+        return decode_fits(data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -38,7 +43,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"image too large: over {max_pixels} pixels") from None
     except Exception:
-        raise ImageError("not an image: expected JPEG or PNG bytes") from None
+        raise ImageError("not an image: expected JPEG, PNG or FITS bytes") from None
     if img.format not in ALLOWED_FORMATS:
         raise ImageError(f"unsupported image format {img.format}: send JPEG or PNG")
     w, h = img.size

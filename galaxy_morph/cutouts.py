@@ -1,0 +1,536 @@
+"""Sky positions -> Legacy Surveys cutouts: position tables in, cutout bytes out, politely.
+
+    from galaxy_morph.cutouts import CutoutParams, CutoutFetcher, read_positions
+    fetcher = CutoutFetcher(CutoutParams())                  # defaults: as Galaxy10 DECaLS was made
+    jpeg = fetcher.fetch(184.8461, 5.7975)                   # bytes, from the disk cache when there
+    positions = read_positions("positions.ecsv")             # csv / fits / vot / ecsv tables
+
+    python -m galaxy_morph.cutouts --ra 184.8461 --dec 5.7975 --out galaxy.jpg   # one cutout
+
+The service URL is `https://www.legacysurvey.org/viewer/cutout.jpg` (or `cutout.fits`, which takes
+`bands=grz` too) with `ra`, `dec`, `layer`, `pixscale` and `size` added as query parameters; the
+defaults (layer ls-dr10-grz, 0.262 arcsec per pixel, 256 pixels) match how Galaxy10 DECaLS was
+downloaded. `--cutout-url` points elsewhere (a mirror, or the tests' local server); a URL with
+`{ra}` and `{dec}` fields is used as a template instead.
+
+Politeness and robustness:
+- every answer is cached on disk (`$GALAXY_CUTOUT_CACHE`, default ~/.cache/galaxy_morph/cutouts),
+  keyed by position (to 1e-6 degree) and every parameter; "no survey data here" is cached too,
+  failures are not. Files are written atomically, so a killed run leaves no half cutout behind.
+- at most `max_in_flight` requests (default 4) reach the service at once, from any number of threads.
+- 429 and 5xx answers, connection errors and timeouts are retried with exponential backoff by
+  urllib3's Retry (honouring Retry-After); 4xx answers are not retried.
+- a position outside the survey's footprint (blank cutout, a FITS header with OVERLAP = F and no
+  data, NaN-only pixels, or a "no overlap" answer) raises NoSurveyData; any other failure raises
+  CutoutError. Both are OSError, so the bulk classifier writes them as a row with the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+DEFAULT_URL = "https://www.legacysurvey.org/viewer/cutout.jpg"
+DEFAULT_LAYER = "ls-dr10-grz"  # the g, r, z look of Galaxy10 DECaLS (ls-dr10 adds i where it exists)
+DEFAULT_PIXSCALE = 0.262  # arcsec per pixel: the native DECam pixel
+DEFAULT_SIZE = 256
+DEFAULT_BANDS = "grz"
+MAX_SIZE = 3000  # the service's own limit
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+TABLE_FORMATS = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".fits": "fits", ".fit": "fits",
+                 ".fts": "fits", ".vot": "votable", ".votable": "votable", ".xml": "votable"}
+RA_NAMES = ("ra", "ra_deg", "raj2000", "ra_icrs", "ra_j2000", "alpha_j2000")
+DEC_NAMES = ("dec", "dec_deg", "dej2000", "decj2000", "de_icrs", "dec_icrs", "dec_j2000", "delta_j2000")
+ID_NAMES = ("id",)
+NO_OVERLAP_WORDS = ("no overlap", "outside the footprint", "no data")
+
+
+class CutoutError(OSError):
+    """A cutout that could not be had; the message says why and is safe to show and to store."""
+
+
+class NoSurveyData(CutoutError):
+    """The service has no imaging at this position (outside the footprint): not worth asking again."""
+
+
+class PositionsError(ValueError):
+    """A positions table that cannot be used as a whole (unreadable, no ra/dec column, ids repeat)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters and URLs
+
+
+@dataclass(frozen=True)
+class CutoutParams:
+    url: str = DEFAULT_URL
+    layer: str = DEFAULT_LAYER
+    pixscale: float = DEFAULT_PIXSCALE
+    size: int = DEFAULT_SIZE
+    bands: str = DEFAULT_BANDS
+
+    def __post_init__(self):
+        if not str(self.url).startswith(("http://", "https://")):
+            raise ValueError(f"cutout URL must start with http:// or https://, got {self.url!r}")
+        if not (1 <= int(self.size) <= MAX_SIZE):
+            raise ValueError(f"cutout size must be 1..{MAX_SIZE} pixels, got {self.size}")
+        if not (float(self.pixscale) > 0 and math.isfinite(float(self.pixscale))):
+            raise ValueError(f"pixel scale must be a positive number of arcsec, got {self.pixscale}")
+
+    @property
+    def format(self) -> str:
+        """'fits' when the URL asks for cutout.fits, else 'jpeg'."""
+        path = urlsplit(self.url.split("?")[0].replace("{", "").replace("}", "")).path.lower()
+        return "fits" if path.endswith((".fits", ".fit", ".fits.gz")) else "jpeg"
+
+    def query(self, ra: float, dec: float) -> dict:
+        q = {"ra": f"{ra:.6f}", "dec": f"{dec:.6f}", "layer": self.layer,
+             "pixscale": f"{float(self.pixscale):g}", "size": str(int(self.size))}
+        if self.format == "fits":
+            q["bands"] = self.bands
+        return q
+
+    def url_for(self, ra: float, dec: float) -> str:
+        q = self.query(ra, dec)
+        if "{ra}" in self.url or "{dec}" in self.url:
+            return self.url.format(**q)
+        return self.url + ("&" if "?" in self.url else "?") + urlencode(q)
+
+    def cache_key(self, ra: float, dec: float) -> str:
+        base = self.url if "{" in self.url else self.url.split("?")[0]
+        doc = {"url": base, **self.query(ra, dec)}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("GALAXY_CUTOUT_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "galaxy_morph" / "cutouts"
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetching
+
+
+@dataclass
+class FetchStats:
+    requests: int = 0  # cutouts asked of the service (each counts once, however many retries)
+    cache_hits: int = 0
+    no_data: int = 0
+    failures: int = 0
+    max_in_flight: int = 0
+
+
+class CutoutFetcher:
+    """Thread-safe cached fetching with a bound on requests in flight and retries with backoff."""
+
+    def __init__(self, params: CutoutParams | None = None, cache_dir: str | os.PathLike | None = None,
+                 max_in_flight: int = 4, retries: int = 5, backoff: float = 0.5, timeout: float = 60.0):
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.params = params or CutoutParams()
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.retries = retries
+        self.backoff = backoff
+        self.timeout = (min(10.0, timeout), timeout)
+        self.stats = FetchStats()
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._local = threading.local()
+
+    # -- cache ------------------------------------------------------------------------------
+    def cache_path(self, ra: float, dec: float) -> Path:
+        key = self.params.cache_key(ra, dec)
+        suffix = ".fits" if self.params.format == "fits" else ".jpg"
+        return self.cache_dir / key[:2] / (key + suffix)
+
+    def _read_cache(self, path: Path) -> bytes | None:
+        nodata = path.with_suffix(".nodata")
+        if nodata.is_file():
+            raise NoSurveyData(nodata.read_text(encoding="utf-8").strip() or "no survey data here")
+        if path.is_file():
+            return path.read_bytes()
+        return None
+
+    def _write_cache(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    # -- HTTP -------------------------------------------------------------------------------
+    def _session(self):
+        s = getattr(self._local, "session", None)
+        if s is None:
+            import requests
+            from requests.adapters import HTTPAdapter
+            from urllib3.util.retry import Retry
+
+            retry = Retry(total=self.retries, connect=self.retries, read=self.retries,
+                          status=self.retries, other=0, backoff_factor=self.backoff, backoff_max=30.0,
+                          status_forcelist=RETRY_STATUSES, allowed_methods=frozenset({"GET"}),
+                          respect_retry_after_header=True, raise_on_status=False)
+            s = requests.Session()
+            s.headers["User-Agent"] = "galaxy-morph cutout fetcher (python-requests)"
+            adapter = HTTPAdapter(max_retries=retry, pool_maxsize=4)
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
+            self._local.session = s
+        return s
+
+    def fetch(self, ra: float, dec: float) -> bytes:
+        """Cutout bytes (JPEG or FITS, as the URL asks) for one position; see the module docstring."""
+        check_position(ra, dec)
+        path = self.cache_path(ra, dec)
+        cached = self._read_cache(path)
+        if cached is not None:
+            self._count("cache_hits")
+            return cached
+        url = self.params.url_for(ra, dec)
+        try:
+            data = self._download(url, ra, dec)
+        except NoSurveyData as e:
+            self._count("no_data")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_cache(path.with_suffix(".nodata"), str(e).encode("utf-8"))
+            raise
+        except CutoutError:
+            self._count("failures")
+            raise
+        self._write_cache(path, data)
+        return data
+
+    def _download(self, url: str, ra: float, dec: float) -> bytes:
+        import requests
+
+        where = f"RA {ra:.6f}, Dec {dec:+.6f}"
+        with self._slots:
+            with self._lock:
+                self._in_flight += 1
+                self.stats.requests += 1
+                self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
+            try:
+                r = self._session().get(url, timeout=self.timeout)
+                body = r.content
+            except requests.exceptions.RetryError as e:
+                raise CutoutError(f"cutout service kept failing at {where} after {self.retries + 1} "
+                                  f"attempts ({_short(e)})") from None
+            except requests.exceptions.Timeout:
+                raise CutoutError(f"cutout service timed out at {where} after {self.retries + 1} "
+                                  f"attempts") from None
+            except requests.exceptions.RequestException as e:
+                raise CutoutError(f"cannot reach the cutout service for {where} after "
+                                  f"{self.retries + 1} attempts ({_short(e)})") from None
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+        return self._check_answer(r.status_code, r.headers.get("Content-Type", ""), body, where)
+
+    def _check_answer(self, status: int, ctype: str, body: bytes, where: str) -> bytes:
+        text = _text(body, ctype)
+        if status != 200:
+            if text and any(w in text.lower() for w in NO_OVERLAP_WORDS):
+                raise NoSurveyData(f"no survey data at {where} in {self.params.layer}: "
+                                   f"the service says {text[:160]!r}")
+            kept = " after retries" if status in RETRY_STATUSES else ""
+            raise CutoutError(f"cutout service answered HTTP {status}{kept} for {where}"
+                              + (f": {text[:200]}" if text else ""))
+        check_cutout(body, where, self.params.layer)
+        return body
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
+
+
+def check_cutout(data: bytes, where: str = "this position", layer: str = "the survey") -> None:
+    """Raise NoSurveyData for a blank/no-data cutout, CutoutError for bytes that are not a cutout."""
+    from galaxy_morph.fits_image import check_signal, is_fits, read_bands
+    from galaxy_morph.imaging import ImageError, decode_image
+
+    outside = f"no survey data at {where} in {layer} (outside the footprint)"
+    if is_fits(data):
+        try:
+            check_signal(read_bands(data))
+        except ImageError as e:
+            msg = str(e)
+            if msg.startswith("no data") or "OVERLAP" in msg:
+                raise NoSurveyData(f"{outside}: {msg}") from None
+            raise CutoutError(f"cutout service sent an unusable FITS file for {where}: {msg}") from None
+        return
+    text = _text(data, "")
+    if text and any(w in text.lower() for w in NO_OVERLAP_WORDS):
+        raise NoSurveyData(f"{outside}: the service says {text[:160]!r}")
+    try:
+        img = decode_image(data)
+    except ImageError as e:
+        raise CutoutError(f"cutout service sent something that is not an image for {where}: {e}"
+                          + (f" ({text[:120]!r})" if text else "")) from None
+    if max(hi for _, hi in img.getextrema()) <= 2:
+        raise NoSurveyData(f"{outside}: the cutout is blank")
+
+
+def _text(body: bytes, ctype: str = "") -> str:
+    """A short, printable version of a text answer ('' for image and other binary bodies)."""
+    import re
+
+    head = bytes(body[:2000])
+    if not head or b"\x00" in head or head.startswith((b"\xff\xd8", b"\x89PNG", b"SIMPLE  =")):
+        return ""
+    try:
+        s = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return " ".join(re.sub(r"<[^>]+>", " ", s).split())
+
+
+def _short(e: Exception) -> str:
+    s = str(e)
+    reason = getattr(e, "args", [None])[0]
+    inner = getattr(reason, "reason", None)
+    return " ".join(str(inner or s).split())[:200]
+
+
+# ---------------------------------------------------------------------------------------------
+# Positions
+
+
+@dataclass
+class Position:
+    id: str
+    ra: float | None  # degrees, ICRS
+    dec: float | None
+    problem: str = ""  # why this row has no usable position (the row is kept, with this as error)
+
+
+def check_position(ra, dec) -> None:
+    if ra is None or dec is None or not (math.isfinite(ra) and math.isfinite(dec)):
+        raise CutoutError("no position: ra or dec is empty")
+    if not -90.0 <= dec <= 90.0:
+        raise CutoutError(f"dec {dec:g} is outside -90..90 degrees")
+    if not 0.0 <= ra < 360.0:
+        raise CutoutError(f"ra {ra:g} is outside 0..360 degrees")
+
+
+def parse_angle(value, kind: str, unit=None) -> float | None:
+    """One ra or dec value -> degrees. Numbers are degrees (or `unit`); strings may be sexagesimal
+    ('12:19:23.1' is hours for ra, '+05:47:51' degrees for dec; '12h19m23s', '5d47m51s' too).
+    Returns None for an empty value; raises ValueError for one that is not an angle."""
+    import numpy as np
+    from astropy import units as u
+    from astropy.coordinates import Angle
+
+    if value is None or value is np.ma.masked:
+        return None
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        s = value.strip()
+        if not s or s.lower() in ("nan", "--", "null", "none"):
+            return None
+        try:
+            deg = float(s)
+        except ValueError:
+            sexagesimal = any(c in s for c in ":hdms ")
+            if not sexagesimal:
+                raise ValueError(f"{kind} {s!r} is not an angle") from None
+            default_unit = u.hourangle if kind == "ra" and "d" not in s else u.deg
+            try:
+                deg = Angle(s, unit=default_unit).to_value(u.deg)
+            except Exception:
+                raise ValueError(f"{kind} {s!r} is not an angle") from None
+    else:
+        deg = float(value)
+        if unit is not None and unit != u.deg:
+            deg = (deg * unit).to_value(u.deg)
+    if not math.isfinite(deg):
+        return None
+    if kind == "ra":
+        deg %= 360.0
+    return deg
+
+
+def _find_column(names: list[str], wanted: str | None, candidates, what: str, path) -> str | None:
+    lower = {n.lower(): n for n in names}
+    if wanted:
+        if wanted in names:
+            return wanted
+        if wanted.lower() in lower:
+            return lower[wanted.lower()]
+        raise PositionsError(f"{path}: no column {wanted!r} for {what} (columns: {', '.join(names)})")
+    for c in candidates:
+        if c in lower:
+            return lower[c]
+    return None
+
+
+def table_format(path: str | os.PathLike) -> str | None:
+    name = str(path).lower()
+    if name.endswith(".gz"):
+        name = name[:-3]
+    return TABLE_FORMATS.get(Path(name).suffix)
+
+
+def read_positions(path: str | os.PathLike, ra_col: str | None = None, dec_col: str | None = None,
+                   id_col: str | None = None) -> list[Position]:
+    """Rows of a csv / fits / vot / ecsv table -> Positions (id, ra and dec in degrees).
+
+    Columns are found by name, case-insensitively (ra, RA, RAJ2000, ...; dec, DEC, DEJ2000, ...),
+    or as given. Ids come from the `id` column (or `id_col`) when there is one, else the row index
+    from 0. Columns with units (rad, hourangle, arcsec) are converted to degrees. A row whose
+    position is empty or not an angle keeps its id and gets a `problem`; a table that cannot be
+    read, has no ra/dec column or repeats an id raises PositionsError.
+    """
+    import warnings
+
+    from astropy.table import Table
+
+    path = Path(path)
+    fmt = table_format(path)
+    if fmt is None:
+        raise PositionsError(f"{path}: not a positions table (use .csv, .ecsv, .fits or .vot)")
+    if not path.is_file():
+        raise PositionsError(f"positions table not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            table = Table.read(path, format=fmt)
+    except Exception as e:
+        raise PositionsError(f"{path}: cannot read it as a {fmt} table ({_short(e)})") from None
+    names = list(table.colnames)
+    ra_name = _find_column(names, ra_col, RA_NAMES, "ra", path)
+    dec_name = _find_column(names, dec_col, DEC_NAMES, "dec", path)
+    if ra_name is None or dec_name is None:
+        raise PositionsError(f"{path}: no ra/dec columns found (columns: {', '.join(names) or 'none'}); "
+                             f"name them with --ra-col and --dec-col")
+    id_name = _find_column(names, id_col, ID_NAMES, "id", path)
+    ras, decs = table[ra_name], table[dec_name]
+    ids = table[id_name] if id_name else None
+    out: list[Position] = []
+    seen: dict[str, int] = {}
+    for i in range(len(table)):
+        pid = str(i) if ids is None else _id_text(ids, i)
+        if not pid:
+            pid = str(i)
+        if pid in seen:
+            raise PositionsError(f"{path}: id {pid!r} appears twice (rows {seen[pid]} and {i}): ids must "
+                                 f"be unique; choose another --id-col")
+        seen[pid] = i
+        try:
+            ra = parse_angle(_value(ras, i), "ra", ras.unit)
+            dec = parse_angle(_value(decs, i), "dec", decs.unit)
+            problem = ""
+            if ra is None or dec is None:
+                problem = "no position: ra or dec is empty"
+            elif not -90.0 <= dec <= 90.0:
+                problem = f"dec {dec:g} is outside -90..90 degrees"
+        except Exception as e:
+            ra = dec = None
+            problem = f"bad position: {e}"
+        out.append(Position(pid, ra, dec, problem))
+    return out
+
+
+def _value(col, i):
+    import numpy as np
+
+    if getattr(col, "mask", None) is not None and np.ma.getmaskarray(col)[i]:
+        return None
+    return col[i]
+
+
+def _id_text(col, i) -> str:
+    v = _value(col, i)
+    if v is None:
+        return ""
+    if isinstance(v, (bytes,)):
+        v = v.decode("utf-8", "replace")
+    return str(v).strip()
+
+
+def position_loaders(positions: list[Position], fetcher: CutoutFetcher, skip=frozenset()):
+    """(id, load) for each position not in `skip`; load() fetches the cutout bytes or raises
+    CutoutError (an OSError) with the reason, which the bulk classifier writes as the row's error."""
+    for p in positions:
+        if p.id in skip:
+            continue
+        if p.problem:
+            yield p.id, (lambda msg=p.problem: _raise(CutoutError(msg)))
+        else:
+            yield p.id, (lambda ra=p.ra, dec=p.dec: fetcher.fetch(ra, dec))
+
+
+def _raise(e: Exception):
+    raise e
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line options shared by the bulk classifier and this module
+
+
+def add_cutout_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cutouts (when the input is a table of sky positions)")
+    g.add_argument("--cutout-url", default=os.environ.get("GALAXY_CUTOUT_URL", DEFAULT_URL),
+                   help=f"cutout service; .../cutout.fits asks for FITS (default {DEFAULT_URL})")
+    g.add_argument("--layer", default=DEFAULT_LAYER, help=f"survey layer (default {DEFAULT_LAYER})")
+    g.add_argument("--pixscale", type=float, default=DEFAULT_PIXSCALE,
+                   help=f"arcsec per pixel (default {DEFAULT_PIXSCALE}, the native pixel)")
+    g.add_argument("--size", type=int, default=DEFAULT_SIZE, help=f"pixels a side (default {DEFAULT_SIZE})")
+    g.add_argument("--bands", default=DEFAULT_BANDS, help="bands for FITS cutouts (default grz)")
+    g.add_argument("--ra-col", default=None, help="ra column (default: ra, RA, RAJ2000, ...)")
+    g.add_argument("--dec-col", default=None, help="dec column (default: dec, DEC, DEJ2000, ...)")
+    g.add_argument("--id-col", default=None, help="id column (default: id when present, else the row index)")
+    g.add_argument("--cache-dir", default=None,
+                   help="cutout cache (default $GALAXY_CUTOUT_CACHE or ~/.cache/galaxy_morph/cutouts)")
+    g.add_argument("--cutout-requests", type=int, default=4,
+                   help="requests in flight to the cutout service (default 4: be polite)")
+    g.add_argument("--cutout-retries", type=int, default=5,
+                   help="retries per cutout on 429/5xx/timeouts, with exponential backoff")
+
+
+def fetcher_from_args(args) -> CutoutFetcher:
+    params = CutoutParams(url=args.cutout_url, layer=args.layer, pixscale=args.pixscale, size=args.size,
+                          bands=args.bands)
+    return CutoutFetcher(params, cache_dir=args.cache_dir, max_in_flight=args.cutout_requests,
+                         retries=args.cutout_retries)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m galaxy_morph.cutouts",
+                                description="Fetch one Legacy Surveys cutout (cached) and save it.")
+    p.add_argument("--ra", required=True, help="degrees, or sexagesimal hours (12:19:23.1)")
+    p.add_argument("--dec", required=True, help="degrees, or sexagesimal degrees (+05:47:51)")
+    p.add_argument("--out", required=True, help="file to write (.jpg or .fits, as the URL gives)")
+    add_cutout_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        ra, dec = parse_angle(args.ra, "ra"), parse_angle(args.dec, "dec")
+        fetcher = fetcher_from_args(args)
+        data = fetcher.fetch(ra, dec)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    Path(args.out).write_bytes(data)
+    print(f"{args.out}: {len(data)} bytes ({fetcher.params.format}) for RA {ra:.6f}, Dec {dec:+.6f}; "
+          f"{json.dumps(asdict(fetcher.stats))}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
