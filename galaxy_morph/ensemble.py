@@ -1,4 +1,4 @@
-"""Ensemble rules: pure functions over the two models' probability vectors.
+"""Ensemble rules: pure functions over the models' probability vectors.
 
 Every rule returns the same structure:
 
@@ -7,15 +7,22 @@ Every rule returns the same structure:
 `probabilities` is the distribution the answer was read from (so `confidence ==
 probabilities[label]`), and `source` says which model(s) the answer comes from: "both" when the
 two models' top classes agree, otherwise "b0" or "b2" (the model whose top class was chosen) or
-"neither" (a combined distribution whose top class neither model had on top).
+"neither" (a combined distribution whose top class neither model had on top). Over N models
+(`combine_models`): "all" when every model has the label on top (still "both" for two), the
+"+"-joined names of those that do, or "neither".
 
-- `seed`: the seed system's rule. Agree: that label, confidence (p1+p2)/2 at it, source "both".
-  Disagree: B0's label and confidence, source "b0".
-- `mean`: the average of the two softmax vectors.
-- `weighted`: per class c, (w0[c] p0[c] + w2[c] p2[c]) / (w0[c] + w2[c]) renormalised, where w are
-  each model's validation F1 for that class.
+- `seed`: the seed system's rule, defined for exactly two models. Agree: that label, confidence
+  (p1+p2)/2 at it, source "both". Disagree: the first model's (B0's) label and confidence.
+- `mean`: the average of the softmax vectors.
+- `weighted`: per class c, sum_m w_m[c] p_m[c] / sum_m w_m[c] renormalised, where w_m are each
+  model's validation F1 for that class (equal weights for a class no model ever got right).
+
+    combine("mean", p_b0, p_b2)                                    # two models, as served today
+    combine_models("weighted", {"b0": p0, "b2": p2, "convnext": p3}, f1={"b0": f0, ...})
 """
 from __future__ import annotations
+
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -29,54 +36,95 @@ def _as_probs(p) -> np.ndarray:
     return p
 
 
-def _answer(probs: np.ndarray, p0: np.ndarray, p2: np.ndarray, rule: str) -> dict:
+def _members(probs: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
+    members = {str(name): _as_probs(p) for name, p in probs.items()}
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least two models, got {len(members)}")
+    if len({p.shape for p in members.values()}) != 1:
+        raise ValueError("every model must give one probability per class, over the same classes")
+    return members
+
+
+def _answer(probs: np.ndarray, members: dict[str, np.ndarray], rule: str) -> dict:
     label = int(np.argmax(probs))
-    top0, top2 = int(np.argmax(p0)), int(np.argmax(p2))
-    if top0 == top2 == label:
-        source = "both"
-    elif label == top0:
-        source = "b0"
-    elif label == top2:
-        source = "b2"
+    on_top = [name for name, p in members.items() if int(np.argmax(p)) == label]
+    if len(on_top) == len(members):
+        source = "both" if len(members) == 2 else "all"
+    elif on_top:
+        source = "+".join(on_top)
     else:
         source = "neither"
     return {"label": label, "confidence": float(probs[label]), "source": source,
             "probabilities": probs.tolist(), "rule": rule}
 
 
+def seed_rule(probs: Mapping[str, Sequence[float]]) -> dict:
+    """The seed's rule over exactly two models; the first one answers when they disagree."""
+    if len(probs) != 2:
+        raise ValueError(f"the seed rule is defined for exactly two models (B0 answers when B0 and "
+                         f"B2 disagree), got {len(probs)}: {', '.join(map(str, probs))}; "
+                         f"use the mean or weighted rule for other sets of models")
+    members = _members(probs)
+    first, second = members.values()
+    if int(np.argmax(first)) == int(np.argmax(second)):
+        return _answer((first + second) / 2, members, "seed")
+    return _answer(first, members, "seed")
+
+
+def mean_rule(probs: Mapping[str, Sequence[float]]) -> dict:
+    members = _members(probs)
+    return _answer(np.mean(list(members.values()), axis=0), members, "mean")
+
+
+def weighted_rule(probs: Mapping[str, Sequence[float]], f1: Mapping[str, Sequence[float]]) -> dict:
+    members = _members(probs)
+    missing = [m for m in members if f1.get(m) is None]
+    if missing:
+        raise ValueError(f"the weighted rule needs every model's per-class validation F1 "
+                         f"(missing: {', '.join(missing)})")
+    w = [np.asarray(f1[m], dtype=np.float64) for m in members]
+    p = np.array(list(members.values()))
+    if any(wm.shape != p.shape[1:] for wm in w):
+        raise ValueError("weights need one value per class")
+    w = np.array(w)
+    total = w.sum(0)
+    # A class that no model ever got right on validation falls back to equal weights.
+    w = np.where(total > 0, w, 1.0)
+    mixed = (w * p).sum(0) / w.sum(0)
+    return _answer(mixed / mixed.sum(), members, "weighted")
+
+
+def combine_models(rule: str, probs: Mapping[str, Sequence[float]],
+                   f1: Mapping[str, Sequence[float]] | None = None) -> dict:
+    """Apply a rule by name over {model name: probabilities} (N >= 2; `seed` only for 2)."""
+    if rule == "seed":
+        return seed_rule(probs)
+    if rule == "mean":
+        return mean_rule(probs)
+    if rule == "weighted":
+        if f1 is None:
+            raise ValueError("the weighted rule needs every model's per-class validation F1")
+        return weighted_rule(probs, f1)
+    raise ValueError(f"unknown ensemble rule {rule!r}: choose one of {', '.join(RULES)}")
+
+
+# The two-model forms (B0, B2), as the workflow calls them.
+
 def seed(p_b0, p_b2) -> dict:
-    p0, p2 = _as_probs(p_b0), _as_probs(p_b2)
-    if int(np.argmax(p0)) == int(np.argmax(p2)):
-        return _answer((p0 + p2) / 2, p0, p2, "seed")
-    return _answer(p0, p0, p2, "seed")
+    return seed_rule({"b0": p_b0, "b2": p_b2})
 
 
 def mean(p_b0, p_b2) -> dict:
-    p0, p2 = _as_probs(p_b0), _as_probs(p_b2)
-    return _answer((p0 + p2) / 2, p0, p2, "mean")
+    return mean_rule({"b0": p_b0, "b2": p_b2})
 
 
 def weighted(p_b0, p_b2, f1_b0, f1_b2) -> dict:
-    p0, p2 = _as_probs(p_b0), _as_probs(p_b2)
-    w0, w2 = np.asarray(f1_b0, dtype=np.float64), np.asarray(f1_b2, dtype=np.float64)
-    if w0.shape != p0.shape or w2.shape != p2.shape:
-        raise ValueError("weights need one value per class")
-    total = w0 + w2
-    # A class that neither model ever got right on validation falls back to equal weights.
-    w0 = np.where(total > 0, w0, 0.5)
-    w2 = np.where(total > 0, w2, 0.5)
-    mixed = (w0 * p0 + w2 * p2) / (w0 + w2)
-    return _answer(mixed / mixed.sum(), p0, p2, "weighted")
+    return weighted_rule({"b0": p_b0, "b2": p_b2}, {"b0": f1_b0, "b2": f1_b2})
 
 
 def combine(rule: str, p_b0, p_b2, f1_b0=None, f1_b2=None) -> dict:
-    """Apply a rule by name; `weighted` needs both models' per-class validation F1."""
-    if rule == "seed":
-        return seed(p_b0, p_b2)
-    if rule == "mean":
-        return mean(p_b0, p_b2)
-    if rule == "weighted":
-        if f1_b0 is None or f1_b2 is None:
-            raise ValueError("the weighted rule needs both models' per-class validation F1")
-        return weighted(p_b0, p_b2, f1_b0, f1_b2)
-    raise ValueError(f"unknown ensemble rule {rule!r}: choose one of {', '.join(RULES)}")
+    """Apply a rule by name to B0 and B2; `weighted` needs both models' per-class validation F1."""
+    if rule == "weighted" and (f1_b0 is None or f1_b2 is None):
+        raise ValueError("the weighted rule needs both models' per-class validation F1")
+    f1 = {"b0": f1_b0, "b2": f1_b2} if rule == "weighted" else None
+    return combine_models(rule, {"b0": p_b0, "b2": p_b2}, f1)

@@ -5,6 +5,12 @@ hyper-parameters, data file SHA256, split, metrics, date), so it can be rebuilt 
 that trained it knowing anything else.
 
     model, meta = load_checkpoint("runs/demo/b0")
+    model = build_model("b0", pretrained=True)   # ImageNet weights through the library's own cache
+
+ImageNet weights come from the libraries' own loaders and caches: torchvision's weights API
+(`$TORCH_HOME/hub/checkpoints/<file of the weights URL>`) and timm's pretrained weights from the
+Hugging Face Hub (`$HF_HOME/hub/models--timm--<arch>.<tag>/snapshots/<commit>/model.safetensors`).
+With `HF_HUB_OFFLINE=1` neither library is asked to download, only the caches are read.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -22,15 +29,90 @@ WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
 
 
-def build_model(spec: ModelSpec | str, num_classes: int = len(GALAXY10_CLASSES),
-                weights: str | os.PathLike | None = None) -> nn.Module:
-    """Randomly initialised model for a spec; `weights` is an optional local state-dict file.
+class PretrainedUnavailable(RuntimeError):
+    """ImageNet weights are neither in the library's cache nor downloadable (offline machine)."""
 
-    A weights file trained for another number of classes (an ImageNet backbone, say) loads all
-    but the classifier head, which keeps its random initialisation.
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE=1 (the Hugging Face switch) keeps both libraries to their caches."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def pretrained_source(spec: ModelSpec | str) -> dict:
+    """Where a spec's ImageNet weights come from: {"library", "weights", "url", "cache"}."""
+    if isinstance(spec, str):
+        spec = get_spec(spec)
+    if spec.library == "torchvision":
+        from torchvision.models import get_model_weights
+
+        weights = get_model_weights(spec.arch).DEFAULT
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+        return {"library": "torchvision", "weights": f"{type(weights).__name__}.{weights.name}",
+                "url": weights.url, "cache": str(cache)}
+    if spec.library == "timm":
+        import timm
+        from huggingface_hub import constants
+
+        cfg = timm.create_model(spec.arch, pretrained=False).pretrained_cfg
+        repo = cfg.get("hf_hub_id")
+        folder = "models--" + repo.replace("/", "--") if repo else None
+        return {"library": "timm", "weights": f"{spec.arch}.{cfg.get('tag')}",
+                "url": f"https://huggingface.co/{repo}" if repo else cfg.get("url"),
+                "cache": str(Path(constants.HF_HUB_CACHE) / folder / "snapshots" / "<commit>" / "model.safetensors")
+                if folder else None}
+    raise ValueError(f"unknown model library {spec.library!r}")
+
+
+def _unavailable(spec: ModelSpec, cause) -> PretrainedUnavailable:
+    src = pretrained_source(spec)
+    return PretrainedUnavailable(
+        f"ImageNet weights for {spec.name} ({src['weights']}) are not in the {src['library']} cache "
+        f"({src['cache']}) and could not be downloaded from {src['url']}: {cause}. To go on without "
+        f"network: train from random initialisation (PRETRAINED=0 for make models, or leave out "
+        f"--pretrained), or pass a local state dict with --weights FILE; or run once where the "
+        f"download works, which fills the cache.")
+
+
+def imagenet_state_dict(spec: ModelSpec | str) -> dict:
+    """The spec's ImageNet state dict, from the library's cache or downloaded into it.
+
+    Raises PretrainedUnavailable, with the way to go on, when neither works.
     """
     if isinstance(spec, str):
         spec = get_spec(spec)
+    if spec.library == "torchvision":
+        from torchvision.models import get_model_weights
+
+        weights = get_model_weights(spec.arch).DEFAULT
+        if offline() and not Path(pretrained_source(spec)["cache"]).is_file():
+            raise _unavailable(spec, "HF_HUB_OFFLINE is set and the file is not cached")
+        try:
+            return weights.get_state_dict(progress=True, check_hash=True)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; a bad hash a RuntimeError
+            raise _unavailable(spec, e) from e
+    if spec.library == "timm":
+        import timm
+
+        try:
+            # timm resolves the weights through huggingface_hub (cache first, HF_HUB_OFFLINE aware).
+            return timm.create_model(spec.arch, pretrained=True).state_dict()
+        except (OSError, RuntimeError, ValueError) as e:  # LocalEntryNotFoundError is an OSError
+            raise _unavailable(spec, e) from e
+    raise ValueError(f"unknown model library {spec.library!r}")
+
+
+def build_model(spec: ModelSpec | str, num_classes: int = len(GALAXY10_CLASSES),
+                weights: str | os.PathLike | None = None, pretrained: bool = False) -> nn.Module:
+    """Randomly initialised model for a spec; `weights` is an optional local state-dict file,
+    `pretrained` loads the library's ImageNet weights (imagenet_state_dict).
+
+    Weights trained for another number of classes (ImageNet's 1000, say) load all but the
+    classifier head, which keeps its random initialisation.
+    """
+    if isinstance(spec, str):
+        spec = get_spec(spec)
+    if weights is not None and pretrained:
+        raise ValueError("choose one of --weights FILE and --pretrained")
     if spec.library == "torchvision":
         import torchvision.models as tvm
 
@@ -41,6 +123,8 @@ def build_model(spec: ModelSpec | str, num_classes: int = len(GALAXY10_CLASSES),
         model = timm.create_model(spec.arch, pretrained=False, num_classes=num_classes)
     else:
         raise ValueError(f"unknown model library {spec.library!r}")
+    if pretrained:
+        load_matching(model, imagenet_state_dict(spec), f"ImageNet weights for {spec.name}")
     if weights is not None:
         load_backbone_weights(model, weights)
     return model
@@ -54,18 +138,25 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> list[str
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    return load_matching(model, state, str(path))
+
+
+def load_matching(model: nn.Module, state: dict, source: str) -> list[str]:
+    """Load the tensors of `state` whose name and shape match; return the names left as they were."""
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
-        raise ValueError(f"{path}: no tensor matches this architecture")
+        raise ValueError(f"{source}: no tensor matches this architecture")
     model.load_state_dict(usable, strict=False)
     return sorted(set(own) - set(usable))
 
 
 def classifier_layer(model: nn.Module) -> nn.Module:
-    """The last feature stage, the natural Grad-CAM layer for both architectures."""
-    if hasattr(model, "conv_head"):  # timm
+    """The last feature stage, the natural Grad-CAM layer of every spec's architecture."""
+    if hasattr(model, "conv_head"):  # timm EfficientNet
         return model.conv_head
+    if hasattr(model, "stages"):  # timm ConvNeXt
+        return model.stages[-1]
     return model.features[-1]  # torchvision
 
 

@@ -1,7 +1,14 @@
-"""Train one model (b0 or b2) on a Galaxy10-schema HDF5 file; defaults are the seed's (galaxy_morph.specs).
+"""Train one model (b0, b2, convnext) on a Galaxy10-schema HDF5 file; defaults are the seed's (galaxy_morph.specs).
 
     python -m training.train --model b0 --data data/synthetic.h5 --out runs/b0 [--epochs 30] [--resume]
+    python -m training.train --model convnext --data PATH --out DIR --pretrained --recipe strong
     torchrun --nproc_per_node 2 -m training.train --model b2 --data data/Galaxy10_DECals.h5 --out runs/b2
+
+--pretrained starts from the library's ImageNet weights (galaxy_morph.models.imagenet_state_dict:
+torchvision's weights API, timm's pretrained weights, with their caches); without network and
+without cached weights it stops before anything is written. --recipe strong adds warm-up + a longer
+cosine, an EMA of the weights, scale/translation jitter and mixup/cutmix (training/recipes.py).
+--gpu-augment moves the augmentation onto the training device (uint8 batches, DeviceAugment).
 
 DIR (--out) ends up holding the best checkpoint by validation accuracy (model.pt + meta.json), the
 split (split.json, reused by evaluation and archives), history.csv/json, and last.pt for --resume.
@@ -12,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import random
 import sys
@@ -27,9 +35,11 @@ from tqdm import tqdm
 
 from galaxy_morph.data import (DataError, GalaxyH5Dataset, file_sha256, inspect_h5, load_split,
                                make_split, save_split)
-from galaxy_morph.models import build_model, save_checkpoint
-from galaxy_morph.specs import SPECS, get_spec
-from galaxy_morph.transforms import eval_transform, train_transform
+from galaxy_morph.models import PretrainedUnavailable, build_model, save_checkpoint
+from galaxy_morph.specs import ALL_SPECS, get_spec
+from galaxy_morph.transforms import DeviceAugment, eval_transform, train_transform, uint8_transform
+from training.ema import EMA
+from training.recipes import RECIPES, Recipe, get_recipe
 
 VERSION = "1.0"
 SPLIT_FILE = "split.json"
@@ -39,18 +49,25 @@ LAST_FILE = "last.pt"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=sorted(SPECS), help="architecture spec")
+    p.add_argument("--model", required=True, choices=sorted(ALL_SPECS), help="architecture spec")
     p.add_argument("--data", required=True, help="Galaxy10-schema HDF5 file")
     p.add_argument("--out", required=True, help="checkpoint folder")
-    p.add_argument("--epochs", type=int, default=None, help="default: the spec's cosine T_max")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default: the spec's cosine T_max (seed recipe), twice that (strong)")
     p.add_argument("--batch-size", type=int, default=None, help="per process; default: the spec's")
     p.add_argument("--lr", type=float, default=None, help="default: the spec's")
-    p.add_argument("--t-max", type=int, default=None, help="cosine schedule length; default: the spec's")
+    p.add_argument("--t-max", type=int, default=None,
+                   help="cosine schedule length in epochs; default: the spec's (seed), --epochs (strong)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--resume", action="store_true", help=f"continue from DIR/{LAST_FILE}")
     p.add_argument("--limit-train", type=int, default=None, help="train on a random subset of N rows")
     p.add_argument("--weights", default=None, help="local state-dict file to start from")
+    p.add_argument("--pretrained", action="store_true",
+                   help="start from the library's ImageNet weights (cache, else download)")
+    p.add_argument("--recipe", default="seed", choices=sorted(RECIPES), help="training recipe (training/recipes.py)")
+    p.add_argument("--gpu-augment", action="store_true",
+                   help="augment uint8 batches on the training device instead of in the DataLoader")
     p.add_argument("--split", default=None, help="split JSON to use (default: DIR/split.json or a new one)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--version", default=VERSION, help="model version string recorded in meta.json")
@@ -128,23 +145,62 @@ def default_workers(cuda):
     return max(1, min(14, (os.cpu_count() or 1) // world() - 1)) if cuda else 0
 
 
-def run_epoch(model, loader, loss_fn, device, cuda, optimizer=None, desc=""):
-    """One pass; trains when an optimizer is given. Returns (summed loss, correct, count) for this process."""
+def run_epoch(model, loader, loss_fn, device, cuda, optimizer=None, desc="", augment=None, mix=None,
+              batch_scheduler=None, ema=None):
+    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy) over all processes.
+
+    `augment` turns a device batch into the model input (DeviceAugment), `mix` mixes a training
+    batch and its labels (mixup/cutmix: soft targets, accuracy against their top class),
+    `batch_scheduler` steps after every batch and `ema` is updated after every optimiser step.
+    """
     training = optimizer is not None
     model.train(training)
+    if augment is not None:
+        augment.train(training)
     totals = torch.zeros(3, dtype=torch.float64)
     bar = tqdm(loader, desc=desc, leave=False, disable=rank() != 0 or not training, file=sys.stderr)
     with torch.set_grad_enabled(training):
         for x, y in bar:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            logits, loss = step(model, x, y, loss_fn, optimizer, cuda)
+            if augment is not None:
+                x = augment(x)
+            target = y
+            if training and mix is not None:
+                x, target = mix(x, y)
+                y = target.argmax(1)
+            logits, loss = step(model, x, target, loss_fn, optimizer, cuda)
+            if training:
+                if batch_scheduler is not None:
+                    batch_scheduler.step()
+                if ema is not None:
+                    ema.update(model)
             n = y.numel()
             totals += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n], dtype=torch.float64)
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
     if dist.is_initialized():
         dist.all_reduce(totals)
     return float(totals[0] / totals[2]), float(totals[1] / totals[2])
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
+    """Per-batch schedule: linear warm-up to the base lr, then cosine decay to zero at total_steps."""
+    def factor(i):
+        if i < warmup_steps:
+            return (i + 1) / warmup_steps
+        progress = (i - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def mixer(recipe: Recipe, num_classes: int):
+    """mixup or cutmix (one of the two per batch) from torchvision.transforms.v2, or None."""
+    if not (recipe.mixup_alpha or recipe.cutmix_alpha):
+        return None
+    from torchvision.transforms import v2
+
+    return v2.RandomChoice([kind(alpha=alpha, num_classes=num_classes) for kind, alpha in
+                            ((v2.MixUp, recipe.mixup_alpha), (v2.CutMix, recipe.cutmix_alpha)) if alpha])
 
 
 def write_history(out, history):
@@ -185,13 +241,19 @@ def train(args) -> dict:
     sha = file_sha256(args.data)
     class_names = info["class_names"]
     split, new_split = resolve_split(args, info, sha)
-    epochs = args.epochs or spec.t_max
+    recipe = get_recipe(args.recipe)
+    if args.weights is not None and args.pretrained:
+        raise ValueError("choose one of --weights FILE and --pretrained")
+    epochs = args.epochs or round(spec.t_max * recipe.epochs_per_t_max)
+    per_batch_schedule = recipe.warmup_epochs > 0
     hp = {
         "model": spec.name, "epochs": epochs, "batch_size": args.batch_size or spec.batch_size,
-        "lr": args.lr or spec.lr, "weight_decay": spec.weight_decay, "t_max": args.t_max or spec.t_max,
+        "lr": args.lr or spec.lr, "weight_decay": spec.weight_decay,
+        "t_max": args.t_max or (epochs if per_batch_schedule else spec.t_max),
         "label_smoothing": spec.label_smoothing, "seed": args.seed, "limit_train": args.limit_train,
-        "weights": args.weights, "world_size": world(), "device": device.type,
-        "amp": "bf16" if cuda else None,
+        "weights": args.weights, "pretrained": bool(args.pretrained), "recipe": recipe.name,
+        "recipe_settings": recipe.to_dict(), "gpu_augment": bool(args.gpu_augment),
+        "world_size": world(), "device": device.type, "amp": "bf16" if cuda else None,
     }
     resume_state = None
     if args.resume:
@@ -203,8 +265,14 @@ def train(args) -> dict:
             raise DataError(f"--resume: {last} was trained on another data file (sha256 differs)")
         if resume_state["hparams"]["model"] != spec.name:
             raise DataError(f"--resume: {last} is a {resume_state['hparams']['model']} run, not {spec.name}")
+        was = resume_state["hparams"].get("recipe", "seed")
+        if was != recipe.name:
+            raise DataError(f"--resume: {last} was trained with --recipe {was}, not {recipe.name}")
     seed_all(args.seed)
-    model = build_model(spec, num_classes=len(class_names), weights=args.weights)
+    # ImageNet weights are fetched (or refused, offline) here, before anything is written; a
+    # resumed run takes its weights from last.pt instead.
+    model = build_model(spec, num_classes=len(class_names), weights=args.weights,
+                        pretrained=args.pretrained and resume_state is None)
     if args.weights is None:
         # The libraries' default head init gives logits of std ~5 (a first loss of ~6 for 10
         # classes) and costs a from-scratch run its first epoch; a zero head starts at chance.
@@ -222,10 +290,15 @@ def train(args) -> dict:
             save_split(out / SPLIT_FILE, split, data_sha256=sha, n=info["n"], seed=args.seed,
                        fractions=[0.8, 0.1, 0.1], class_names=class_names)
     log(f"{spec.name}: {len(class_names)} classes, train {len(train_idx)} / val {len(split['val'])} "
-        f"/ test {len(split['test'])} rows, {epochs} epochs on {device.type} x{world()}")
+        f"/ test {len(split['test'])} rows, {epochs} epochs on {device.type} x{world()}, recipe {recipe.name}"
+        f"{', ImageNet weights' if args.pretrained else ''}{', device-side augmentation' if args.gpu_augment else ''}")
 
     workers = default_workers(cuda) if args.workers is None else args.workers
-    train_ds = GalaxyH5Dataset(args.data, train_idx, train_transform(spec))
+    if args.gpu_augment:
+        train_tf, augment = uint8_transform(spec), DeviceAugment(spec, recipe.scale_jitter, recipe.translate).to(device)
+    else:
+        train_tf, augment = train_transform(spec, recipe.scale_jitter, recipe.translate), None
+    train_ds = GalaxyH5Dataset(args.data, train_idx, train_tf)
     val_ds = GalaxyH5Dataset(args.data, split["val"][rank()::world()], eval_transform(spec))
     gen = torch.Generator()
     if dist.is_initialized():
@@ -243,14 +316,23 @@ def train(args) -> dict:
     if dist.is_initialized():
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp["t_max"])
+    if per_batch_schedule:
+        steps = len(train_dl)
+        warmup = round(min(recipe.warmup_epochs, hp["t_max"] / 10) * steps)
+        scheduler = warmup_cosine(optimizer, warmup, hp["t_max"] * steps)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp["t_max"])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+    ema = EMA(model, recipe.ema_decay) if recipe.ema_decay else None
+    mix = mixer(recipe, len(class_names))
 
     start, best, best_epoch, history = 0, -1.0, 0, []
     if resume_state:
         getattr(model, "module", model).load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(resume_state["ema"])
         start, best, best_epoch = resume_state["epoch"], resume_state["best_val_acc"], resume_state["best_epoch"]
         history = resume_state["history"]
         log(f"resuming after epoch {start} (best val acc {best:.4f} at epoch {best_epoch})")
@@ -264,9 +346,13 @@ def train(args) -> dict:
         t0 = time.time()
         lr = optimizer.param_groups[0]["lr"]
         tr_loss, tr_acc = run_epoch(model, train_dl, loss_fn, device, cuda, optimizer,
-                                    desc=f"{spec.name} epoch {epoch + 1}/{epochs}")
-        va_loss, va_acc = run_epoch(model, val_dl, loss_fn, device, cuda, desc="val")
-        scheduler.step()
+                                    desc=f"{spec.name} epoch {epoch + 1}/{epochs}", augment=augment, mix=mix,
+                                    batch_scheduler=scheduler if per_batch_schedule else None, ema=ema)
+        # The EMA weights, where there are some, are the ones validated, saved and exported.
+        evaluated = ema.module if ema is not None else model
+        va_loss, va_acc = run_epoch(evaluated, val_dl, loss_fn, device, cuda, desc="val")
+        if not per_batch_schedule:
+            scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": round(tr_loss, 5), "train_acc": round(tr_acc, 5),
                "val_loss": round(va_loss, 5), "val_acc": round(va_acc, 5), "lr": lr,
                "seconds": round(time.time() - t0, 2)}
@@ -277,7 +363,7 @@ def train(args) -> dict:
             continue
         if va_acc > best:
             best, best_epoch = va_acc, epoch + 1
-            save_checkpoint(out, model, spec, class_names, version=args.version,
+            save_checkpoint(out, evaluated, spec, class_names, version=args.version,
                             data={"path": str(args.data), "sha256": sha, "n": info["n"]},
                             split_file=SPLIT_FILE, hparams=hp,
                             metrics={k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
@@ -285,7 +371,8 @@ def train(args) -> dict:
         write_history(out, history)
         state = {"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_val_acc": best,
-                 "best_epoch": best_epoch, "history": history, "hparams": hp, "data_sha256": sha}
+                 "best_epoch": best_epoch, "history": history, "hparams": hp, "data_sha256": sha,
+                 "ema": ema.state_dict() if ema is not None else None}
         torch.save(state, out / (LAST_FILE + ".tmp"))
         os.replace(out / (LAST_FILE + ".tmp"), out / LAST_FILE)
     if dist.is_initialized():
@@ -298,7 +385,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         train(args)
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (DataError, FileNotFoundError, ValueError, PretrainedUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
