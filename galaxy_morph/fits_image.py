@@ -57,8 +57,6 @@ def read_bands(data: bytes, bands=BANDS, max_pixels: int = MAX_PIXELS) -> np.nda
 
 
 def _bands_from_hdus(hdul, bands, max_pixels: int, caught) -> np.ndarray:
-    if any("truncated" in str(w.message) for w in caught):
-        raise ImageError("truncated FITS file: the bytes end before the data do")
     images = [h for h in hdul if getattr(h, "is_image", False) and h.header.get("NAXIS", 0) > 0]
     if not images:
         if hdul[0].header.get("OVERLAP") is False:
@@ -69,6 +67,8 @@ def _bands_from_hdus(hdul, bands, max_pixels: int, caught) -> np.ndarray:
         if len(shape) >= 2 and shape[-1] * shape[-2] > max_pixels:
             raise ImageTooLarge(f"image too large: {shape[-1]}x{shape[-2]} pixels per band is over the "
                              f"limit of {max_pixels} pixels")
+    if any("truncated" in str(w.message) for w in caught):
+        raise ImageError("truncated FITS file: the bytes end before the data do")
     first = images[0]
     if first.header["NAXIS"] == 3 or len(images) == 1:
         cube = _array(first)

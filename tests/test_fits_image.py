@@ -102,3 +102,17 @@ def test_too_large_is_413_before_reading_the_pixels():
     with pytest.raises(ImageTooLarge) as e:
         decode_image(big, max_pixels=200 * 200)
     assert e.value.status == 413 and "too large" in str(e.value)
+
+
+def huge_header_only() -> bytes:
+    """A header that claims 5000 x 5000 x 3 float pixels, followed by one block: too large, not read."""
+    h = fits.Header()
+    for k, v in (("SIMPLE", True), ("BITPIX", -32), ("NAXIS", 3), ("NAXIS1", 5000), ("NAXIS2", 5000),
+                 ("NAXIS3", 3)):
+        h[k] = v
+    return h.tostring().encode() + b"\0" * 2880
+
+
+def test_a_header_claiming_too_many_pixels_is_413():
+    with pytest.raises(ImageTooLarge, match="5000x5000"):
+        decode_image(huge_header_only())
