@@ -12,6 +12,10 @@ DATA ?= data/synthetic.h5
 EPOCHS ?=
 OUT ?= runs/$(MODEL)
 RUN ?= runs/demo
+# make models: ImageNet weights (1) or random init (0), recipe, comma-separated model specs
+PRETRAINED ?= 1
+RECIPE ?= seed
+MODELS ?= b0,b2
 # Serving
 TS_HOST ?= 127.0.0.1
 TS_INFERENCE_PORT ?= 8080
@@ -21,8 +25,8 @@ DASHBOARD_PORT ?= 8501
 VERSION ?=
 export TS_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT DASHBOARD_PORT
 
-.PHONY: help setup java browser test data demo-data demo-models train evaluate archive serve stop versions \
-        dashboard bench bench-train classify clean
+.PHONY: help setup java browser test data demo-data demo-models models train evaluate archive serve stop versions \
+        dashboard bench bench-train classify predict clean
 
 help:
 	@echo "make serve        set up, build demo models if none, start TorchServe + dashboard"
@@ -31,10 +35,14 @@ help:
 	@echo "make data         download Galaxy10_DECals.h5 (2.54 GB) into data/"
 	@echo "make demo-data    generate data/synthetic.h5"
 	@echo "make demo-models  train b0 and b2 briefly on synthetic data into runs/demo"
-	@echo "make train MODEL=b0|b2 DATA=path [EPOCHS=n] [OUT=dir]"
+	@echo "make models DATA=path [RUN=runs/NAME] [EPOCHS=n] [PRETRAINED=1|0] [RECIPE=seed|strong] [MODELS=b0,b2]"
+	@echo "                  train, evaluate (TTA) and archive every model; finished stages are skipped"
+	@echo "make train MODEL=b0|b2|convnext DATA=path [EPOCHS=n] [OUT=dir]"
 	@echo "make evaluate RUN=dir [DATA=path]"
 	@echo "make archive [RUN=runs/demo] [VERSION=x]   build model_store/*.mar and the .war"
 	@echo "make bench | bench-train | classify INPUT=... OUT=catalog.csv [MODEL=galaxy-ensemble]"
+	@echo "make classify INPUT=positions.csv OUT=catalog.fits [CUTOUT_URL=.../cutout.fits] [RA_COL=RAJ2000]"
+	@echo "make predict INPUT=... OUT=catalog.csv|.parquet [MODEL=ensemble|b0|b2] [RAY_ADDRESS=...]   offline, on Ray"
 
 setup: $(STAMP) java
 
@@ -74,6 +82,11 @@ data/synthetic.h5:
 demo-models: setup data/synthetic.h5
 	$(PY) -m training.demo --data data/synthetic.h5 --out runs/demo
 
+models: setup
+	$(PY) -m training.pipeline --data $(DATA) --models $(MODELS) --pretrained $(PRETRAINED) --recipe $(RECIPE) \
+		$(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+		$(if $(VERSION),--version $(VERSION))
+
 train: setup
 	$(PY) -m training.train --model $(MODEL) --data $(DATA) --out $(OUT) $(if $(EPOCHS),--epochs $(EPOCHS))
 
@@ -105,9 +118,20 @@ bench-train: setup
 INPUT ?=
 CATALOG ?= catalog.csv
 classify: setup
-	$(PY) -m galaxy_morph.bulk --input "$(INPUT)" --out "$(if $(filter command line,$(origin OUT)),$(OUT),$(CATALOG))" \
+	$(PY) -m galaxy_service.bulk --input "$(INPUT)" --out "$(if $(filter command line,$(origin OUT)),$(OUT),$(CATALOG))" \
 		--model $(if $(filter command line,$(origin MODEL)),$(MODEL),galaxy-ensemble) $(if $(SERVERS),--servers $(SERVERS)) \
-		$(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(if $(RULE),--rule $(RULE))
+		$(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(if $(RULE),--rule $(RULE)) \
+		$(if $(CUTOUT_URL),--cutout-url "$(CUTOUT_URL)") $(if $(CUTOUT_LAYER),--layer $(CUTOUT_LAYER)) \
+		$(if $(CUTOUT_PIXSCALE),--pixscale $(CUTOUT_PIXSCALE)) $(if $(CUTOUT_SIZE),--size $(CUTOUT_SIZE)) \
+		$(if $(CUTOUT_CACHE),--cache-dir "$(CUTOUT_CACHE)") $(if $(RA_COL),--ra-col "$(RA_COL)") \
+		$(if $(DEC_COL),--dec-col "$(DEC_COL)") $(if $(ID_COL),--id-col "$(ID_COL)")
+
+# Offline classification on Ray Data (no server): local Ray unless RAY_ADDRESS names a cluster.
+# Checkpoints: RUN=dir with b0/ and b2/ (default checkpoints/demo, else runs/demo).
+predict: setup
+	$(PY) -m prediction.ray_predict --input "$(INPUT)" --out "$(if $(filter command line,$(origin OUT)),$(OUT),$(CATALOG))" \
+		--model $(if $(filter command line,$(origin MODEL)),$(MODEL),ensemble) $(if $(RULE),--rule $(RULE)) \
+		$(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
 
 clean:
 	rm -rf runs logs model_store/*.mar model_store/*.war

@@ -18,6 +18,7 @@ import argparse
 import torch
 from flask import Flask, jsonify, request
 
+from galaxy_morph.answers import ensemble_prediction, prediction
 from galaxy_morph.ensemble import combine
 from galaxy_morph.imaging import ImageError, decode_image
 from galaxy_morph.models import load_checkpoint
@@ -39,11 +40,7 @@ def predict_probs(entry: dict, image) -> list[float]:
 
 
 def answer(name: str, entry: dict, probs: list[float]) -> dict:
-    names = entry["class_names"]
-    label = max(range(len(probs)), key=probs.__getitem__)
-    return {"model": name, "version": str(entry["meta"].get("version", "")), "label": label,
-            "class_name": names[label], "confidence": probs[label],
-            "probabilities": dict(zip(names, probs))}
+    return prediction(name, str(entry["meta"].get("version", "")), probs, entry["class_names"])
 
 
 def create_app(models: dict) -> Flask:
@@ -65,11 +62,9 @@ def create_app(models: dict) -> Flask:
         if name == "ensemble" and {"b0", "b2"} <= set(models):
             p0 = predict_probs(models["b0"], image)
             p2 = predict_probs(models["b2"], image)
-            out = combine("seed", p0, p2)
-            names = models["b0"]["class_names"]
-            return jsonify({"model": "ensemble", "label": out["label"], "class_name": names[out["label"]],
-                            "confidence": out["confidence"], "source": out["source"],
-                            "probabilities": dict(zip(names, out["probabilities"]))})
+            members = {"b0": answer("b0", models["b0"], p0), "b2": answer("b2", models["b2"], p2)}
+            return jsonify(ensemble_prediction("ensemble", combine("seed", p0, p2),
+                                               models["b0"]["class_names"], members))
         return jsonify(error=f"unknown model {name!r}"), 404
 
     return app

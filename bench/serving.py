@@ -50,8 +50,6 @@ SAMPLES = REPO / "samples" / "galaxy10_decals"
 DOCS = REPO / "docs"
 TARGETS = ("b0", "b2", "ensemble")
 CONCURRENCY = (1, 8)
-# The bench's own ports (free ones are picked inside this range when busy).
-PORT_RANGE = range(38000, 38100)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,41 +270,20 @@ def ok_answer(r: requests.Response) -> bool:
 # Servers
 
 
-def free_port(start: int = PORT_RANGE.start) -> int:
-    from handlers.server import port_in_use
-
-    for p in range(start, PORT_RANGE.stop):
-        if not port_in_use(p):
-            with contextlib.suppress(OSError):
-                import socket
-
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-                return p
-    from handlers.server import free_port as any_port
-
-    return any_port()
-
-
 @contextlib.contextmanager
 def flask_server(run: Path, log: Path):
-    port = free_port(38090)
+    from handlers.server import free_port
+    from galaxy_service.client import wait_for
+
+    port = free_port()
     cmd = [sys.executable, "-m", "bench.flask_baseline", "--port", str(port),
            "--b0", str(run / "b0"), "--b2", str(run / "b2")]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"the Flask baseline exited with {proc.returncode}; see {log}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(url + "/ping", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
-        else:
-            raise SystemExit(f"the Flask baseline did not answer in 180 s; see {log}")
+        wait_for(lambda: requests.get(url + "/ping", timeout=2).raise_for_status(), 180,
+                 f"the Flask baseline (log {log})", alive=lambda: proc.poll() is None)
         yield url, proc
     finally:
         proc.terminate()
@@ -320,19 +297,10 @@ def flask_server(run: Path, log: Path):
 def build_store(run: Path, store: Path, model_config: dict | None = None,
                 workflow_models: dict | None = None) -> Path:
     """Archives for this run; `model_config` / `workflow_models` override the archive defaults."""
-    import handlers.archive as archive
+    from handlers.archive import build_all
 
-    saved = dict(archive.MODEL_CONFIG), dict(archive.WORKFLOW_MODELS)
-    try:
-        archive.MODEL_CONFIG.update(model_config or {})
-        archive.WORKFLOW_MODELS.update(workflow_models or {})
-        with contextlib.redirect_stdout(sys.stderr):
-            archive.build_all(run, store)
-    finally:
-        archive.MODEL_CONFIG.clear()
-        archive.MODEL_CONFIG.update(saved[0])
-        archive.WORKFLOW_MODELS.clear()
-        archive.WORKFLOW_MODELS.update(saved[1])
+    with contextlib.redirect_stdout(sys.stderr):
+        build_all(run, store, model_config=model_config, workflow_models=workflow_models)
     return store
 
 
@@ -341,10 +309,7 @@ def torchserve(store: Path, workdir: Path, env: dict | None = None):
     """A TorchServe of our own on free ports (token auth on), stopped on exit."""
     from handlers import server as ts_server
 
-    ports, start = {}, 38000
-    for k in ts_server.PORT_ENV:
-        ports[k] = free_port(start)
-        start = ports[k] + 1
+    ports = ts_server.free_ports()
     saved = {k: os.environ.get(k) for k in (env or {})}
     for k, v in (env or {}).items():  # None: unset
         if v is None:
@@ -370,18 +335,12 @@ def served_memory(server) -> dict:
     """RSS (MB) of the frontend and of every worker, named after the model it serves."""
     front = psutil.Process(server.pid)
     names = {}
-    try:
-        auth = server.auth("management")
-        models = requests.get(server.management_url + "/models", headers=auth, timeout=10).json()
-        for m in models.get("models", []):
-            desc = requests.get(f"{server.management_url}/models/{m['modelName']}", headers=auth,
-                                timeout=10).json()
-            for v in desc:
-                for w in v.get("workers", []):
-                    if w.get("pid"):
-                        names[int(w["pid"])] = m["modelName"]
-    except (requests.RequestException, ValueError, KeyError):
-        pass
+    ts = server.client()
+    for m in ts.list_models():
+        for v in ts.describe(m["modelName"], customized=False):
+            for w in v.get("workers", []):
+                if w.get("pid"):
+                    names[int(w["pid"])] = m["modelName"]
     procs = {"frontend (java)": front}
     for child in front.children(recursive=True):
         # function nodes of the workflow are not listed by the models API
@@ -543,14 +502,12 @@ def main(argv=None) -> int:
 
 def served_settings(server) -> dict:
     """What the running TorchServe says about each model: workers, batch size, delay."""
-    auth = server.auth("management")
+    ts = server.client()
     out = {}
-    with contextlib.suppress(requests.RequestException, ValueError):
-        for m in requests.get(server.management_url + "/models", headers=auth, timeout=10).json()["models"]:
-            d = requests.get(f"{server.management_url}/models/{m['modelName']}", headers=auth,
-                             timeout=10).json()[0]
-            out[m["modelName"]] = {"workers": len(d.get("workers", [])), "batchSize": d.get("batchSize"),
-                                   "maxBatchDelay": d.get("maxBatchDelay")}
+    for m in ts.list_models():
+        d = ts.describe(m["modelName"], customized=False)[0]
+        out[m["modelName"]] = {"workers": len(d.get("workers", [])), "batchSize": d.get("batchSize"),
+                               "maxBatchDelay": d.get("maxBatchDelay")}
     out["torch_threads_per_worker"] = (CHOSEN_ENV.get("OMP_NUM_THREADS")
                                        or f"torch default (one per core: {os.cpu_count()})")
     return out

@@ -5,23 +5,19 @@ and TS_KEY_FILE, read at every run, so the same process can follow another serve
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 
 import streamlit as st
 
-from galaxy_morph.client import (DEFAULT_KEY_FILE, AuthError, ServerError, ServerTimeout,
-                                  ServerUnavailable, TorchServeClient, TorchServeError)
+from dashboard import views
+
+from galaxy_service.client import (AuthError, ServerError, ServerTimeout, ServerUnavailable,
+                                   TorchServeClient, TorchServeError, server_settings)
 
 
 def settings() -> dict:
-    host = os.environ.get("TS_HOST") or "127.0.0.1"
-    return {
-        "inference_url": f"http://{host}:{os.environ.get('TS_INFERENCE_PORT') or 8080}",
-        "management_url": f"http://{host}:{os.environ.get('TS_MANAGEMENT_PORT') or 8081}",
-        "metrics_url": f"http://{host}:{os.environ.get('TS_METRICS_PORT') or 8082}",
-        "key_file": os.environ.get("TS_KEY_FILE") or str(DEFAULT_KEY_FILE),
-    }
+    """{"host", "inference_url", "management_url", "metrics_url", "key_file"} from TS_* now."""
+    return server_settings()
 
 
 @st.cache_resource(show_spinner=False)
@@ -31,7 +27,8 @@ def _client(inference_url: str, management_url: str, metrics_url: str, key_file:
 
 def client() -> TorchServeClient:
     """One client per server address, shared by every session."""
-    return _client(**settings())
+    s = settings()
+    return _client(s["inference_url"], s["management_url"], s["metrics_url"], s["key_file"])
 
 
 @st.cache_data(ttl=2, show_spinner=False)
@@ -108,3 +105,22 @@ def health(inference_url: str) -> dict:
 def card(management_url: str, model: str, version: str | None) -> list[dict]:
     """The describe answer with the handler's model card (?customized=true)."""
     return client().describe(model, version, customized=True)
+
+
+def provenance_banner(card_model: str, shown_model: str) -> None:
+    """What the served model was trained on and its real-sample accuracy, from the model card of
+    `card_model` (for the ensemble: a member's card, whose run report holds the ensemble's)."""
+    s = settings()
+    try:
+        model_card = views.card_of(card(s["management_url"], card_model, None))
+    except TorchServeError:
+        return  # the page itself explains a server problem
+    st.info(views.provenance_text(views.provenance(model_card, shown_model)), icon=":material/science:")
+
+
+def demo_models_section() -> None:
+    """README's "Demo models" section, under the anchor #demo-models the banner links to."""
+    text = views.readme_section("Demo models")
+    if text:
+        st.subheader("Demo models", anchor="demo-models")
+        st.markdown(text)

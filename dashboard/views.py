@@ -4,29 +4,36 @@ The dashboard pages call these and only render the result; the tests call them d
 """
 from __future__ import annotations
 
-import base64
-import io
+import ipaddress
 import math
 import re
+import socket
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 from PIL import Image
 
-from galaxy_morph.client import Sample, metric_total
+from galaxy_morph.answers import MODEL_NAMES, WORKFLOW_NAME
 from galaxy_morph.specs import GALAXY10_CLASSES, SPECS
+from galaxy_service.client import Sample, metric_total
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = REPO_ROOT / "samples" / "galaxy10_decals"
 MODEL_STORE = REPO_ROOT / "model_store"
 
-# What the Classify page offers: label -> (TorchServe name, kind)
-MODELS = {
-    "Ensemble (B0 + B2)": ("galaxy-ensemble", "workflow"),
-    "B0 (EfficientNet-B0, 128 px)": ("galaxy-b0", "model"),
-    "B2 (EfficientNet-B2, 224 px)": ("galaxy-b2", "model"),
-}
+README = REPO_ROOT / "README.md"
+
+
+def _choice_label(spec: str) -> str:
+    arch = SPECS[spec].arch.replace("efficientnet_", "EfficientNet-").replace("-b", "-B")
+    return f"{spec.upper()} ({arch}, {SPECS[spec].crop} px)"
+
+
+# What the Classify and Batch pages offer: label -> (TorchServe name, kind); names from the specs
+MODELS = {"Ensemble (B0 + B2)": (WORKFLOW_NAME, "workflow"),
+          **{_choice_label(spec): (name, "model") for spec, name in MODEL_NAMES.items()}}
 RULES = {
     "seed": "seed: agree -> mean confidence, else B0",
     "mean": "mean of both probability vectors",
@@ -56,17 +63,9 @@ def mime_for(name: str) -> str:
 
 # ----------------------------------------------------------------------------- predictions
 
-def probabilities_frame(probabilities) -> pd.DataFrame:
-    """{class_name: p} or a list in class order -> a frame with "class" and "probability",
-    in Galaxy10 class order."""
-    if isinstance(probabilities, dict):
-        order = [c for c in GALAXY10_CLASSES if c in probabilities]
-        order += [c for c in probabilities if c not in order]
-        rows = [(c, float(probabilities[c])) for c in order]
-    else:
-        rows = [(GALAXY10_CLASSES[i] if i < len(GALAXY10_CLASSES) else str(i), float(p))
-                for i, p in enumerate(probabilities)]
-    return pd.DataFrame(rows, columns=["class", "probability"])
+def probabilities_frame(probabilities: dict) -> pd.DataFrame:
+    """{class_name: p} (the answer's "probabilities") -> "class" and "probability" columns."""
+    return pd.DataFrame(list(probabilities.items()), columns=["class", "probability"])
 
 
 def members(result: dict) -> list[dict]:
@@ -110,31 +109,13 @@ def class_counts(rows: list[dict]) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- Grad-CAM
 
-def heatmap_array(explanation) -> np.ndarray:
-    """The 2-D heatmap from an explanations answer: a nested list, {"heatmap": list},
-    or a base64 PNG ({"heatmap_png": ...} / {"png": ...}). Values scaled to 0-1."""
-    data = explanation
-    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], dict):
-        data = data[0]
-    if isinstance(data, dict):
-        for key in ("heatmap", "gradcam", "attributions", "cam"):
-            if key in data:
-                data = data[key]
-                break
-        else:
-            for key in ("heatmap_png", "png", "image"):
-                if key in data:
-                    png = base64.b64decode(data[key])
-                    data = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
-                    break
-            else:
-                raise ValueError(f"no heatmap in the explanation (keys: {sorted(data)})")
-    arr = np.asarray(data, dtype=np.float64)
-    while arr.ndim > 2 and arr.shape[0] == 1:
-        arr = arr[0]
+def heatmap_array(explanation: dict) -> np.ndarray:
+    """The explanations answer's 2-D "heatmap" (nested lists), scaled to 0-1."""
+    if "heatmap" not in explanation:
+        raise ValueError(f"no heatmap in the explanation (keys: {sorted(explanation)})")
+    arr = np.nan_to_num(np.asarray(explanation["heatmap"], dtype=np.float64))
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D heatmap, got shape {arr.shape}")
-    arr = np.nan_to_num(arr)
     lo, hi = float(arr.min()), float(arr.max())
     return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
 
@@ -171,40 +152,62 @@ def overlay(image: Image.Image, heat: np.ndarray, box=None, alpha: float = 0.45,
 
 # ----------------------------------------------------------------------------- server
 
-def models_table(descriptions: dict[str, list[dict]], defaults: dict[str, str]) -> pd.DataFrame:
-    """One row per model version: default?, workers, their states, memory, batch settings."""
-    rows = []
-    for model, versions in descriptions.items():
-        for d in versions:
-            workers = d.get("workers") or []
-            states = sorted({w.get("status", "?") for w in workers})
-            mem = sum(float(w.get("memoryUsage") or 0) for w in workers)
-            rows.append({
-                "model": model,
-                "version": d.get("modelVersion"),
-                "default": d.get("modelVersion") == defaults.get(model),
-                "workers": len(workers),
-                "status": ", ".join(states) or "no workers",
-                "min/max": f"{d.get('minWorkers', '?')}/{d.get('maxWorkers', '?')}",
-                "batch": d.get("batchSize"),
-                "max delay ms": d.get("maxBatchDelay"),
-                "memory MB": round(mem / 2**20, 1) if mem else None,
-                "archive": d.get("modelUrl"),
-            })
-    return pd.DataFrame(rows)
+def is_local(host: str) -> bool:
+    """Whether `host` is this machine (then the workers' pids are ours to look at)."""
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
 
 
-def worker_rows(descriptions: dict[str, list[dict]]) -> list[dict]:
-    """Every worker of every model version, for the memory chart."""
+def worker_memory_mb(pid) -> float | None:
+    """Resident memory of a worker process (psutil), None when it is not visible from here.
+
+    TorchServe 0.12's describe API reports memoryUsage 0 for every worker, so it is not used."""
+    try:
+        return round(psutil.Process(int(pid)).memory_info().rss / 2**20, 1)
+    except (psutil.Error, TypeError, ValueError):
+        return None
+
+
+def worker_rows(descriptions: dict[str, list[dict]], local: bool) -> list[dict]:
+    """Every worker of every model version; "memory MB" (psutil) only when `local`."""
     rows = []
     for model, versions in descriptions.items():
         for d in versions:
             for w in d.get("workers") or []:
-                rows.append({"model": model, "version": d.get("modelVersion"),
-                             "worker": str(w.get("id")), "status": w.get("status"),
-                             "pid": w.get("pid"),
-                             "memory MB": round(float(w.get("memoryUsage") or 0) / 2**20, 1)})
+                row = {"model": model, "version": d.get("modelVersion"), "worker": str(w.get("id")),
+                       "status": w.get("status"), "pid": w.get("pid")}
+                if local:
+                    row["memory MB"] = worker_memory_mb(w.get("pid"))
+                rows.append(row)
     return rows
+
+
+def models_table(descriptions: dict[str, list[dict]], defaults: dict[str, str],
+                 local: bool = False) -> pd.DataFrame:
+    """One row per model version: default?, workers, their states, batch settings, and (when the
+    server runs on this machine) the resident memory of its workers."""
+    rows = []
+    for model, versions in descriptions.items():
+        for d in versions:
+            workers = d.get("workers") or []
+            row = {
+                "model": model,
+                "version": d.get("modelVersion"),
+                "default": d.get("modelVersion") == defaults.get(model),
+                "workers": len(workers),
+                "status": ", ".join(sorted({w.get("status", "?") for w in workers})) or "no workers",
+                "min/max": f"{d.get('minWorkers', '?')}/{d.get('maxWorkers', '?')}",
+                "batch": d.get("batchSize"),
+                "max delay ms": d.get("maxBatchDelay"),
+                "archive": d.get("modelUrl"),
+            }
+            if local:
+                mem = [worker_memory_mb(w.get("pid")) for w in workers]
+                row["memory MB"] = round(sum(m for m in mem if m), 1) if any(mem) else None
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def archives(store: Path = MODEL_STORE) -> list[str]:
@@ -214,67 +217,65 @@ def archives(store: Path = MODEL_STORE) -> list[str]:
 
 # ----------------------------------------------------------------------------- metrics
 
+# prometheus_client names counter samples NAME_total; TorchServe's frontend exports counters for
+# requests and cumulative latency (no histograms), and host gauges once a minute.
+STATUS_COUNTERS = {"2xx": "Requests2XX_total", "4xx": "Requests4XX_total", "5xx": "Requests5XX_total"}
+REQUESTS = "ts_inference_requests_total"
+INFERENCE_US = "ts_inference_latency_microseconds_total"
+QUEUE_US = "ts_queue_latency_microseconds_total"
+
+
 def snapshot(samples: list[Sample], t: float) -> dict:
-    """The numbers the Metrics page follows, at time t (epoch seconds)."""
-    return {
-        "time": t,
-        "2xx": metric_total(samples, "Requests2XX"),
-        "4xx": metric_total(samples, "Requests4XX"),
-        "5xx": metric_total(samples, "Requests5XX"),
-        "inference_requests": metric_total(samples, "ts_inference_requests_total"),
-        "inference_us": metric_total(samples, "ts_inference_latency_microseconds"),
-        "queue_us": metric_total(samples, "ts_queue_latency_microseconds"),
-        "cpu_percent": metric_total(samples, "CPUUtilization"),
-        "memory_used_mb": metric_total(samples, "MemoryUsed"),
-        "memory_percent": metric_total(samples, "MemoryUtilization"),
-    }
+    """The numbers the Metrics page follows, at time t (epoch seconds); a host gauge TorchServe
+    has not reported yet is None, not 0."""
+    def gauge(name):
+        found = [s.value for s in samples if s.name == name]
+        return sum(found) if found else None
+
+    point = {"time": t, **{k: metric_total(samples, n) for k, n in STATUS_COUNTERS.items()}}
+    for model, version in sorted({(s.labels.get("model_name", ""), s.labels.get("model_version", ""))
+                                  for s in samples if s.name == REQUESTS}):
+        sel = {"model_name": model, "model_version": version}
+        n = metric_total(samples, REQUESTS, **sel)
+        if n:
+            point[f"latency:{model}"] = metric_total(samples, INFERENCE_US, **sel) / n / 1000.0
+    point.update(cpu_percent=gauge("CPUUtilization"), memory_used_mb=gauge("MemoryUsed"))
+    return point
 
 
 def per_model_latency(samples: list[Sample]) -> pd.DataFrame:
     """Since server start, per model and version: requests, mean inference and queue latency."""
     keys = sorted({(s.labels.get("model_name", ""), s.labels.get("model_version", ""))
-                   for s in samples if s.name == "ts_inference_requests_total"})
+                   for s in samples if s.name == REQUESTS})
     rows = []
     for model, version in keys:
         sel = {"model_name": model, "model_version": version}
-        n = metric_total(samples, "ts_inference_requests_total", **sel)
-        inf = metric_total(samples, "ts_inference_latency_microseconds", **sel)
-        q = metric_total(samples, "ts_queue_latency_microseconds", **sel)
+        n = metric_total(samples, REQUESTS, **sel)
         rows.append({"model": model, "version": version, "requests": int(n),
-                     "mean inference ms": round(inf / n / 1000, 2) if n else None,
-                     "mean queue ms": round(q / n / 1000, 3) if n else None})
+                     "mean inference ms": round(metric_total(samples, INFERENCE_US, **sel) / n / 1000, 2)
+                     if n else None,
+                     "mean queue ms": round(metric_total(samples, QUEUE_US, **sel) / n / 1000, 3)
+                     if n else None})
     return pd.DataFrame(rows, columns=["model", "version", "requests", "mean inference ms",
                                        "mean queue ms"])
 
 
-def history_frame(history: list[dict]) -> pd.DataFrame:
-    """Snapshots -> a time-indexed frame with request counts and per-interval mean latencies.
-
-    Latency counters are cumulative microseconds: the mean over an interval is
-    delta(latency) / delta(requests); intervals without requests give NaN (a gap in the chart).
-    A counter that went down means the server restarted: that interval starts from zero."""
+def history_frame(history: list[dict], prefix: str = "") -> pd.DataFrame:
+    """Snapshots -> a time-indexed frame of the columns starting with `prefix` (prefix removed),
+    or of the status counters when `prefix` is empty. Columns with no value at all are dropped,
+    so a chart is drawn only from numbers the server really reported."""
     if not history:
         return pd.DataFrame()
     df = pd.DataFrame(history)
-    df["time"] = pd.to_datetime(df["time"], unit="s")
-    df = df.set_index("time")
-    out = df[["2xx", "4xx", "5xx"]].copy()
-    for col, name in (("inference_us", "inference ms"), ("queue_us", "queue ms")):
-        d_lat = _deltas(df[col])
-        d_n = _deltas(df["inference_requests"])
-        out[name] = [(a / n / 1000.0) if n and n > 0 else math.nan for a, n in zip(d_lat, d_n)]
-    out["requests/interval"] = _deltas(df["inference_requests"])
-    for col in ("cpu_percent", "memory_used_mb", "memory_percent"):
-        out[col] = df[col]
-    return out
+    df.index = pd.to_datetime(df.pop("time"), unit="s")
+    cols = [c for c in df.columns if c.startswith(prefix)] if prefix else list(STATUS_COUNTERS)
+    out = df[cols].rename(columns=lambda c: c[len(prefix):] or c).astype(float)
+    return out.dropna(axis=1, how="all")
 
 
-def _deltas(series: pd.Series) -> list[float]:
-    vals = series.tolist()
-    out = [math.nan]
-    for prev, cur in zip(vals, vals[1:]):
-        out.append(cur - prev if cur >= prev else cur)
-    return out
+def drawable(frame: pd.DataFrame) -> bool:
+    """A chart worth drawing: some value that is a number and not zero."""
+    return not frame.empty and bool(np.nan_to_num(frame.to_numpy(dtype=float)).any())
 
 
 # ----------------------------------------------------------------------------- model card
@@ -305,17 +306,14 @@ def confusion_frame(matrix, class_names=GALAXY10_CLASSES) -> pd.DataFrame:
 
 
 def card_summary(card: dict) -> dict:
-    """The parts of a model card the page shows; test metrics first, then validation."""
-    test = card.get("test") if isinstance(card.get("test"), dict) else {}
-    metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
+    """The parts of a model card (handlers/archive.py model_card) the page shows."""
+    test = card.get("test") or {}
     return {
-        "accuracy": _first(test.get("accuracy"), metrics.get("test_accuracy")),
+        "accuracy": test.get("accuracy", (card.get("metrics") or {}).get("val_accuracy")),
         "accuracy_kind": "test" if test.get("accuracy") is not None else "validation",
-        "val_accuracy": _first(metrics.get("val_accuracy"), metrics.get("accuracy")),
-        "macro_f1": _first(test.get("macro_f1"), (test.get("macro") or {}).get("f1"),
-                           _mean_f1(test.get("per_class"))),
-        "trained_at": _first(card.get("trained_at"), card.get("saved_at"), card.get("date")),
-        "data": _first(card.get("training_data"), card.get("data")) or {},
+        "macro_f1": test.get("macro_f1"),
+        "trained_at": card.get("trained_at"),
+        "data": card.get("training_data") or {},
         "per_class": test.get("per_class") or {},
         "confusion_matrix": test.get("confusion_matrix"),
         "class_names": card.get("class_names") or list(GALAXY10_CLASSES),
@@ -324,55 +322,68 @@ def card_summary(card: dict) -> dict:
     }
 
 
-def _mean_f1(per_class) -> float | None:
-    f1 = [v.get("f1") for v in (per_class or {}).values() if isinstance(v, dict)]
-    f1 = [x for x in f1 if isinstance(x, (int, float))]
-    return sum(f1) / len(f1) if f1 else None
+def provenance(card: dict, model: str = "") -> dict:
+    """What the served model was trained on and how it does on the 100 real Galaxy10 DECaLS
+    samples (`real_samples_accuracy` of the evaluation report), for the "what is this" banner.
+
+    For the ensemble workflow pass a member's card and model=WORKFLOW_NAME: the run report in its
+    `ensemble_comparison` holds the ensemble's real-sample accuracy."""
+    data = card.get("training_data") or {}
+    real = card.get("real_samples_accuracy")
+    if model == WORKFLOW_NAME:
+        real = ((card.get("ensemble_comparison") or {}).get("real_samples_accuracy") or {}).get("ensemble")
+    synthetic = card.get("synthetic_training_data")
+    return {"synthetic": synthetic, "data_path": data.get("path"),
+            "real_samples_accuracy": real if isinstance(real, (int, float)) else None}
 
 
-def _first(*values):
-    return next((v for v in values if v not in (None, "", [], {})), None)
+def provenance_text(p: dict) -> str:
+    """One sentence for a page: trained on what, and the measured real-sample accuracy."""
+    if p["synthetic"]:
+        trained = "**trained only on synthetic galaxies** (`galaxy_morph.synthetic`)"
+    elif p["synthetic"] is False:
+        trained = f"trained on `{p['data_path']}`"
+    else:
+        trained = f"trained on `{p['data_path'] or 'unrecorded data'}`"
+    acc = p["real_samples_accuracy"]
+    real = (f"it gets **{acc:.0%}** of the 100 real Galaxy10 DECaLS samples right (chance 10 %)"
+            if acc is not None else "its accuracy on real galaxies was not measured")
+    return (f"This model was {trained}; {real}. A demonstration of the pipeline, not a survey-grade "
+            "classifier: see [Demo models](#demo-models).")
 
 
-def comparison_table(report) -> pd.DataFrame:
-    """An evaluation report with models and ensemble rules side by side -> one row per entry,
-    scalar columns only (accuracy, macro F1, ...). Accepts a list of rows, {name: {metrics}},
-    or those nested one level ({"models": {...}, "ensemble": {...}})."""
-    if isinstance(report, dict) and isinstance(report.get("models"), dict):
-        real = report.get("real_samples_accuracy") or {}
-        rows = []
-        for group, entries in (("model", report.get("models") or {}),
-                               ("ensemble rule", report.get("ensemble") or {})):
-            for name, r in entries.items():
-                if not isinstance(r, dict):
-                    continue
-                macro = r.get("macro") or {}
-                rows.append({"": group, "name": name, "test accuracy": r.get("accuracy"),
-                             "macro precision": macro.get("precision"),
-                             "macro recall": macro.get("recall"),
-                             "macro F1": _first(macro.get("f1"), r.get("macro_f1"),
-                                                _mean_f1(r.get("per_class"))),
-                             "ECE": r.get("ece"),
-                             "real samples accuracy": real.get(name) if group == "model"
-                             else (real.get("ensemble") if name == "seed" else None)})
-        return pd.DataFrame(rows).dropna(axis=1, how="all")
-    rows: list[dict] = []
+def readme_section(title: str = "Demo models", readme: Path = README) -> str:
+    """The README section whose heading starts with `title`, without its heading line."""
+    lines = readme.read_text().splitlines() if readme.is_file() else []
+    start = next((i for i, l in enumerate(lines) if l.lstrip("#").strip().startswith(title)
+                  and l.startswith("#")), None)
+    if start is None:
+        return ""
+    level = len(lines[start]) - len(lines[start].lstrip("#"))
+    end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("#")
+                and len(lines[j]) - len(lines[j].lstrip("#")) <= level), len(lines))
+    return "\n".join(lines[start + 1:end]).strip()
 
-    def scalars(d: dict) -> dict:
-        return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
-    def add(obj, group=None):
-        if isinstance(obj, list):
-            for i, r in enumerate(obj):
-                if isinstance(r, dict):
-                    rows.append({**({"group": group} if group else {}), **scalars(r)})
-        elif isinstance(obj, dict):
-            for k, v in obj.items():
-                if isinstance(v, dict) and any(isinstance(x, (int, float)) for x in v.values()):
-                    rows.append({**({"group": group} if group else {}), "name": k, **scalars(v)})
-                elif isinstance(v, (list, dict)) and group is None:
-                    add(v, k)
+def _ece(value) -> dict:
+    """The report's ECE: {"uncalibrated", "calibrated"} for a model, a number for a rule."""
+    if isinstance(value, dict):
+        return {"ECE": value.get("uncalibrated"), "ECE after temperature scaling": value.get("calibrated")}
+    return {"ECE": value}
 
-    add(report)
-    df = pd.DataFrame(rows)
-    return df.dropna(axis=1, how="all") if not df.empty else df
+
+def comparison_table(report: dict) -> pd.DataFrame:
+    """The run's evaluation report (training/evaluate.py: "models", "ensemble",
+    "real_samples_accuracy") -> one row per model and ensemble rule, numbers only."""
+    real = report.get("real_samples_accuracy") or {}
+    rows = []
+    for group, entries in (("model", report.get("models") or {}),
+                           ("ensemble rule", report.get("ensemble") or {})):
+        for name, r in entries.items():
+            macro = r.get("macro") or {}
+            rows.append({"": group, "name": name, "test accuracy": r.get("accuracy"),
+                         "macro precision": macro.get("precision"), "macro recall": macro.get("recall"),
+                         "macro F1": macro.get("f1"), **_ece(r.get("ece")),
+                         "real samples accuracy": real.get(name) if group == "model"
+                         else (real.get("ensemble") if name == "seed" else None)})
+    return pd.DataFrame(rows).dropna(axis=1, how="all")

@@ -1,6 +1,6 @@
 """Bulk classification of a catalogue against running TorchServe server(s), resumable.
 
-    python -m galaxy_morph.bulk --input FOLDER_OR_H5 --out catalog.csv \
+    python -m galaxy_service.bulk --input FOLDER_OR_H5 --out catalog.csv \
         [--model galaxy-ensemble] [--servers URL1,URL2] [--key-file K1 --key-file K2] \
         [--concurrency 8] [--rule seed]
     make classify INPUT=samples/galaxy10_decals OUT=catalog.csv [MODEL=galaxy-b0] [SERVERS=...]
@@ -13,6 +13,15 @@ catalogue is. Each answer is written as one CSV row and flushed at once:
     id, label, class_name, confidence, error, <one column per class: its probability, headed by
     the class name>, model, version
     (+ source, rule for the ensemble workflow)
+
+A table of sky positions (.csv, .fits, .vot, .ecsv with ra/dec columns, an `id` column kept when
+present, else id = row index) gets each cutout from the Legacy Surveys cutout service through
+galaxy_morph.cutouts (disk cache, bounded requests in flight, retries with backoff; --cutout-url,
+--layer, --pixscale, --size, --ra-col, --dec-col, --id-col); a position outside the footprint or a
+failed download is a row with the reason in `error`. Folders may hold g, r, z FITS cutouts too.
+--out catalog.fits / .vot / .ecsv: rows go to catalog.fits.csv as above, and when the run completes
+it is converted to an astropy table with units and descriptions (galaxy_morph.catalog, which is
+also a command of its own).
 
 Resume: running the same command again skips every id already in the CSV (only the id column is
 read), repairs a last line cut short by a kill, and appends the rest: no row is duplicated or
@@ -27,6 +36,8 @@ authorisation is on by default):
                     change at every server start and expire). Give it once for all servers or
                     once per server, in the order of --servers. Default: $TS_KEY_FILE, else
                     ./key_file.json, else the repository root's (where `make serve` writes it).
+  --management-url  where to ask for a fresh key when the key file still holds an expired one
+                    (default: the local server's, from TS_MANAGEMENT_PORT; none for --servers).
   --token KEY       a fixed inference key, once or once per server, for a remote server whose key
                     file is not on this machine; or env GALAXY_TS_TOKENS="key1,key2".
 --rule picks the ensemble rule of the workflow (sent as the X-Ensemble-Rule header).
@@ -38,7 +49,6 @@ import argparse
 import csv
 import io
 import os
-import random
 import sys
 import threading
 import time
@@ -47,10 +57,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from galaxy_morph.client import (AuthError, ServerError, ServerUnavailable, TorchServeClient,
-                                 TorchServeError)
+from tenacity import (Retrying, retry_if_exception_type, stop_after_attempt,
+                      wait_exponential_jitter)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+from galaxy_morph.catalog import convert, is_table_output, output_format, positions_for, working_csv
+from galaxy_morph.cutouts import (PositionsError, add_cutout_arguments, fetcher_from_args, position_loaders,
+                                  read_positions, table_format)
+from galaxy_service.client import (AuthError, ServerError, ServerUnavailable, TorchServeClient,
+                                   TorchServeError, locate_key_file, server_settings)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".fits", ".fit")  # FITS: g, r, z cutouts
 BASE_COLUMNS = ["id", "label", "class_name", "confidence", "error"]
 # 4xx statuses that describe the input itself: recorded in the row, never retried.
 INPUT_ERRORS = {400, 406, 413, 415, 422}
@@ -148,21 +164,36 @@ def h5_size(path: Path) -> int:
     return int(shape[0])
 
 
-def open_input(path: str | os.PathLike, skip=frozenset()) -> tuple[Iterator[Item], int]:
-    """(lazy items, total count) for a folder or an HDF5 file; raise BulkError if unusable."""
+def open_input(path: str | os.PathLike, skip=frozenset(), fetcher=None,
+               columns: dict | None = None) -> tuple[Iterator[Item], int]:
+    """(lazy items, total count) for a folder, an HDF5 file or a table of sky positions (whose
+    cutouts `fetcher`, a galaxy_morph.cutouts.CutoutFetcher, downloads); BulkError if unusable."""
     if not str(path).strip():
         raise BulkError("no input given: --input FOLDER_OR_H5 (make classify INPUT=...)")
     path = Path(path)
     if not path.exists():
         raise BulkError(f"input not found: {path!s} (give a folder of JPEG/PNG images or an HDF5 file)")
+    if table_format(path) and path.is_file():
+        return position_items(path, skip, fetcher, columns or {})
     if path.is_dir():
         total = count_folder(path)
         if total == 0:
-            raise BulkError(f"no JPEG or PNG images under {path}")
+            raise BulkError(f"no JPEG, PNG or FITS images under {path}")
         return iter_folder(path, skip), total
     if path.suffix.lower() in (".h5", ".hdf5", ".hdf"):
         return iter_h5(path, skip), h5_size(path)
-    raise BulkError(f"{path}: expected a folder of images or an .h5/.hdf5 file")
+    raise BulkError(f"{path}: expected a folder of images, an .h5/.hdf5 file or a table of positions "
+                    f"(.csv, .fits, .vot, .ecsv)")
+
+
+def position_items(path: Path, skip, fetcher, columns: dict) -> tuple[Iterator[Item], int]:
+    """Rows of a positions table; each item's load() fetches its cutout, or raises an OSError whose
+    message (outside the footprint, download failed, no position) becomes the row's error."""
+    try:
+        positions = read_positions(path, **columns)
+    except PositionsError as e:
+        raise BulkError(str(e)) from None
+    return (Item(i, load) for i, load in position_loaders(positions, fetcher, skip)), len(positions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,13 +327,14 @@ def one_line(text: str, limit: int = 300) -> str:
 class Server:
     """One TorchServe inference endpoint with its own credentials and in-flight count.
 
-    Requests go through galaxy_morph.client (one client per thread: each has its own HTTP
+    Requests go through galaxy_service.client (one client per thread: each has its own HTTP
     session), which re-reads the key file and retries once when the server refuses the key.
     """
 
     def __init__(self, url: str, key_file: Path | None = None, token: str | None = None,
-                 timeout: float = 120.0):
+                 timeout: float = 120.0, management_url: str | None = None):
         self.url = url.rstrip("/")
+        self.management_url = management_url  # for token renewal; None: re-read the key file only
         self.timeout = (5.0, timeout)
         self.key_file = Path(key_file) if key_file else None
         self.token = token
@@ -317,21 +349,12 @@ class Server:
         if c is None:
             keys = {"inference": self.token} if self.token else None
             c = self._local.client = TorchServeClient(
-                inference_url=self.url, management_url=management_url_for(self.url),
+                inference_url=self.url, management_url=self.management_url, metrics_url=None,
                 key_file=self.key_file, keys=keys, timeout=self.timeout)
         return c
 
     def __repr__(self):
         return f"Server({self.url})"
-
-
-def management_url_for(inference_url: str) -> str:
-    """Where the token API is expected: the management port next to a default inference port."""
-    from urllib.parse import urlsplit
-
-    u = urlsplit(inference_url)
-    port = u.port or 80
-    return f"{u.scheme}://{u.hostname}:{port + 1}"
 
 
 class Pool:
@@ -383,33 +406,33 @@ def one_error(e: ServerError) -> str:
 @dataclass
 class RetryPolicy:
     retries: int = 6  # attempts after the first
-    backoff: float = 0.5  # seconds before the first retry; doubles each time
+    backoff: float = 0.5  # seconds before the first retry; doubles each time (with jitter)
     max_backoff: float = 8.0
     timeout: float = 120.0  # seconds to wait for an answer (a full queue on a small machine is slow)
 
-    def delay(self, attempt: int) -> float:
-        d = min(self.max_backoff, self.backoff * (2 ** attempt))
-        return d * (0.75 + 0.5 * random.random())
+    def retrying(self, retries: int | None = None, on_retry=None) -> Retrying:
+        """tenacity: retry TransientError with exponential backoff; reraise the last one."""
+        return Retrying(stop=stop_after_attempt((self.retries if retries is None else retries) + 1),
+                        wait=wait_exponential_jitter(initial=self.backoff, max=self.max_backoff,
+                                                     jitter=self.backoff / 2),
+                        retry=retry_if_exception_type(TransientError), reraise=True,
+                        before_sleep=on_retry)
 
 
 def classify_one(pool: Pool, endpoint: Endpoint, data: bytes, policy: RetryPolicy,
                  stats: "Stats") -> tuple[dict | None, str]:
     """(answer, "") on success, (None, message) for an input the server refuses (4xx).
 
-    Raises TransientError when retries run out and FatalServerError when the server refuses the
+    5xx, 429, timeouts and connection errors are retried (tenacity), on another server when there
+    are several: TransientError when retries run out. FatalServerError when the server refuses the
     request itself (token, unknown model).
     """
-    last = ""
-    server = None
-    attempt = 0
-    while True:
-        server = pool.acquire(avoid=server if last else None)
+    last_failed: list[Server] = []
+
+    def attempt() -> tuple[dict | None, str]:
+        server = pool.acquire(avoid=last_failed[-1] if last_failed else None)
         try:
             answer = endpoint.send(server, data)
-        except ServerUnavailable as e:
-            wait_s = policy.delay(attempt)
-            pool.release(server, True, wait_s)
-            last = one_line(str(e))
         except AuthError as e:
             pool.release(server, False)
             raise FatalServerError(f"{server.url} refused the token ({one_error(e)}): give the "
@@ -421,23 +444,23 @@ def classify_one(pool: Pool, endpoint: Endpoint, data: bytes, policy: RetryPolic
                 return None, one_error(e)
             if e.status not in RETRY_STATUSES:
                 raise FatalServerError(f"{server.url}: {endpoint.model}: {one_error(e)}") from None
-            last = one_error(e)
-            wait_s = policy.delay(attempt)
-        except TorchServeError as e:
-            pool.release(server, True, policy.delay(attempt))
-            last, wait_s = one_line(str(e)), policy.delay(attempt)
-        else:
-            pool.release(server, False)
-            if isinstance(answer, list) and len(answer) == 1:
-                answer = answer[0]
-            if isinstance(answer, dict) and "label" in answer:
-                return answer, ""
-            return None, one_line(f"unexpected answer: {str(answer)[:200]}")
-        if attempt >= policy.retries:
-            raise TransientError(f"gave up after {attempt + 1} attempts: {last}")
-        stats.count("retries")
-        time.sleep(wait_s)
-        attempt += 1
+            last_failed.append(server)
+            raise TransientError(one_error(e)) from None
+        except TorchServeError as e:  # no answer: keep away from this server for a while
+            pool.release(server, True, policy.backoff * 2 ** min(len(last_failed), 4))
+            last_failed.append(server)
+            raise TransientError(one_line(str(e))) from None
+        pool.release(server, False)
+        if isinstance(answer, list) and len(answer) == 1:
+            answer = answer[0]
+        if isinstance(answer, dict) and "label" in answer:
+            return answer, ""
+        return None, one_line(f"unexpected answer: {str(answer)[:200]}")
+
+    try:
+        return policy.retrying(on_retry=lambda _: stats.count("retries"))(attempt)
+    except TransientError as e:
+        raise TransientError(f"gave up after {len(last_failed)} attempts: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,15 +503,17 @@ def probe_image() -> bytes:
 
 def probe(server: Server, endpoint: Endpoint, data: bytes, policy: RetryPolicy) -> dict:
     """Send the probe image, riding out a short outage; BulkError if the server never answers."""
-    last = ""
-    for attempt in range(3):
+    def attempt():
         try:
             return endpoint.send(server, data)
         except ServerUnavailable as e:
-            last = one_line(str(e))
-            time.sleep(policy.delay(attempt))
-    raise BulkError(f"no TorchServe answering at {server.url} ({last}): start it with `make serve` "
-                    f"or check --servers")
+            raise TransientError(one_line(str(e))) from None
+
+    try:
+        return policy.retrying(retries=2)(attempt)
+    except TransientError as e:
+        raise BulkError(f"no TorchServe answering at {server.url} ({e}): start it with `make serve` "
+                        f"or check --servers") from None
 
 
 def resolve_endpoint(pool: Pool, model: str, rule: str | None, policy: RetryPolicy) -> tuple[Endpoint, dict]:
@@ -613,11 +638,14 @@ def run_window(ex, work, source, done: set, window: int, stats: Stats, stop: thr
             emit(item_id, answer, error)
 
 
-def make_pool(servers: list[str], key_files=(), tokens=(), timeout: float = 120.0) -> Pool:
-    """Servers with their credentials: key files / tokens given once for all or once per server."""
+def make_pool(servers: list[str], key_files=(), tokens=(), timeout: float = 120.0,
+              management_urls=()) -> Pool:
+    """Servers with their credentials: key files / tokens / management URLs (for token renewal)
+    given once for all or once per server."""
     if not servers:
         raise BulkError("no server given")
-    for name, values in (("--key-file", key_files), ("--token", tokens)):
+    for name, values in (("--key-file", key_files), ("--token", tokens),
+                         ("--management-url", management_urls)):
         if len(values) not in (0, 1, len(servers)):
             raise BulkError(f"give {name} once for all servers or once per server "
                             f"({len(servers)} servers, {len(values)} values)")
@@ -627,41 +655,31 @@ def make_pool(servers: list[str], key_files=(), tokens=(), timeout: float = 120.
             url = "http://" + url
         kf = key_files[i if len(key_files) > 1 else 0] if key_files else None
         tok = tokens[i if len(tokens) > 1 else 0] if tokens else None
+        mgmt = management_urls[i if len(management_urls) > 1 else 0] if management_urls else None
         if kf and not Path(kf).is_file() and tok is None:
             raise BulkError(f"key file not found: {kf} (TorchServe writes key_file.json in the folder "
                             f"it was started from)")
-        built.append(Server(url, key_file=kf, token=tok, timeout=timeout))
+        built.append(Server(url, key_file=kf, token=tok, timeout=timeout, management_url=mgmt))
     return Pool(built)
 
 
-def default_key_files() -> list[Path]:
-    """$TS_KEY_FILE, ./key_file.json, then the repository root's (where `make serve` puts it)."""
-    from galaxy_morph.client import DEFAULT_KEY_FILE
-
-    found = []
-    for p in (os.environ.get("TS_KEY_FILE"), "key_file.json", DEFAULT_KEY_FILE):
-        if p and Path(p).is_file() and Path(p).resolve() not in [f.resolve() for f in found]:
-            found.append(Path(p))
-    return found
-
-
-def default_server() -> str:
-    host = os.environ.get("TS_HOST", "127.0.0.1")
-    return f"http://{host}:{os.environ.get('TS_INFERENCE_PORT', '8080')}"
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m galaxy_morph.bulk",
+    p = argparse.ArgumentParser(prog="python -m galaxy_service.bulk",
                                 description="Classify a folder of images or an HDF5 file into a CSV "
                                             "catalogue with running TorchServe server(s); re-run to resume.")
-    p.add_argument("--input", required=True, help="folder of JPEG/PNG images, or a Galaxy10-schema HDF5 file")
-    p.add_argument("--out", required=True, help="CSV catalogue to write (appended to when resuming)")
+    p.add_argument("--input", required=True, help="folder of JPEG/PNG/FITS images, a Galaxy10-schema HDF5 "
+                   "file, or a table of sky positions (.csv, .fits, .vot, .ecsv)")
+    p.add_argument("--out", required=True, help="CSV catalogue to write (appended to when resuming), or "
+                   ".fits / .vot / .ecsv: written from OUT.csv when the run completes")
     p.add_argument("--model", default="galaxy-ensemble",
                    help="model or workflow name (galaxy-b0, galaxy-b2, galaxy-ensemble)")
     p.add_argument("--servers", default=None,
                    help="comma-separated inference URLs (default http://$TS_HOST:$TS_INFERENCE_PORT)")
     p.add_argument("--key-file", action="append", default=[],
                    help="TorchServe key_file.json; once, or once per server (default ./key_file.json)")
+    p.add_argument("--management-url", action="append", default=[],
+                   help="management URL for token renewal; once, or once per server (default: "
+                        "$TS_MANAGEMENT_PORT for the local server, none for --servers)")
     p.add_argument("--token", action="append", default=[],
                    help="fixed inference key; once, or once per server (or env GALAXY_TS_TOKENS=k1,k2)")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
@@ -670,6 +688,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backoff", type=float, default=0.5, help="first retry delay in seconds (doubles)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cutout_arguments(p)
     return p.parse_args(argv)
 
 
@@ -678,25 +697,35 @@ def main(argv=None) -> int:
     try:
         if args.concurrency < 1:
             raise BulkError("--concurrency must be at least 1")
-        servers = [s.strip() for s in (args.servers or default_server()).split(",") if s.strip()]
+        local = server_settings()
+        local_inference, local_management = local["inference_url"], local["management_url"]
+        servers = [s.strip() for s in (args.servers or local_inference).split(",") if s.strip()]
+        management_urls = args.management_url or ([] if args.servers else [local_management])
         tokens = args.token or [t for t in os.environ.get("GALAXY_TS_TOKENS", "").split(",") if t]
         key_files = args.key_file
-        if not key_files and not tokens:
-            key_files = [str(p) for p in default_key_files()][:1]
-        out = Path(args.out)
+        if not key_files and not tokens and locate_key_file().is_file():
+            key_files = [str(locate_key_file())]
+        out = table_out = Path(args.out)
+        if is_table_output(table_out):  # FITS / VOTable / ECSV: CSV row by row, converted at the end
+            out = working_csv(table_out)
         if out.is_dir():
             raise BulkError(f"--out {out} is a folder: give a CSV file path")
         if out.parent and not out.parent.exists():
             raise BulkError(f"folder for --out does not exist: {out.parent}")
         # Validate the input before contacting any server.
-        open_input(args.input)
-        pool = make_pool(servers, key_files, tokens, args.timeout)
+        try:
+            fetcher = fetcher_from_args(args)
+        except ValueError as e:
+            raise BulkError(str(e)) from None
+        columns = {"ra_col": args.ra_col, "dec_col": args.dec_col, "id_col": args.id_col}
+        open_input(args.input, fetcher=fetcher, columns=columns)
+        pool = make_pool(servers, key_files, tokens, args.timeout, management_urls)
         policy = RetryPolicy(retries=args.retries, backoff=args.backoff, timeout=args.timeout)
         endpoint, info = resolve_endpoint(pool, args.model, args.rule, policy)
         class_names = info["class_names"]
         header = header_for(class_names, endpoint.workflow)
         done, _ = read_done_ids(out, header)
-        items, total = open_input(args.input, skip=done)
+        items, total = open_input(args.input, skip=done, fetcher=fetcher, columns=columns)
     except BulkError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -727,6 +756,13 @@ def main(argv=None) -> int:
         print(f"stopped early: {stats.stopped}\n{stats.unfinished} inputs not classified: "
               f"re-run the same command to resume", file=sys.stderr)
         return 3
+    if table_out != out:
+        try:
+            convert(out, table_out, positions_for(args.input, **columns))
+        except (ValueError, OSError) as e:
+            print(f"error: writing {table_out}: {e}", file=sys.stderr)
+            return 1
+        print(f"{table_out}: {output_format(table_out)} table written from {out}", file=sys.stderr)
     return 0
 
 

@@ -3,14 +3,14 @@
 Plain `requests`, no Streamlit and no `ts`: the dashboard, the bulk classifier, the benchmarks
 and the tests all talk to the server through this one module.
 
-    from galaxy_morph.client import TorchServeClient
+    from galaxy_service.client import TorchServeClient
     ts = TorchServeClient.from_env()          # TS_HOST, TS_*_PORT, TS_KEY_FILE
     ts.ping()                                 # {"status": "Healthy"}
     ts.predict("galaxy-b0", open("galaxy.jpg", "rb").read())
     ts.predict_workflow("galaxy-ensemble", data, rule="mean")
     ts.metrics()                              # [Sample(name, labels, value), ...]
 
-    python -m galaxy_morph.client ping|models|metrics|predict MODEL FILE
+    python -m galaxy_service.client ping|models|metrics|predict MODEL FILE
 
 Token authorisation: the keys come from TorchServe's `key_file.json` (repo root, or TS_KEY_FILE).
 Keys change at every server start and expire; when the server refuses a key the client re-reads
@@ -20,18 +20,20 @@ once. Every failure is one of the exceptions below, with a message fit to show a
 from __future__ import annotations
 
 import json
-import math
 import os
-import re
 import threading
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_KEY_FILE = REPO_ROOT / "key_file.json"
+KEY_FILE_NAME = "key_file.json"
+DEFAULT_KEY_FILE = REPO_ROOT / KEY_FILE_NAME  # where `make serve` starts TorchServe
 
 # (connect, read) seconds. Registering a model waits for its workers to start.
 TIMEOUT = (3.0, 30.0)
@@ -67,105 +69,43 @@ class AuthError(ServerError):
     """The server refused the token, even after re-reading the key file and asking for a new key."""
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One Prometheus sample line."""
-    name: str
-    labels: dict = field(default_factory=dict)
-    value: float = 0.0
+class NotReady(TorchServeError):
+    """wait_for(): the server answers, but not yet with what is waited for."""
+
+
+class ServerGone(TorchServeError):
+    """wait_for(): the server process exited while we waited for it."""
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str,
+             alive: Callable[[], bool] | None = None, interval: float = 0.5) -> Any:
+    """Call `check` every `interval` s until it returns without a TorchServeError (or
+    requests error); return its result. `alive` (e.g. a process poll) turns an exited server into
+    ServerGone at once. After `timeout` s the last error is raised as NotReady naming `what`."""
+    def attempt():
+        if alive is not None and not alive():
+            raise ServerGone(f"{what} exited while starting")
+        return check()
+
+    retrying = Retrying(stop=stop_after_delay(timeout), wait=wait_fixed(interval), reraise=True,
+                        retry=retry_if_exception(lambda e: isinstance(e, (TorchServeError,
+                                                                          requests.RequestException))
+                                                 and not isinstance(e, ServerGone)))
+    try:
+        return retrying(attempt)
+    except ServerGone:
+        raise
+    except (TorchServeError, requests.RequestException) as e:
+        raise NotReady(f"{what} not ready after {timeout:.0f} s: {e}") from None
 
 
 # ----------------------------------------------------------------------------- Prometheus
 
-_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_ESCAPES = {"\\": "\\", '"': '"', "n": "\n"}
-
-
-def _parse_value(text: str) -> float:
-    t = text.strip()
-    low = t.lower()
-    if low in ("nan",):
-        return math.nan
-    if low in ("+inf", "inf"):
-        return math.inf
-    if low == "-inf":
-        return -math.inf
-    return float(t)
-
-
-def _parse_labels(line: str, i: int) -> tuple[dict, int]:
-    """Parse `{a="x",b="y",}` starting at line[i] == '{'; return (labels, index after '}')."""
-    labels: dict[str, str] = {}
-    i += 1
-    n = len(line)
-    while True:
-        while i < n and line[i] in " \t,":
-            i += 1
-        if i >= n:
-            raise ValueError("unterminated label set")
-        if line[i] == "}":
-            return labels, i + 1
-        m = _NAME.match(line, i)
-        if not m:
-            raise ValueError(f"bad label name at column {i}")
-        key = m.group(0)
-        i = m.end()
-        while i < n and line[i] in " \t":
-            i += 1
-        if i >= n or line[i] != "=":
-            raise ValueError(f"expected = after label {key}")
-        i += 1
-        while i < n and line[i] in " \t":
-            i += 1
-        if i >= n or line[i] != '"':
-            raise ValueError(f"expected a quoted value for label {key}")
-        i += 1
-        out = []
-        while True:
-            if i >= n:
-                raise ValueError(f"unterminated value for label {key}")
-            c = line[i]
-            if c == "\\" and i + 1 < n:
-                out.append(_ESCAPES.get(line[i + 1], "\\" + line[i + 1]))
-                i += 2
-            elif c == '"':
-                i += 1
-                break
-            else:
-                out.append(c)
-                i += 1
-        labels[key] = "".join(out)
-
-
 def parse_prometheus(text: str) -> list[Sample]:
-    """Parse the Prometheus text exposition format (0.0.4) into samples.
+    """Every sample of a Prometheus text exposition (prometheus_client's parser).
 
-    Comments (`# HELP`, `# TYPE`, others) and blank lines are skipped; label values may hold
-    escaped quotes, backslashes and newlines; values may be NaN, +Inf or -Inf; an optional
-    timestamp after the value is ignored. A malformed line raises ValueError naming the line.
-    """
-    samples = []
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            m = _NAME.match(line)
-            if not m:
-                raise ValueError("no metric name")
-            name, i = m.group(0), m.end()
-            while i < len(line) and line[i] in " \t":
-                i += 1
-            labels: dict = {}
-            if i < len(line) and line[i] == "{":
-                labels, i = _parse_labels(line, i)
-            parts = line[i:].split()
-            if not parts or len(parts) > 2:
-                raise ValueError("expected a value and an optional timestamp")
-            samples.append(Sample(name, labels, _parse_value(parts[0])))
-        except ValueError as e:
-            raise ValueError(f"line {lineno}: {e}: {raw!r}") from None
-    return samples
+    A malformed exposition raises ValueError."""
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
 def metric_total(samples: Iterable[Sample], name: str, **match) -> float:
@@ -174,7 +114,36 @@ def metric_total(samples: Iterable[Sample], name: str, **match) -> float:
                and all(s.labels.get(k) == v for k, v in match.items()))
 
 
+def histogram_mean(samples: Iterable[Sample], name: str, **match) -> float | None:
+    """Mean of a Prometheus histogram/summary (`name`_sum / `name`_count); None without data."""
+    n = metric_total(samples, f"{name}_count", **match)
+    return metric_total(samples, f"{name}_sum", **match) / n if n else None
+
+
 # ----------------------------------------------------------------------------- keys
+
+def locate_key_file(env: dict | None = None) -> Path:
+    """The key file to use: $TS_KEY_FILE, else ./key_file.json when there is one, else the
+    repository root's (where `make serve` starts TorchServe)."""
+    env = os.environ if env is None else env
+    if env.get("TS_KEY_FILE"):
+        return Path(env["TS_KEY_FILE"])
+    here = Path(KEY_FILE_NAME)
+    return here if here.is_file() else DEFAULT_KEY_FILE
+
+
+def server_settings(env: dict | None = None) -> dict:
+    """The configured server: {"host", "inference_url", "management_url", "metrics_url",
+    "key_file"} from TS_HOST, TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, TS_KEY_FILE
+    (defaults 127.0.0.1, 8080, 8081, 8082, locate_key_file())."""
+    env = os.environ if env is None else env
+    host = env.get("TS_HOST") or "127.0.0.1"
+    return {"host": host,
+            "inference_url": f"http://{host}:{env.get('TS_INFERENCE_PORT') or 8080}",
+            "management_url": f"http://{host}:{env.get('TS_MANAGEMENT_PORT') or 8081}",
+            "metrics_url": f"http://{host}:{env.get('TS_METRICS_PORT') or 8082}",
+            "key_file": locate_key_file(env)}
+
 
 def read_key_file(path: str | os.PathLike) -> dict:
     """{"inference": key, "management": key, "API": key} from TorchServe's key_file.json.
@@ -222,12 +191,14 @@ class TorchServeClient:
 
     def __init__(self, inference_url: str = "http://127.0.0.1:8080",
                  management_url: str = "http://127.0.0.1:8081",
-                 metrics_url: str = "http://127.0.0.1:8082",
+                 metrics_url: str | None = "http://127.0.0.1:8082",
                  key_file: str | os.PathLike | None = DEFAULT_KEY_FILE,
                  keys: dict | None = None, timeout=TIMEOUT):
+        """`management_url` / `metrics_url` None: a remote inference endpoint only (no token
+        renewal, no management or metrics calls)."""
         self.inference_url = inference_url.rstrip("/")
-        self.management_url = management_url.rstrip("/")
-        self.metrics_url = metrics_url.rstrip("/")
+        self.management_url = management_url.rstrip("/") if management_url else None
+        self.metrics_url = metrics_url.rstrip("/") if metrics_url else None
         self.key_file = Path(key_file) if key_file else None
         self.timeout = timeout
         self._fixed_keys = dict(keys or {})
@@ -240,16 +211,9 @@ class TorchServeClient:
     @classmethod
     def from_env(cls, env: dict | None = None, **kw) -> "TorchServeClient":
         """Build from TS_HOST, TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, TS_KEY_FILE."""
-        env = os.environ if env is None else env
-        host = env.get("TS_HOST") or "127.0.0.1"
-        urls = {
-            "inference_url": f"http://{host}:{env.get('TS_INFERENCE_PORT') or 8080}",
-            "management_url": f"http://{host}:{env.get('TS_MANAGEMENT_PORT') or 8081}",
-            "metrics_url": f"http://{host}:{env.get('TS_METRICS_PORT') or 8082}",
-            "key_file": env.get("TS_KEY_FILE") or DEFAULT_KEY_FILE,
-        }
-        urls.update(kw)
-        return cls(**urls)
+        settings = server_settings(env)
+        settings.pop("host")
+        return cls(**{**settings, **kw})
 
     def __repr__(self) -> str:
         return (f"TorchServeClient({self.inference_url!r}, {self.management_url!r}, "
@@ -276,7 +240,7 @@ class TorchServeClient:
         TorchServe writes the new key into its key file, so this only helps a client that can
         read that file; returns the new key, or None when there is no API key."""
         api_key = self._key("API")
-        if not api_key:
+        if not api_key or not self.management_url:
             return None
         self._raw("GET", f"{self.management_url}/token", params={"type": kind},
                   headers={"Authorization": f"Bearer {api_key}"}, timeout=self.timeout)
@@ -337,6 +301,26 @@ class TorchServeClient:
             return resp.json()
         except ValueError:
             return resp.text
+
+    def wait_until_ready(self, models: Iterable[str] = (), timeout: float = 300.0,
+                         alive: Callable[[], bool] | None = None) -> dict:
+        """The one readiness wait: until /ping answers (with the keys of a key file that may
+        appear only now) and every worker of each model is READY. Returns {model: seconds}."""
+        models, t0, ready = list(models), time.monotonic(), {}
+
+        def check():
+            self.reload_keys()
+            self.ping()
+            for name in models:
+                versions = [] if name in ready else self.describe(name, customized=False)
+                if versions and all(v.get("workers") and all(w.get("status") == "READY"
+                                                             for w in v["workers"]) for v in versions):
+                    ready[name] = round(time.monotonic() - t0, 1)
+            if len(ready) < len(models):
+                raise NotReady(f"READY: {', '.join(ready) or 'none'} of {', '.join(models)}")
+
+        wait_for(check, timeout, f"TorchServe at {self.inference_url}", alive)
+        return ready
 
     # -- inference API
     def ping(self) -> dict:

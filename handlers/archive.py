@@ -26,13 +26,12 @@ from pathlib import Path
 import yaml
 
 import galaxy_morph
+from galaxy_morph.answers import MODEL_NAMES, WORKFLOW_NAME, served_name
 from galaxy_morph.data import file_sha256
 from galaxy_morph.models import META_FILE, WEIGHTS_FILE, read_meta
 
 HANDLERS = Path(__file__).resolve().parent
-MODEL_PREFIX = "galaxy-"
-WORKFLOW_NAME = "galaxy-ensemble"
-MODELS = ("b0", "b2")
+MODELS = tuple(MODEL_NAMES)  # spec names: "b0", "b2"
 
 # Serving defaults per model (model-config.yaml). Batches of up to 8 images wait at most 10 ms:
 # on CPU a batch of 8 costs far less than 8 single calls, and at 50 ms a lone request (the
@@ -48,10 +47,6 @@ CAM_LAYERS = {"b0": "features.5"}
 WORKFLOW_MODELS = {"min-workers": 1, "max-workers": 1, "batch-size": 8, "max-batch-delay": 10,
                    "retry-attempts": 3, "timeout-ms": 5000}
 WORKFLOW_MODEL_NODE = {"timeout-ms": 30000}  # b0/b2 nodes: inference may take seconds under load
-
-
-def model_name(m: str) -> str:
-    return f"{MODEL_PREFIX}{m}"
 
 
 def _tool(name: str) -> str:
@@ -74,6 +69,18 @@ def val_f1(ckpt: Path, meta: dict):
     return report.get("val_per_class_f1") or (meta.get("metrics") or {}).get("val_per_class_f1")
 
 
+def trained_on_synthetic(data: dict) -> bool | None:
+    """Whether the training HDF5 was written by galaxy_morph.synthetic (its "source" attribute);
+    None when the file is not here to look at."""
+    path = Path(str(data.get("path") or ""))
+    if not path.is_file():
+        return None
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f.attrs.get("source") == "galaxy_morph.synthetic"
+
+
 def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path) -> dict:
     """What a user should know about the served model, from its meta and evaluation reports."""
     report = _read_json(ckpt / "report.json")
@@ -88,6 +95,9 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path) -> di
         "weights_sha256": file_sha256(ckpt / WEIGHTS_FILE),
         "val_per_class_f1": val_f1(ckpt, meta),
     }
+    card["synthetic_training_data"] = trained_on_synthetic(meta.get("data") or {})
+    if report and report.get("real_samples_accuracy") is not None:
+        card["real_samples_accuracy"] = report["real_samples_accuracy"]  # the 100 real samples
     card["evaluated"] = bool(report)  # (TorchServe drops null fields from describe output)
     if report:
         card["test"] = {k: report[k] for k in ("accuracy", "macro_f1", "per_class",
@@ -103,13 +113,14 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path) -> di
 
 
 def build_model_archive(run: Path, m: str, store: Path, version: str | None = None,
-                        versioned_name: bool = False) -> Path:
+                        versioned_name: bool = False, model_config: dict | None = None) -> Path:
+    """STORE/galaxy-M.mar; `model_config` overrides MODEL_CONFIG (workers, batching...)."""
     ckpt = run / m
     meta = read_meta(ckpt)
     if not (ckpt / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"no checkpoint weights at {ckpt / WEIGHTS_FILE}")
     version = str(version or meta.get("version") or "1.0")
-    name = model_name(m)
+    name = served_name(m)
     file_stem = f"{name}-v{version}" if versioned_name else name
     store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
@@ -124,7 +135,7 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
         (extra / "index_to_name.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
         (extra / "model_card.json").write_text(json.dumps(model_card(name, version, ckpt, meta, run),
                                                           indent=1, default=str))
-        config = dict(MODEL_CONFIG)
+        config = {**MODEL_CONFIG, **(model_config or {})}
         config["handler"] = {"spec": meta["spec"]["name"]}
         if m in CAM_LAYERS:
             config["handler"]["cam_layer"] = CAM_LAYERS[m]
@@ -139,10 +150,12 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
 
 
 def build_workflow_archive(store: Path, urls: dict, f1: dict | None = None,
-                           versions: dict | None = None, name: str = WORKFLOW_NAME) -> Path:
-    """galaxy-ensemble.war over the .mar files `urls` {"b0": "galaxy-b0.mar", "b2": ...}."""
+                           versions: dict | None = None, name: str = WORKFLOW_NAME,
+                           workflow_models: dict | None = None) -> Path:
+    """galaxy-ensemble.war over the .mar files `urls` {"b0": "galaxy-b0.mar", "b2": ...};
+    `workflow_models` overrides WORKFLOW_MODELS (the workflow's per-model settings)."""
     store.mkdir(parents=True, exist_ok=True)
-    spec = {"models": {**WORKFLOW_MODELS, **{m: {"url": urls[m], **WORKFLOW_MODEL_NODE} for m in MODELS}},
+    spec = {"models": {**WORKFLOW_MODELS, **(workflow_models or {}), **{m: {"url": urls[m], **WORKFLOW_MODEL_NODE} for m in MODELS}},
             "dag": {"pre": list(MODELS), "b0": ["ensemble"], "b2": ["ensemble"]}}
     settings = {"name": name, "models": {m: {"url": urls[m], "version": (versions or {}).get(m)}
                                          for m in MODELS},
@@ -153,15 +166,17 @@ def build_workflow_archive(store: Path, urls: dict, f1: dict | None = None,
         (tmp / "ensemble.json").write_text(json.dumps(settings, indent=1))
         cmd = [_tool("torch-workflow-archiver"), "--workflow-name", name,
                "--spec-file", str(tmp / "workflow.yaml"), "--handler", str(HANDLERS / "workflow.py"),
-               "--extra-files", f"{HANDLERS / 'galaxy_handler.py'},{tmp / 'ensemble.json'}",
+               "--extra-files", str(tmp / "ensemble.json"),
                "--export-path", str(store), "-f"]
         subprocess.run(cmd, check=True, env=_private_tmp(tmp))
     return store / f"{name}.war"
 
 
-def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_name=False) -> list[Path]:
+def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_name=False,
+              model_config: dict | None = None, workflow_models: dict | None = None) -> list[Path]:
+    """Every model archive, then the workflow; the two dicts override the serving defaults."""
     run, store = Path(run), Path(store)
-    built = [build_model_archive(run, m, store, version, versioned_name) for m in models]
+    built = [build_model_archive(run, m, store, version, versioned_name, model_config) for m in models]
     if workflow:
         if set(models) != set(MODELS):
             raise SystemExit("the workflow needs both b0 and b2: add --no-workflow")
@@ -169,7 +184,8 @@ def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_
         built.append(build_workflow_archive(
             store, {m: p.name for m, p in zip(models, built)},
             f1={m: val_f1(run / m, metas[m]) for m in MODELS},
-            versions={m: str(version or metas[m].get("version") or "1.0") for m in MODELS}))
+            versions={m: str(version or metas[m].get("version") or "1.0") for m in MODELS},
+            workflow_models=workflow_models))
     return built
 
 

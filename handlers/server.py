@@ -18,6 +18,7 @@ gets its own java.io.tmpdir, where TorchServe puts its worker sockets (/tmp/.ts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -28,13 +29,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import requests
+import psutil
+
+from galaxy_morph.answers import WORKFLOW_NAME
+from galaxy_service.client import KEY_FILE_NAME, TorchServeClient, TorchServeError, read_key_file
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "config.properties"
 HOST = "127.0.0.1"
 MODELS = ("galaxy-b0.mar", "galaxy-b2.mar")
-WORKFLOW = "galaxy-ensemble.war"
+WORKFLOW = f"{WORKFLOW_NAME}.war"
 PORT_ENV = {"inference": ("TS_INFERENCE_PORT", 8080), "management": ("TS_MANAGEMENT_PORT", 8081),
             "metrics": ("TS_METRICS_PORT", 8082),
             "grpc_inference": ("TS_GRPC_INFERENCE_PORT", 7070),
@@ -42,13 +46,13 @@ PORT_ENV = {"inference": ("TS_INFERENCE_PORT", 8080), "management": ("TS_MANAGEM
 PID_FILE = "torchserve.pid"
 
 
-class ServerError(RuntimeError):
-    pass
+class LaunchError(RuntimeError):
+    """TorchServe could not be started (ports busy, archives missing, not READY in time)."""
 
 
 @dataclass
 class Server:
-    """A running TorchServe: URLs, paths and the keys from its key_file.json."""
+    """A TorchServe started by this module: its pid, paths, ports and key file."""
 
     pid: int
     workdir: Path
@@ -70,27 +74,32 @@ class Server:
 
     @property
     def key_file(self) -> Path:
-        return self.workdir / "key_file.json"
+        return self.workdir / KEY_FILE_NAME
 
     @property
     def pid_file(self) -> Path:
         return self.log_dir / PID_FILE
 
     def keys(self) -> dict:
-        return json.loads(self.key_file.read_text())
+        """{"inference": key, "management": key, "API": key}, read now (keys change per start)."""
+        return read_key_file(self.key_file)
 
     def inference_key(self) -> str:
-        return self.keys()["inference"]["key"]
+        return self.keys()["inference"]
 
     def management_key(self) -> str:
-        return self.keys()["management"]["key"]
+        return self.keys()["management"]
 
     def api_key(self) -> str:
-        return self.keys()["API"]["key"]
+        return self.keys()["API"]
 
     def auth(self, kind: str = "inference") -> dict:
-        key = self.inference_key() if kind == "inference" else self.management_key()
-        return {"Authorization": f"Bearer {key}"}
+        """The Authorization header for plain HTTP calls (tests, curl-like use)."""
+        return {"Authorization": f"Bearer {self.keys()[kind]}"}
+
+    def client(self, **kw) -> TorchServeClient:
+        return TorchServeClient(self.inference_url, self.management_url, self.metrics_url,
+                                key_file=self.key_file, **kw)
 
     def alive(self) -> bool:
         return _alive(self.pid)
@@ -108,9 +117,18 @@ class Server:
 
 
 def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it)."""
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def free_ports() -> dict:
+    """One free port for each of TorchServe's listeners: {"inference": p, "management": p, ...}."""
+    ports = set()
+    while len(ports) < len(PORT_ENV):
+        ports.add(free_port())
+    return dict(zip(PORT_ENV, sorted(ports)))
 
 
 def port_in_use(port: int) -> bool:
@@ -124,13 +142,9 @@ def env_ports() -> dict:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    try:  # a zombie child still "exists"
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _regex_path(path: Path) -> str:
@@ -200,59 +214,6 @@ def status(workdir=REPO, log_dir=None) -> Server | None:
     return server if server is not None and server.alive() else None
 
 
-def _get(url, headers=None, timeout=5.0):
-    try:
-        return requests.get(url, headers=headers, timeout=timeout)
-    except requests.RequestException:
-        return None
-
-
-def wait_ready(server: Server, names, timeout: float = 300.0, proc=None) -> dict:
-    """Wait until /ping answers and every version of each model has a READY worker.
-
-    Returns {name: seconds from the call until its workers were READY}.
-    """
-    t0 = time.time()
-    deadline = t0 + timeout
-    ready = {}
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise ServerError(f"TorchServe exited with {proc.returncode}; see {server.log_dir}")
-        if server.key_file.is_file():
-            try:
-                ping = _get(server.inference_url + "/ping", server.auth("inference"))
-            except (ValueError, KeyError):
-                ping = None  # key file half written
-            if ping is not None and ping.status_code == 200:
-                for name in names:
-                    if name in ready:
-                        continue
-                    r = _get(f"{server.management_url}/models/{name}", server.auth("management"))
-                    if r is not None and r.status_code == 200:
-                        versions = r.json()
-                        if versions and all(v.get("workers") and all(
-                                w.get("status") == "READY" for w in v["workers"]) for v in versions):
-                            ready[name] = round(time.time() - t0, 1)
-                if len(ready) == len(names):
-                    return ready
-        time.sleep(0.5)
-    raise ServerError(f"not READY after {timeout:.0f} s (ready: {ready or 'none'}); see {server.log_dir}")
-
-
-def register_workflow(server: Server, war: str = WORKFLOW, timeout: float = 300.0) -> dict:
-    r = requests.post(f"{server.management_url}/workflows", params={"url": war},
-                      headers=server.auth("management"), timeout=timeout)
-    if r.status_code != 200:
-        raise ServerError(f"registering workflow {war} failed: HTTP {r.status_code} {r.text}")
-    return r.json()
-
-
-def unregister_workflow(server: Server, name: str, timeout: float = 120.0) -> bool:
-    r = requests.delete(f"{server.management_url}/workflows/{name}",
-                        headers=server.auth("management"), timeout=timeout)
-    return r.status_code == 200
-
-
 def workflow_model_names(war_name: str = WORKFLOW) -> list[str]:
     stem = war_name.rsplit(".", 1)[0]
     return [f"{stem}__{n}" for n in ("pre", "b0", "b2", "ensemble")]
@@ -266,20 +227,18 @@ def start(model_store=REPO / "model_store", workdir=REPO, ports: dict | None = N
     log_dir = Path(log_dir or workdir / "logs").resolve()
     running = status(workdir, log_dir)
     if running is not None:
-        raise ServerError(f"already running (pid {running.pid}, {running.inference_url})")
+        raise LaunchError(f"already running (pid {running.pid}, {running.inference_url})")
     ports = {**env_ports(), **(ports or {})}
     busy = [f"{k} {p}" for k, p in ports.items() if port_in_use(p)]
     if busy:
-        raise ServerError(f"port(s) in use on {HOST}: {', '.join(busy)}")
+        raise LaunchError(f"port(s) in use on {HOST}: {', '.join(busy)}")
     missing = [m for m in list(models) + ([workflow] if workflow else []) if not (model_store / m).is_file()]
     if missing:
-        raise ServerError(f"missing in {model_store}: {', '.join(missing)} (run make archive)")
+        raise LaunchError(f"missing in {model_store}: {', '.join(missing)} (run make archive)")
     tmp_dir = log_dir / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     config = render_config(log_dir / "config.properties", ports, model_store, models, template)
-    key_file = workdir / "key_file.json"
-    if key_file.exists():
-        key_file.unlink()  # a stale one from a killed run would hold old keys
+    (workdir / KEY_FILE_NAME).unlink(missing_ok=True)  # a stale one from a killed run holds old keys
     # Passive OpenMP waiting: with spinning threads (torch's default) workers that share a few
     # cores with the frontend and each other ran 3-20x slower (make bench --tune).
     env = {**os.environ, "TMPDIR": str(tmp_dir), "TEMP": str(tmp_dir),
@@ -291,20 +250,26 @@ def start(model_store=REPO / "model_store", workdir=REPO, ports: dict | None = N
                                 env=env, start_new_session=True)
     server = Server(pid=proc.pid, workdir=workdir, model_store=model_store, log_dir=log_dir, ports=ports)
     server.pid_file.write_text(server.to_json())
+    ts = server.client()
+    frontend_up = lambda: proc.poll() is None  # noqa: E731
     try:
-        names = [m.rsplit(".", 1)[0] for m in models]
-        times = wait_ready(server, names, timeout, proc) if names else {}
+        times = ts.wait_until_ready([m.rsplit(".", 1)[0] for m in models], timeout, frontend_up)
         if not quiet:
             print(f"models READY after {', '.join(f'{n} {s} s' for n, s in times.items())}")
         if workflow:
             t1 = time.time()
-            register_workflow(server, workflow, timeout)
-            wait_ready(server, workflow_model_names(workflow), timeout, proc)
+            ts.register_workflow(workflow, timeout=(3.0, timeout))
+            ts.wait_until_ready(workflow_model_names(workflow), timeout, frontend_up)
             if not quiet:
                 print(f"workflow {workflow} registered and READY in {time.time() - t1:.1f} s")
+    except TorchServeError as e:
+        stop(workdir, log_dir)
+        raise LaunchError(f"{e}; see {log_dir}") from None
     except BaseException:
         stop(workdir, log_dir)
         raise
+    finally:
+        ts.close()
     if not quiet:
         print(f"TorchServe up in {time.time() - t0:.1f} s (pid {proc.pid})")
     return server
@@ -317,49 +282,20 @@ def stop(workdir=REPO, log_dir=None, timeout: float = 30.0) -> bool:
     if server is None:
         return False
     was_alive = server.alive()
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
+    try:
+        front = psutil.Process(server.pid)
+        procs = [front, *front.children(recursive=True)]
+    except psutil.Error:
+        procs = []
+    for sig, wait_s in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(server.pid, sig)  # the whole group: workers whose frontend already died too
+        _, procs = psutil.wait_procs(procs, timeout=wait_s)  # reaps our own children
+        if not procs:
             break
-        except PermissionError:
-            os.kill(server.pid, sig)
-        deadline = time.time() + wait
-        while time.time() < deadline and _group_alive(server.pid):
-            _reap(server.pid)
-            time.sleep(0.2)
-        if not _group_alive(server.pid):
-            break
-    _reap(server.pid)
     server.pid_file.unlink(missing_ok=True)
-    if server.key_file.exists():
-        server.key_file.unlink()
+    server.key_file.unlink(missing_ok=True)
     return was_alive
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # Only zombies left (children of a launcher that has not reaped them) count as stopped.
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def _reap(pid: int):
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def main(argv=None):
@@ -375,7 +311,7 @@ def main(argv=None):
         try:
             s = start(args.store, args.workdir, workflow=None if args.no_workflow else WORKFLOW,
                       log_dir=args.log_dir, timeout=args.timeout)
-        except ServerError as e:
+        except LaunchError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
         print(f"inference  {s.inference_url}\nmanagement {s.management_url}\n"

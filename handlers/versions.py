@@ -7,8 +7,8 @@
     python -m handlers.versions unregister galaxy-b0 2.0
     python -m handlers.versions refresh-workflow [--store model_store]
 
-Options: --key-file (default ./key_file.json), --management-url (default
-http://127.0.0.1:$TS_MANAGEMENT_PORT). Build a new version's archive first with
+Options: --key-file (default $TS_KEY_FILE, else ./key_file.json, else the repository's),
+--management-url (default http://$TS_HOST:$TS_MANAGEMENT_PORT). Build a new version's archive first with
 `python -m handlers.archive --run DIR --models b0 --version 2.0 --versioned-name --no-workflow`.
 
 The workflow keeps its own copies of the models (galaxy-ensemble__b0, __b2) and does not follow
@@ -23,11 +23,10 @@ import os
 import sys
 from pathlib import Path
 
-from galaxy_morph.client import TorchServeClient, TorchServeError
+from galaxy_morph.answers import MODEL_NAMES, WORKFLOW_NAME
+from galaxy_service.client import TorchServeClient, TorchServeError, locate_key_file, server_settings
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = ("galaxy-b0", "galaxy-b2")
-WORKFLOW = "galaxy-ensemble"
 
 
 class VersionError(RuntimeError):
@@ -73,13 +72,13 @@ class Management:
     def card(self, name: str) -> dict:
         return self.client.describe(name)[0].get("customizedMetadata") or {}
 
-    def refresh_workflow(self, store: str | os.PathLike, name: str = WORKFLOW) -> dict:
+    def refresh_workflow(self, store: str | os.PathLike, name: str = WORKFLOW_NAME) -> dict:
         """Rebuild the workflow archive over the current default versions and re-register it."""
         from handlers.archive import build_workflow_archive
 
         urls, f1, versions = {}, {}, {}
-        for m in ("b0", "b2"):
-            d = self.client.describe(f"galaxy-{m}")[0]
+        for m, served in MODEL_NAMES.items():
+            d = self.client.describe(served)[0]
             urls[m], versions[m] = d["modelUrl"], d["modelVersion"]
             f1[m] = (d.get("customizedMetadata") or {}).get("val_per_class_f1")
         build_workflow_archive(Path(store), urls, f1, versions, name)
@@ -95,12 +94,11 @@ def _key(version: str):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--key-file", default=str(REPO / "key_file.json"))
-    ap.add_argument("--management-url",
-                    default=f"http://127.0.0.1:{os.environ.get('TS_MANAGEMENT_PORT') or 8081}")
+    ap.add_argument("--key-file", default=str(locate_key_file()))
+    ap.add_argument("--management-url", default=server_settings()["management_url"])
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="list versions (default marked)")
-    p.add_argument("names", nargs="*", default=list(MODELS))
+    p.add_argument("names", nargs="*", default=list(MODEL_NAMES.values()))
     p = sub.add_parser("register", help="register an archive from the model store as a new version")
     p.add_argument("file", help="file name in the model store, e.g. galaxy-b0-v2.0.mar")
     p.add_argument("--workers", type=int, default=1)

@@ -17,13 +17,10 @@ import json
 import os
 import time
 
+from galaxy_morph.answers import WORKFLOW_NAME, ensemble_prediction
 from galaxy_morph.ensemble import RULES, combine
 from galaxy_morph.imaging import ImageError, decode_image
-
-try:  # in the .war both files sit at the archive root
-    from galaxy_handler import error_body, error_code, header, read_request, refuse
-except ImportError:  # imported from the repository (tests)
-    from handlers.galaxy_handler import error_body, error_code, header, read_request, refuse
+from galaxy_morph.payload import RequestError, error_body, header, read_request
 
 RULE_HEADER = "X-Ensemble-Rule"
 DEFAULT_RULE = "seed"
@@ -38,7 +35,7 @@ _settings = {}
 def rule_of(context, idx: int) -> str:
     rule = (header(context, idx, RULE_HEADER) or DEFAULT_RULE).strip().lower()
     if rule not in RULES:
-        raise refuse(f"unknown ensemble rule {rule!r}: choose one of {', '.join(RULES)} "
+        raise RequestError(f"unknown ensemble rule {rule!r}: choose one of {', '.join(RULES)} "
                      f"in the {RULE_HEADER} header")
     return rule
 
@@ -53,7 +50,7 @@ def settings(context) -> dict:
                 with open(os.path.join(d, SETTINGS_FILE)) as f:
                     _settings.update(json.load(f))
                 break
-        _settings.setdefault("name", "galaxy-ensemble")
+        _settings.setdefault("name", WORKFLOW_NAME)
     return _settings
 
 
@@ -69,8 +66,8 @@ def pre(data, context):
             image, _ = read_request(row)
             decode_image(image)  # refuse bad images here, before both models see them
             out.append(json.dumps({"image": base64.b64encode(image).decode("ascii")}))
-        except ImageError as e:
-            out.append(json.dumps(error_body(str(e), error_code(e))))
+        except (RequestError, ImageError) as e:
+            out.append(json.dumps(error_body(str(e), e.status)))
     return out
 
 
@@ -92,25 +89,20 @@ def ensemble(data, context):
             b0, b2 = _answer(row["b0"]), _answer(row["b2"])
             for a in (b0, b2):
                 if "error" in a:
-                    raise refuse(a["error"], int(a.get("code", 400)))
+                    raise RequestError(a["error"], int(a.get("code", 400)))
             rule = rule_of(context, i)
             f1 = conf.get("val_per_class_f1") or {}
             if rule == "weighted" and not (f1.get("b0") and f1.get("b2")):
-                raise refuse("the weighted rule needs both models' per-class validation F1, and "
+                raise RequestError("the weighted rule needs both models' per-class validation F1, and "
                              "this workflow archive was built without evaluation reports")
             names = list(b0["probabilities"])
             result = combine(rule, list(b0["probabilities"].values()),
                              [b2["probabilities"][n] for n in names], f1.get("b0"), f1.get("b2"))
-        except ImageError as e:
-            out.append(json.dumps(error_body(str(e), error_code(e))))
+        except (RequestError, ImageError) as e:
+            out.append(json.dumps(error_body(str(e), e.status)))
             continue
         except (KeyError, TypeError, ValueError) as e:
             out.append(json.dumps(error_body(f"ensemble failed: {e}", 400)))
             continue
-        label = result["label"]
-        out.append(json.dumps({
-            "model": conf["name"], "version": f"b0 {b0['version']} + b2 {b2['version']}",
-            "label": label, "class_name": names[label], "confidence": result["confidence"],
-            "probabilities": dict(zip(names, result["probabilities"])),
-            "source": result["source"], "rule": result["rule"], "b0": b0, "b2": b2}))
+        out.append(json.dumps(ensemble_prediction(conf["name"], result, names, {"b0": b0, "b2": b2})))
     return out

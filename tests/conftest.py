@@ -12,6 +12,7 @@ archives are built in a temporary folder from random-init checkpoints without ev
 
 `make_torchserve(workflow=False)` starts another instance on free ports from the same model store
 (for restart / kill tests); every instance is stopped at the end of the session.
+`unused_port` is a TCP port on 127.0.0.1 that nobody listens on (handlers.server.free_port).
 """
 from __future__ import annotations
 
@@ -24,13 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "galaxy10_decals"
 
 
-def free_ports() -> dict:
-    from handlers.server import PORT_ENV, free_port
+@pytest.fixture
+def unused_port() -> int:
+    from handlers.server import free_port
 
-    ports = set()
-    while len(ports) < len(PORT_ENV):
-        ports.add(free_port())
-    return dict(zip(PORT_ENV, sorted(ports)))
+    return free_port()
 
 
 def make_checkpoints(run_dir: Path, version: str = "1.0", seed: int = 0) -> Path:
@@ -74,7 +73,7 @@ def make_torchserve(tmp_path_factory, served_archives):
 
     def start(workflow: bool = True, models=ts_server.MODELS, timeout: float = 300.0):
         workdir = tmp_path_factory.mktemp("torchserve")
-        s = ts_server.start(store, workdir, ports=free_ports(), models=models,
+        s = ts_server.start(store, workdir, ports=ts_server.free_ports(), models=models,
                             workflow=ts_server.WORKFLOW if workflow else None,
                             log_dir=workdir / "logs", timeout=timeout, quiet=True)
         s.run_dir = run_dir

@@ -3,14 +3,15 @@
     make browser                      # apt chromium, once
     .venv/bin/python -m pytest -q tests/test_browser.py
 
-Starts Streamlit on a free port pointed at the `torchserve` fixture, uploads a real Galaxy10 sample,
-waits for the predicted class name and saves a screenshot (dashboard.png in the test's tmp dir).
+Starts Streamlit on a free port pointed at the `torchserve` fixture, sends a few requests, then
+visits every page as a user would (uploads a real Galaxy10 sample, runs a batch, watches the
+metrics) and saves a screenshot of each: classify.png, batch.png, server.png, metrics.png,
+model_card.png in $SCREENSHOT_DIR (set it to keep them) or the test's tmp dir.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from galaxy_morph.client import TorchServeClient
+from galaxy_service.client import TorchServeClient
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "galaxy10_decals" / "class_5_0.jpg"
@@ -30,15 +31,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def dashboard_url(torchserve, tmp_path):
-    port = _free_port()
+def dashboard_url(torchserve, tmp_path, unused_port):
+    port = unused_port
     env = {**os.environ,
            "TS_HOST": "127.0.0.1",
            "TS_INFERENCE_PORT": str(torchserve.ports["inference"]),
@@ -78,30 +73,74 @@ def dashboard_url(torchserve, tmp_path):
         log.close()
 
 
-def test_upload_in_chromium_shows_prediction(torchserve, dashboard_url, tmp_path):
+def screenshot_dir(tmp_path: Path) -> Path:
+    """$SCREENSHOT_DIR when set (to look at them after the run), else the test's tmp dir."""
+    d = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def test_every_page_in_chromium(torchserve, dashboard_url, tmp_path):
+    """Each page as a user sees it, after a few requests; a screenshot of each. Charts are drawn
+    only from real numbers: the Metrics page must draw its charts, not say they are empty."""
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.skip("no Chromium: make browser")
-    client = TorchServeClient(torchserve.inference_url, torchserve.management_url,
-                              torchserve.metrics_url, key_file=torchserve.key_file)
+    client = torchserve.client()
     expected = client.predict_workflow("galaxy-ensemble", SAMPLE.read_bytes())["class_name"]
+    for sample in sorted(SAMPLE.parent.glob("class_[0-4]_0.jpg")):
+        client.predict("galaxy-b0", sample.read_bytes())
+    client.predict("galaxy-b2", SAMPLE.read_bytes())
 
-    shot = tmp_path / "dashboard.png"
+    shots = screenshot_dir(tmp_path)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
+
+            def shoot(name: str):
+                page.wait_for_timeout(1500)  # let tables and charts finish drawing
+                assert page.locator("[data-testid=stException]").count() == 0, name
+                assert page.locator("[data-testid=stAlertContentError]").count() == 0, name
+                page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
             page.goto(dashboard_url, timeout=60_000)
             page.get_by_role("heading", name="Classify a galaxy").wait_for(timeout=60_000)
             page.set_input_files("input[type=file]", str(SAMPLE))
             page.locator("h3", has_text=expected).first.wait_for(timeout=120_000)
             page.get_by_text("B0 and B2").first.wait_for(timeout=30_000)
+            page.get_by_text("trained").first.wait_for(timeout=30_000)  # what the demo is
             page.locator(".vega-embed canvas, .vega-embed svg").first.wait_for(timeout=30_000)
-            page.wait_for_timeout(1500)  # let the table and chart finish drawing
-            assert page.locator("[data-testid=stException]").count() == 0
-            assert page.locator("[data-testid=stAlertContentError]").count() == 0
-            page.screenshot(path=str(shot), full_page=True)
+            shoot("classify")
+
+            page.goto(f"{dashboard_url}/batch", timeout=60_000)
+            page.get_by_role("heading", name="Classify a batch").wait_for(timeout=60_000)
+            page.set_input_files("input[type=file]", [str(SAMPLE), str(SAMPLE.parent / "class_2_0.jpg")])
+            page.get_by_role("button", name="Classify 2 images").click()
+            page.get_by_text("2 of 2 classified").wait_for(timeout=120_000)
+            page.locator(".vega-embed canvas, .vega-embed svg").first.wait_for(timeout=30_000)
+            shoot("batch")
+
+            page.goto(f"{dashboard_url}/server", timeout=60_000)
+            page.get_by_role("heading", name="Models").wait_for(timeout=60_000)
+            shoot("server")
+
+            page.goto(f"{dashboard_url}/metrics", timeout=60_000)
+            page.get_by_role("heading", name="Metrics").wait_for(timeout=60_000)
+            page.get_by_text("2 points,").wait_for(timeout=60_000)  # two polls: a line, not a dot
+            for title in ("Responses by status", "Mean inference latency", "Worker memory"):
+                page.get_by_text(title).first.wait_for(timeout=10_000)
+            for empty in ("No responses yet.", "No inference requests yet.", "No worker processes visible."):
+                assert page.get_by_text(empty).count() == 0, empty
+            assert page.locator(".vega-embed").count() >= 3
+            shoot("metrics")
+
+            page.goto(f"{dashboard_url}/model_card", timeout=60_000)
+            page.get_by_role("heading", name="Training data").wait_for(timeout=60_000)
+            page.get_by_text("trained").first.wait_for(timeout=30_000)
+            shoot("model_card")
         finally:
             browser.close()
-    assert shot.stat().st_size > 10_000
-    print(f"screenshot: {shot}")
+    for name in ("classify", "batch", "server", "metrics", "model_card"):
+        assert (shots / f"{name}.png").stat().st_size > 10_000, name
+    print(f"screenshots: {shots}")

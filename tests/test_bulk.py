@@ -1,4 +1,4 @@
-"""Bulk classification (galaxy_morph.bulk) against the real TorchServe fixture, plus boundary tests
+"""Bulk classification (galaxy_service.bulk) against the real TorchServe fixture, plus boundary tests
 (503 retries, 4xx recording, several servers) against a tiny local HTTP server.
 
     .venv/bin/python -m pytest -q tests/test_bulk.py
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galaxy_morph import bulk
+from galaxy_service import bulk
 from galaxy_morph.specs import GALAXY10_CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,7 +140,7 @@ def test_h5_resume_after_truncation(torchserve, tmp_path):
 def test_killed_mid_run_then_resumed(torchserve, tmp_path):
     h5 = make_h5(tmp_path / "survey.h5", 40, seed=1)
     out = tmp_path / "catalog.csv"
-    cmd = [sys.executable, "-m", "galaxy_morph.bulk", "--input", str(h5), "--out", str(out),
+    cmd = [sys.executable, "-m", "galaxy_service.bulk", "--input", str(h5), "--out", str(out),
            "--model", "galaxy-b2", "--concurrency", "2"] + cli(torchserve)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -202,7 +202,7 @@ def test_memory_window_is_bounded_over_1000_inputs(torchserve, tmp_path):
 
 
 @pytest.mark.server
-def test_cli_errors(torchserve, tmp_path, capsys):
+def test_cli_errors(torchserve, tmp_path, capsys, unused_port):
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(next(SAMPLES.glob("class_*.jpg")), folder / "a.jpg")
@@ -213,9 +213,7 @@ def test_cli_errors(torchserve, tmp_path, capsys):
     assert bulk.main(["--input", "", "--out", out] + cli(torchserve)) == 1  # make classify without INPUT
     assert "no input given" in capsys.readouterr().err
 
-    from handlers.server import free_port
-
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{unused_port}"
     assert bulk.main(["--input", str(folder), "--out", out, "--servers", dead, "--token", "x",
                       "--backoff", "0.05", "--no-progress"]) == 1
     assert "no TorchServe answering" in capsys.readouterr().err
@@ -331,13 +329,11 @@ def test_retries_run_out_stops_without_writing_the_input(tmp_path):
     assert read_rows(out)[1] == []  # nothing half-done: a re-run sends them all
 
 
-def test_several_servers_share_the_load_and_survive_a_dead_one(tmp_path):
-    from handlers.server import free_port
-
+def test_several_servers_share_the_load_and_survive_a_dead_one(tmp_path, unused_port):
     with FakeServe() as a, FakeServe() as b:
         stats, pool, out = run_fake([a.url, b.url], 40, tmp=tmp_path)
         assert stats.written == 40 and len(a.hits) > 5 and len(b.hits) > 5
-        dead = f"http://127.0.0.1:{free_port()}"
+        dead = f"http://127.0.0.1:{unused_port}"
         stats, pool, out2 = run_fake([dead, a.url], 20, tmp=tmp_path, out=tmp_path / "two.csv")
     assert stats.written == 20 and stats.unfinished == 0
     check_catalog(out2, [str(i) for i in range(20)])

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pandas as pd
@@ -23,12 +22,6 @@ TIMEOUT = 180  # one run may wait for the ensemble and Grad-CAM on 2 busy cores
 pytestmark = pytest.mark.server
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def point_at(monkeypatch, ts, key_file=None):
     monkeypatch.setenv("TS_HOST", "127.0.0.1")
     monkeypatch.setenv("TS_INFERENCE_PORT", str(ts.ports["inference"]))
@@ -38,9 +31,9 @@ def point_at(monkeypatch, ts, key_file=None):
     monkeypatch.setenv("TS_MODEL_STORE", str(ts.model_store))
 
 
-def point_at_closed(monkeypatch):
+def point_at_closed(monkeypatch, port: int):
     for var in ("TS_INFERENCE_PORT", "TS_MANAGEMENT_PORT", "TS_METRICS_PORT"):
-        monkeypatch.setenv(var, str(_closed_port()))
+        monkeypatch.setenv(var, str(port))
 
 
 @pytest.fixture
@@ -162,7 +155,9 @@ def test_metrics_page_draws_history(served):
     n = len(at.session_state["metrics_history"])
     at.run()
     assert len(at.session_state["metrics_history"]) > n
-    assert len(at.get("vega_lite_chart")) >= 3
+    charts = at.get("vega_lite_chart")  # responses, latency, worker memory (+ host memory later)
+    assert len(charts) >= 3
+    assert any("Worker memory" in m.value for m in at.markdown)
 
 
 def test_model_card_page(served):
@@ -171,6 +166,8 @@ def test_model_card_page(served):
     assert at.selectbox(key="card_model").value == "galaxy-b0"
     assert {m.label: m.value for m in at.metric}["Version"] == "1.0 (default)"
     assert "Training data" in texts(at.subheader)
+    assert any("random-init" in i.value and "not measured" in i.value for i in at.info)
+    assert "Demo models" in texts(at.subheader)
     at.selectbox(key="card_model").set_value("galaxy-b2").run()
     no_failures(at)
     assert any('"galaxy-b2"' in json.dumps(j.value) or "galaxy-b2" in str(j.value)
@@ -183,9 +180,9 @@ PAGES = ["pages/classify.py", "pages/batch.py", "pages/server.py", "pages/metric
          "pages/model_card.py"]
 
 
-def test_every_page_explains_a_stopped_server_and_recovers(monkeypatch, torchserve):
+def test_every_page_explains_a_stopped_server_and_recovers(monkeypatch, torchserve, unused_port):
     point_at(monkeypatch, torchserve)
-    point_at_closed(monkeypatch)
+    point_at_closed(monkeypatch, unused_port)
     at = app().run()
     sample = SAMPLES / "class_7_0.jpg"
     at.file_uploader[0].set_value((sample.name, sample.read_bytes(), "image/jpeg")).run()
@@ -220,8 +217,8 @@ def test_rejected_token_is_explained(monkeypatch, torchserve, tmp_path):
 def test_views_helpers():
     g = views.gallery()
     assert len(g) == 100 and g[0]["class_name"] == "Disturbed"
-    f = views.probabilities_frame({c: 0.1 for c in reversed(GALAXY10_CLASSES)})
-    assert list(f["class"]) == list(GALAXY10_CLASSES)
+    f = views.probabilities_frame({c: 0.1 * i for i, c in enumerate(GALAXY10_CLASSES)})
+    assert list(f["class"]) == list(GALAXY10_CLASSES) and f["probability"].iloc[3] == pytest.approx(0.3)
     assert views.crop_box((256, 256), "galaxy-b2") == (18, 18, 238, 238)
     assert views.crop_box((256, 256), "galaxy-b0") == (0, 0, 256, 256)
     heat = views.heatmap_array({"heatmap": [[0, 1], [2, 4]]})
@@ -231,11 +228,56 @@ def test_views_helpers():
     out = views.overlay(img, heat, (8, 8, 56, 56))
     assert out.size == (64, 64) and out.getpixel((0, 0)) == (0, 0, 0)
     assert out.getpixel((50, 50)) != (0, 0, 0)
-    hist = [views.snapshot([], t) for t in (0, 5)]
-    hist[1].update({"inference_requests": 4, "inference_us": 8000, "queue_us": 400})
-    df = views.history_frame(hist)
-    assert df["inference ms"].iloc[1] == pytest.approx(2.0)
-    assert df["queue ms"].iloc[1] == pytest.approx(0.1)
+
+
+def test_metrics_history_draws_only_reported_numbers():
+    from galaxy_service.client import parse_prometheus
+
+    text = """# TYPE Requests2XX counter
+Requests2XX{Level="Host",Hostname="vm",} 3.0
+# TYPE ts_inference_requests_total counter
+ts_inference_requests_total{model_name="galaxy-b0",model_version="default",hostname="vm",} 4.0
+# TYPE ts_inference_latency_microseconds counter
+ts_inference_latency_microseconds{model_name="galaxy-b0",model_version="default",hostname="vm",} 8000.0
+"""
+    quiet, busy = views.snapshot([], 0), views.snapshot(parse_prometheus(text), 5)
+    assert busy["2xx"] == 3 and busy["latency:galaxy-b0"] == pytest.approx(2.0)
+    assert quiet["memory_used_mb"] is None and busy["memory_used_mb"] is None  # not reported yet
+    assert not views.drawable(views.history_frame([quiet]))  # all zero: not drawn
+    assert views.drawable(views.history_frame([quiet, busy]))
+    assert list(views.history_frame([quiet, busy], "latency:").columns) == ["galaxy-b0"]
+    assert views.history_frame([quiet, busy], "memory_used_mb").empty  # None throughout: no column
+
+
+def test_worker_memory_from_psutil_only_for_local_servers():
+    import os
+
+    assert views.is_local("127.0.0.1") and views.is_local("localhost")
+    assert not views.is_local("192.0.2.1")  # TEST-NET address: never this machine
+    desc = {"galaxy-b0": [{"modelVersion": "1.0", "workers": [{"id": "9000", "pid": os.getpid(),
+                                                               "status": "READY"}]}]}
+    assert views.worker_rows(desc, local=True)[0]["memory MB"] > 10  # this test process
+    assert "memory MB" not in views.worker_rows(desc, local=False)[0]
+    assert "memory MB" not in views.models_table(desc, {"galaxy-b0": "1.0"}, local=False)
+
+
+def test_comparison_table_formats_ece_and_provenance():
+    report = {"models": {"b0": {"accuracy": 0.9, "macro": {"precision": 0.9, "recall": 0.9, "f1": 0.89},
+                                "ece": {"uncalibrated": 0.077, "calibrated": 0.02}}},
+              "ensemble": {"seed": {"accuracy": 0.9, "macro": {"precision": 0.9, "recall": 0.9, "f1": 0.9},
+                                    "ece": 0.05}},
+              "real_samples_accuracy": {"b0": 0.48, "ensemble": 0.47}}
+    table = views.comparison_table(report).set_index("name")
+    assert table.loc["b0", "ECE"] == 0.077 and table.loc["b0", "ECE after temperature scaling"] == 0.02
+    assert table.loc["seed", "ECE"] == 0.05 and table.loc["seed", "real samples accuracy"] == 0.47
+    assert table.map(lambda v: not isinstance(v, dict)).all().all()  # no raw dicts printed
+    card = {"training_data": {"path": "data/synthetic.h5"}, "synthetic_training_data": True,
+            "real_samples_accuracy": 0.48, "ensemble_comparison": report}
+    text = views.provenance_text(views.provenance(card))
+    assert "synthetic galaxies" in text and "48%" in text and "(#demo-models)" in text
+    assert "47%" in views.provenance_text(views.provenance(card, "galaxy-ensemble"))
+    assert "not measured" in views.provenance_text(views.provenance({"training_data": {"path": "x.h5"}}))
+    assert "synthetic galaxies" in views.readme_section("Demo models")
 
 
 # ----------------------------------------------------------------------------- management
@@ -247,7 +289,6 @@ def versioned_server(tmp_path_factory, served_archives):
 
     from handlers import server as ts_server
     from handlers.archive import build_model_archive
-    from tests.conftest import free_ports
 
     run_dir, shared_store = served_archives
     root = tmp_path_factory.mktemp("versions")
@@ -255,7 +296,7 @@ def versioned_server(tmp_path_factory, served_archives):
     store.mkdir()
     shutil.copy(shared_store / "galaxy-b0.mar", store)
     build_model_archive(run_dir, "b0", store, version="2.0", versioned_name=True)
-    s = ts_server.start(store, root, ports=free_ports(), models=("galaxy-b0.mar",), workflow=None,
+    s = ts_server.start(store, root, ports=ts_server.free_ports(), models=("galaxy-b0.mar",), workflow=None,
                         log_dir=root / "logs", quiet=True)
     try:
         yield s

@@ -10,17 +10,24 @@ import io
 import json
 import re
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import ts
 from PIL import Image
 from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from galaxy_morph import ensemble
 from galaxy_morph.models import build_model, save_checkpoint
 from galaxy_morph.specs import GALAXY10_CLASSES, get_spec
 from handlers import workflow
 from handlers.galaxy_handler import GalaxyHandler
+
+
+METRICS_YAML = str(Path(ts.__file__).parent / "configs" / "metrics.yaml")  # TorchServe's own
 
 
 def image_bytes(mode="RGB", size=(64, 64), fmt="PNG", seed=0) -> bytes:
@@ -38,7 +45,8 @@ def image_bytes(mode="RGB", size=(64, 64), fmt="PNG", seed=0) -> bytes:
 
 def make_context(model_dir, rows, headers=None, name="galaxy-b0", yaml_config=None):
     ctx = Context(name, str(model_dir), {"model": {"modelName": name, "modelVersion": "1.0"}},
-                  8, None, "0.12.0", model_yaml_config=yaml_config or {})
+                  8, None, "0.12.0", metrics=MetricsCacheYamlImpl(METRICS_YAML),
+                  model_yaml_config=yaml_config or {})
     headers = headers or [{} for _ in rows]
     ctx.request_processor = [RequestProcessor(dict(h)) for h in headers]
     ctx.request_ids = {i: f"req-{i}" for i in range(len(rows))}
@@ -132,8 +140,25 @@ def test_batch_with_bad_images(handler, b0_dir):
     assert codes == [200, 400, 400, 200, 400]
     assert out[0] == out[3]
     assert all("error" in out[i] for i in (1, 2, 4))
-    out, codes = run(handler, b0_dir, [{"body": good}])  # still serving
-    assert codes == [200] and out[0]["label"] == out[0]["label"]
+    alone, codes = run(handler, b0_dir, [{"body": good}])  # still serving, same answer alone
+    assert codes == [200] and alone[0]["label"] == out[0]["label"]
+    assert alone[0]["probabilities"] == pytest.approx(out[0]["probabilities"], abs=1e-5)
+
+
+def test_status_comes_from_the_error_type(handler, b0_dir):
+    """413 only for an image over the pixel limit; a message that merely says "too large" is 400."""
+    upstream = json.dumps({"error": "image too large for my taste", "code": 400}).encode()
+    out, codes = run(handler, b0_dir, [{"body": big_png()}, {"body": upstream}])
+    assert codes == [413, 400]
+
+
+def test_batch_mixing_predictions_and_explanations(handler, b0_dir):
+    data = image_bytes(seed=5)
+    out, codes = run(handler, b0_dir, [{"body": data}, {"body": data}, {"body": b""}],
+                     [{}, {"explain": "True"}, {"explain": "True"}])
+    assert codes == [200, 200, 400]
+    assert "probabilities" in out[0] and "heatmap" not in out[0]
+    assert "heatmap" in out[1] and out[1]["predicted"] == out[0]["label"]
 
 
 def test_describe_returns_card(handler, b0_dir):
@@ -284,3 +309,12 @@ def test_rendered_config(tmp_path):
     for url in (f"file://{store.resolve()}/../x.mar", f"file://{store.resolve()}x/galaxy-b0.mar",
                 "file:///etc/passwd", "http://example.com/galaxy-b0.mar", f"file://{store.resolve()}/sub/x.mar"):
         assert not allowed.fullmatch(url), url
+
+
+def test_handler_module_defines_one_class():
+    """TorchServe's loader refuses a handler file that defines more than one class."""
+    from ts.utils.util import list_classes_from_module
+
+    import handlers.galaxy_handler as module
+
+    assert list_classes_from_module(module) == [GalaxyHandler]

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from galaxy_morph import bulk
+from galaxy_service import bulk
 
 pytestmark = pytest.mark.server
 

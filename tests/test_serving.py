@@ -280,3 +280,16 @@ def test_metrics_speak_prometheus(torchserve):
     assert r.status_code == 200
     assert "# TYPE" in r.text and "ts_inference_requests_total" in r.text
     assert 'model_name="galaxy-b0"' in r.text
+
+
+def test_form_content_type_is_refused_by_torchserve_itself(torchserve, sample_images):
+    """Image bytes labelled as a form never reach the handler: TorchServe's frontend answers 500
+    (docs/api.md, "Image bytes sent as a form"). The same bytes with a proper type are answered."""
+    url = torchserve.inference_url + "/predictions/galaxy-b0"
+    data = sample_images[0].read_bytes()
+    as_form = requests.post(url, data=data, timeout=60, headers={
+        **torchserve.auth("inference"), "Content-Type": "application/x-www-form-urlencoded"})
+    assert as_form.status_code == 500 and "ErrorDataDecoderException" in as_form.text
+    as_bytes = requests.post(url, data=data, timeout=60, headers={
+        **torchserve.auth("inference"), "Content-Type": "application/octet-stream"})
+    assert as_bytes.status_code == 200 and as_bytes.json()["class_name"] in GALAXY10_CLASSES

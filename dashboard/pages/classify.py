@@ -1,10 +1,13 @@
-"""Classify page: upload images or pick real Galaxy10 DECaLS samples; B0, B2 or the ensemble."""
+"""Classify page: upload images (JPEG, PNG, g,r,z FITS), pick real Galaxy10 DECaLS samples, or type a
+sky position whose Legacy Surveys cutout is fetched (galaxy_morph.cutouts); B0, B2 or the ensemble."""
 import pandas as pd
 import streamlit as st
 
 from dashboard import common, views
-from galaxy_morph.client import TorchServeError
+from galaxy_morph import cutouts
+from galaxy_morph.answers import MODEL_NAMES
 from galaxy_morph.imaging import ImageError, decode_image
+from galaxy_service.client import TorchServeError
 
 st.title("Classify a galaxy")
 
@@ -18,13 +21,28 @@ with st.sidebar:
     show_cam = st.toggle("Grad-CAM overlay", key="classify_cam",
                          help="Where the model looked for the predicted class (explanations API)")
 
-source = st.segmented_control("Images", ["Upload", "Sample gallery"], default="Upload",
+common.provenance_banner(model if kind == "model" else MODEL_NAMES["b0"], model)
+
+source = st.segmented_control("Images", ["Upload", "Sample gallery", "Sky position"], default="Upload",
                               key="classify_source") or "Upload"
 images: list[tuple[str, bytes]] = []
 if source == "Upload":
-    files = st.file_uploader("JPEG or PNG galaxy cutouts", type=["jpg", "jpeg", "png"],
+    files = st.file_uploader("JPEG, PNG or g,r,z FITS galaxy cutouts", type=["jpg", "jpeg", "png", "fits", "fit"],
                              accept_multiple_files=True, key="classify_upload")
     images = [(f.name, f.getvalue()) for f in files or []]
+elif source == "Sky position":
+    c1, c2, c3 = st.columns([2, 2, 1], vertical_alignment="bottom")
+    ra_text = c1.text_input("RA (ICRS)", placeholder="185.72875 or 12:22:54.9", key="classify_ra")
+    dec_text = c2.text_input("Dec (ICRS)", placeholder="15.82231 or +15:49:20", key="classify_dec")
+    as_fits = c3.toggle("FITS", key="classify_fits",
+                        help="Fetch the g, r, z FITS cutout; it is rendered with the survey's colours")
+    st.caption("Cutouts from the DESI Legacy Imaging Surveys, 256 px at 0.262\"/px, as Galaxy10 DECaLS.")
+    if ra_text.strip() and dec_text.strip():
+        try:
+            with st.spinner("Fetching the cutout..."):
+                images = [cutouts.position_cutout(ra_text, dec_text, fits=as_fits)]
+        except (ValueError, OSError) as e:
+            st.warning(str(e), icon=":material/travel_explore:")
 else:
     samples = views.gallery()
     if not samples:
@@ -42,7 +60,8 @@ else:
             st.markdown(readme.read_text() if readme.exists() else "No README found.")
 
 if not images:
-    st.info("Upload an image or pick a sample to classify it.")
+    st.info("Upload an image, pick a sample or type a sky position to classify it.")
+    common.demo_models_section()
     st.stop()
 
 s = common.settings()
@@ -113,3 +132,5 @@ for name, data in images:
                 continue
             col.image(views.overlay(shown, heat, views.crop_box(shown.size, m)),
                       caption=f"Grad-CAM {m} for {result.get('class_name')}", width="stretch")
+
+common.demo_models_section()

@@ -27,6 +27,7 @@ if not card:
     st.info(f"{model} {version} returns no model card from its handler.")
     st.stop()
 
+st.info(views.provenance_text(views.provenance(card)), icon=":material/science:")
 info = views.card_summary(card)
 acc, macro, date, data = info["accuracy"], info["macro_f1"], info["trained_at"], info["data"]
 a, b, c, d = st.columns(4)
@@ -63,11 +64,11 @@ if info["confusion_matrix"] is not None:
 
 if info["ensemble"]:
     st.subheader("B0, B2 and the ensemble rules (evaluation report)")
-    table = views.comparison_table(info["ensemble"])
-    if table.empty:
-        st.json(info["ensemble"], expanded=False)
-    else:
-        st.dataframe(table, hide_index=True)
+    st.dataframe(views.comparison_table(info["ensemble"]), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                for c in views.comparison_table(info["ensemble"]).columns[2:]})
 
 with st.expander("Full model card (JSON)"):
     st.json(card)
+
+common.demo_models_section()

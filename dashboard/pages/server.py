@@ -40,7 +40,8 @@ st.caption(f"Inference {s['inference_url']} · management {s['management_url']} 
            f"metrics {s['metrics_url']} · key file `{s['key_file']}`")
 
 st.subheader("Models")
-table = views.models_table(descs, defaults)
+local = views.is_local(s["host"])  # worker memory (psutil) only where the workers run
+table = views.models_table(descs, defaults, local)
 if table.empty:
     st.info("No models registered. Register an archive below.")
 else:

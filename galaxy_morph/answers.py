@@ -1,0 +1,45 @@
+"""The answer schema shared by the handler, the workflow, the Flask baseline, bulk and the dashboard.
+
+    from galaxy_morph.answers import MODEL_NAMES, prediction
+    prediction("galaxy-b0", "1.0", [0.1, 0.9, ...], class_names)
+    # {"model", "version", "label", "class_name", "confidence", "probabilities": {class: p}}
+
+Served names come from the model specs: spec "b0" is served as "galaxy-b0", and the ensemble
+workflow over all of them as "galaxy-ensemble". A workflow answer is a prediction plus "source",
+"rule" and each member's own prediction under its spec name ("b0", "b2").
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from galaxy_morph.specs import SPECS
+
+MODEL_PREFIX = "galaxy-"
+WORKFLOW_NAME = f"{MODEL_PREFIX}ensemble"
+PREDICTION_KEYS = ("model", "version", "label", "class_name", "confidence", "probabilities")
+
+
+def served_name(spec_name: str) -> str:
+    """The TorchServe model name of a spec: "b0" -> "galaxy-b0"."""
+    return f"{MODEL_PREFIX}{spec_name}"
+
+
+MODEL_NAMES = {spec: served_name(spec) for spec in SPECS}  # {"b0": "galaxy-b0", "b2": "galaxy-b2"}
+
+
+def prediction(model: str, version: str, probabilities: Sequence[float],
+               class_names: Sequence[str]) -> dict:
+    """The one answer dict for one image: the top class read from `probabilities`."""
+    p = [float(x) for x in probabilities]
+    label = max(range(len(p)), key=p.__getitem__)
+    return {"model": model, "version": str(version), "label": label,
+            "class_name": class_names[label], "confidence": p[label],
+            "probabilities": dict(zip(class_names, p))}
+
+
+def ensemble_prediction(model: str, combined: dict, class_names: Sequence[str],
+                        members: dict[str, dict]) -> dict:
+    """A workflow answer from galaxy_morph.ensemble.combine()'s result and each member's answer."""
+    version = " + ".join(f"{m} {a['version']}" for m, a in members.items())
+    answer = prediction(model, version, combined["probabilities"], class_names)
+    return {**answer, "source": combined["source"], "rule": combined["rule"], **members}
