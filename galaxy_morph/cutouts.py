@@ -480,6 +480,27 @@ def _raise(e: Exception):
     raise e
 
 
+def position_cutout(ra_text: str, dec_text: str, fits: bool = False, url: str | None = None,
+                    cache_dir: str | os.PathLike | None = None) -> tuple[str, bytes]:
+    """A typed position (degrees or sexagesimal) -> (caption, cutout bytes), for the dashboard.
+
+    The service is `url`, else $GALAXY_CUTOUT_URL, else the Legacy Surveys'; with `fits` the
+    cutout.fits form of it is asked. Raises ValueError for text that is not a position, NoSurveyData
+    outside the footprint and CutoutError when the download fails (both OSError)."""
+    ra, dec = parse_angle(ra_text, "ra"), parse_angle(dec_text, "dec")
+    if ra is None or dec is None:
+        raise ValueError("give both RA and Dec")
+    if not -90.0 <= dec <= 90.0:
+        raise ValueError(f"Dec {dec:g} is outside -90..90 degrees")
+    base = url or os.environ.get("GALAXY_CUTOUT_URL") or DEFAULT_URL
+    base = base.replace("cutout.fits", "cutout.jpg")
+    if fits:
+        base = base.replace("cutout.jpg", "cutout.fits")
+    fetcher = CutoutFetcher(CutoutParams(url=base), cache_dir=cache_dir, retries=2, timeout=30.0)
+    data = fetcher.fetch(ra, dec)
+    return f"RA {ra:.5f}, Dec {dec:+.5f} ({fetcher.params.layer}, {fetcher.params.format.upper()})", data
+
+
 # ---------------------------------------------------------------------------------------------
 # Command-line options shared by the bulk classifier and this module
 

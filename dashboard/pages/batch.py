@@ -9,7 +9,7 @@ st.title("Classify a batch")
 
 c1, c2 = st.columns([2, 1])
 with c1:
-    files = st.file_uploader("JPEG or PNG images", type=["jpg", "jpeg", "png"],
+    files = st.file_uploader("JPEG, PNG or g,r,z FITS images", type=["jpg", "jpeg", "png", "fits", "fit"],
                              accept_multiple_files=True, key="batch_upload")
     use_gallery = st.checkbox("Add the 100 real Galaxy10 DECaLS samples", key="batch_gallery")
 with c2:
