@@ -1,0 +1,13 @@
+"""Offline classification without a server: survey catalogues on Ray Data with model actors.
+
+    python -m prediction.ray_predict --input DIR_H5_OR_PARQUET --out catalog.csv [--model ensemble]
+    make predict INPUT=... OUT=... [MODEL=b0|b2|ensemble] [RAY_ADDRESS=...]
+
+    prediction.inputs       shards of an image folder, a Galaxy10 HDF5 file or Parquet files
+    prediction.classifier   in-process batch classification with the core, as the server does it
+    prediction.parts        per-shard part files (resume) merged into the CSV or Parquet catalogue
+    prediction.ray_predict  the CLI and the Ray Data pipeline
+
+It depends one way on the core (galaxy_morph) and on the bulk classifier's columns
+(galaxy_service.bulk); nothing imports it.
+"""

@@ -1,0 +1,207 @@
+"""Offline classification on a real local Ray (ray.init(num_cpus=2)) against the handler in-process.
+
+    .venv/bin/python -m pytest -q tests/test_predict_ray.py
+
+The checkpoints are random-init B0/B2 whose batch-norm statistics are fitted on a few real samples
+and whose heads are random: unlike the plain random-init ones they give different labels to
+different galaxies, so equal labels mean something. The reference is the TorchServe handler itself
+(handle() with a real ts Context) and galaxy_morph.ensemble, as the workflow combines them.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from galaxy_morph.ensemble import combine
+from galaxy_morph.imaging import decode_image
+from galaxy_morph.models import build_model, save_checkpoint
+from galaxy_morph.specs import GALAXY10_CLASSES, get_spec
+from galaxy_morph.transforms import eval_transform
+from prediction import ray_predict
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = sorted((REPO / "samples" / "galaxy10_decals").glob("class_*.jpg"))
+SUBSET = SAMPLES[::5]  # 20 images, 2 per class
+
+
+def discriminating_checkpoint(out: Path, name: str, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = build_model(name)
+    tf = eval_transform(get_spec(name))
+    x = torch.stack([tf(decode_image(p.read_bytes())) for p in SAMPLES[3::12]])
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(x)
+        head = model.classifier[-1] if name == "b0" else model.classifier
+        head.weight.normal_(0.0, 1.0)
+        head.bias.zero_()
+    model.eval()
+    return save_checkpoint(out / name, model, get_spec(name), GALAXY10_CLASSES, version="1.0",
+                           data={"path": "random-init", "sha256": None, "n": 0})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    for i, name in enumerate(("b0", "b2")):
+        discriminating_checkpoint(run, name, seed=i)
+    return run
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def handler_answers(ckpt: Path, name: str, images: list[bytes]) -> list[dict]:
+    """What the server's handler answers for these image bytes (one batch, real ts Context)."""
+    from handlers.galaxy_handler import GalaxyHandler
+    from tests.test_handler import make_context
+
+    ctx = make_context(ckpt, images, name=name)
+    h = GalaxyHandler()
+    h.initialize(ctx)
+    out = h.handle([{"body": b} for b in images], ctx)
+    return [json.loads(o) if isinstance(o, (str, bytes)) else o for o in out]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run_cli(*args) -> int:
+    return ray_predict.main([*map(str, args), "--quiet"])
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_folder_ensemble_matches_the_handler_and_workflow_rule(tmp_path, run_dir, local_ray):
+    folder = tmp_path / "cutouts"
+    (folder / "deep").mkdir(parents=True)
+    for i, p in enumerate(SUBSET):
+        shutil.copy(p, (folder / "deep" if i % 4 == 0 else folder) / p.name)
+    (folder / "broken.jpg").write_bytes(SUBSET[0].read_bytes()[:300])  # truncated JPEG
+    out = tmp_path / "catalog.csv"
+
+    assert run_cli("--input", folder, "--out", out, "--run", run_dir, "--shard-size", 8) == 0
+
+    rows = {r["id"]: r for r in read_csv(out)}
+    assert len(rows) == len(SUBSET) + 1
+    assert "image" in rows["broken.jpg"]["error"] and rows["broken.jpg"]["label"] == ""
+    ids = sorted(i for i in rows if i != "broken.jpg")
+    images = [(folder / i).read_bytes() for i in ids]
+    b0 = handler_answers(run_dir / "b0", "galaxy-b0", images)
+    b2 = handler_answers(run_dir / "b2", "galaxy-b2", images)
+    expected = [combine("seed", list(a["probabilities"].values()), list(b["probabilities"].values()))
+                for a, b in zip(b0, b2)]
+    got = [rows[i] for i in ids]
+    assert [int(r["label"]) for r in got] == [e["label"] for e in expected]
+    assert [r["source"] for r in got] == [e["source"] for e in expected]
+    assert np.allclose([float(r["confidence"]) for r in got], [e["confidence"] for e in expected], atol=1e-5)
+    assert len({r["label"] for r in got}) >= 3, "the test checkpoints should tell galaxies apart"
+    assert {r["model"] for r in got} == {"galaxy-ensemble"} and {r["rule"] for r in got} == {"seed"}
+    assert {r["version"] for r in got} == {"b0 1.0 + b2 1.0"}
+
+
+def test_hdf5_to_parquet_resumes_by_shard(tmp_path, run_dir, local_ray):
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in SUBSET[:12]])
+    h5 = tmp_path / "survey.h5"
+    with h5py.File(h5, "w") as f:
+        f["images"] = pixels
+        f["ans"] = np.zeros(len(pixels), dtype=np.int64)
+    out = tmp_path / "survey.parquet"
+    args = ("--input", h5, "--out", out, "--run", run_dir, "--model", "b0", "--shard-size", 5)
+
+    assert run_cli(*args, "--max-shards", 1) == 3  # stopped early: one shard of three written
+    assert not out.exists()
+    first = out.with_name(out.name + ".parts") / "shard-000000.parquet"
+    table = pq.read_table(first)
+    marked = table.set_column(table.schema.get_field_index("error"), "error",
+                              [["kept from the first run"] * table.num_rows])
+    pq.write_table(marked, first)
+
+    assert run_cli(*args) == 0
+    result = pq.read_table(out).to_pylist()
+    assert [r["id"] for r in result] == [str(i) for i in range(12)]
+    assert [r["error"] for r in result[:5]] == ["kept from the first run"] * 5  # not classified again
+    assert all(r["error"] == "" for r in result[5:])
+    assert not out.with_name(out.name + ".parts").exists()
+    # The server gets each HDF5 row as PNG (bulk classifier): same labels from those bytes.
+    expected = handler_answers(run_dir / "b0", "galaxy-b0", [png(a) for a in pixels])
+    assert [r["label"] for r in result] == [e["label"] for e in expected]
+    assert isinstance(result[0]["confidence"], float) and result[0]["model"] == "galaxy-b0"
+
+
+def test_parquet_shards_input(tmp_path, run_dir, local_ray):
+    import pyarrow as pa
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k in range(2):
+        part = SUBSET[k * 3:(k + 1) * 3]
+        pq.write_table(pa.table({"id": [p.stem for p in part], "image": [p.read_bytes() for p in part]}),
+                       shards / f"part-{k}.parquet")
+    out = tmp_path / "b2.csv"
+    assert run_cli("--input", shards, "--out", out, "--run", run_dir, "--model", "b2") == 0
+    rows = read_csv(out)
+    assert [r["id"] for r in rows] == [p.stem for p in SUBSET[:6]]
+    expected = handler_answers(run_dir / "b2", "galaxy-b2", [p.read_bytes() for p in SUBSET[:6]])
+    assert [int(r["label"]) for r in rows] == [e["label"] for e in expected]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing-input", "input not found"),
+    ("bad-suffix", "must end in .csv or .parquet"),
+    ("no-checkpoint", "no b2 checkpoint"),
+    ("out-exists", "already exists"),
+    ("weighted-without-f1", "weighted rule needs"),
+    ("not-h5", "not a readable HDF5 file"),
+])
+def test_bad_arguments_exit_1_with_a_message(tmp_path, run_dir, capsys, case, message):
+    only_b0 = tmp_path / "only_b0"
+    shutil.copytree(run_dir / "b0", only_b0 / "b0")
+    (tmp_path / "exists.csv").write_text("id\n")
+    (tmp_path / "fake.h5").write_bytes(b"not hdf5")
+    samples = REPO / "samples" / "galaxy10_decals"
+    args = {
+        "missing-input": ["--input", tmp_path / "nope", "--out", tmp_path / "a.csv"],
+        "bad-suffix": ["--input", samples, "--out", tmp_path / "a.json"],
+        "no-checkpoint": ["--input", samples, "--out", tmp_path / "a.csv", "--run", only_b0],
+        "out-exists": ["--input", samples, "--out", tmp_path / "exists.csv", "--run", run_dir],
+        "weighted-without-f1": ["--input", samples, "--out", tmp_path / "a.csv", "--run", run_dir,
+                                "--rule", "weighted"],
+        "not-h5": ["--input", tmp_path / "fake.h5", "--out", tmp_path / "a.csv"],
+    }[case]
+    assert ray_predict.main([str(a) for a in args]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_cli_process_exit_status_and_message(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "prediction.ray_predict", "--input", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "x.csv")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("error: input not found")
