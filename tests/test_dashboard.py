@@ -105,7 +105,7 @@ def test_classify_bad_image_shows_server_message(served):
     at.file_uploader[0].set_value(("broken.png", b"\x89PNG not really", "image/png")).run()
     assert not at.exception
     assert any("HTTP 400" in e and "not an image" in e for e in texts(at.error))
-    assert not at.subheader  # no prediction shown
+    assert texts(at.subheader) == ["Demo models"]  # no prediction shown, only the demo section
 
 
 def test_batch_table_counts_and_csv(served):
