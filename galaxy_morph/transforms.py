@@ -131,7 +131,7 @@ class DeviceAugment(nn.Module):
                 shift = (torch.rand(n, 2, device=dev, generator=generator) * 2 - 1) * self.translate
             x = affine_crop(x, angle, spec.crop, scale, shift)
         else:
-            off = (x.shape[-1] - spec.crop) // 2
+            off = int(round((x.shape[-1] - spec.crop) / 2))  # as torchvision's CenterCrop
             x = x[..., off:off + spec.crop, off:off + spec.crop]
         return (x - self.mean) / self.std
 

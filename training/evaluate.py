@@ -1,9 +1,10 @@
-"""Evaluate the b0/b2 checkpoints of a run and the three ensemble rules on the saved test split.
+"""Evaluate the checkpoints of a run and the ensemble rules on the saved test split.
 
-    python -m training.evaluate --run runs/demo [--data PATH] [--tta] [--samples DIR]
+    python -m training.evaluate --run runs/demo [--data PATH] [--tta] [--samples DIR] [--models b0,b2,convnext]
 
-RUN holds b0/ and b2/ checkpoint folders (whichever exist; the ensemble needs both), or is itself one
-checkpoint folder. Writes RUN/report.md and RUN/report.json (all side by side), and per model
+RUN holds one checkpoint folder per model spec (b0/, b2/, convnext/: whichever exist; an ensemble
+needs two or more), or is itself one checkpoint folder. The `mean` and `weighted` rules combine
+every model; `seed` is defined for two models only and is left out for other counts. Writes RUN/report.md and RUN/report.json (all side by side), and per model
 RUN/NAME/report.json, confusion.png and curves.png. The data file defaults to the one recorded in
 the checkpoint and must have the recorded SHA256. The temperature is fitted on the validation split,
 where the per-class F1 that weights the `weighted` rule comes from too. When the class names are
@@ -27,20 +28,21 @@ from torch.utils.data import DataLoader
 
 from galaxy_morph import GALAXY10_CLASSES
 from galaxy_morph.data import DataError, GalaxyH5Dataset, file_sha256, load_split
-from galaxy_morph.ensemble import RULES, combine
+from galaxy_morph.ensemble import RULES, combine_models
 from galaxy_morph.imaging import decode_image
 from galaxy_morph.models import load_checkpoint, read_meta
-from galaxy_morph.specs import ModelSpec
+from galaxy_morph.specs import ALL_SPECS, ModelSpec
 from galaxy_morph.transforms import eval_transform
 
-MODELS = ("b0", "b2")
+MODELS = tuple(ALL_SPECS)  # checkpoint folder names, in report order
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "galaxy10_decals"
 ECE_BINS = 15
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True, help="folder with b0/ and/or b2/ checkpoints")
+    p.add_argument("--run", required=True, help="folder with b0/, b2/, convnext/ checkpoints (any of them)")
+    p.add_argument("--models", default=None, help="comma-separated subset to evaluate (default: every one found)")
     p.add_argument("--data", default=None, help="HDF5 file (default: the one in the checkpoint meta)")
     p.add_argument("--tta", action="store_true", help="average over the 8 flips/90-degree rotations")
     p.add_argument("--samples", default=str(SAMPLES), help="real sample JPEGs class_{label}_{k}.jpg ('' to skip)")
@@ -50,13 +52,25 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def find_checkpoints(run: Path) -> dict[str, Path]:
+def find_checkpoints(run: Path, models=None) -> dict[str, Path]:
     if (run / "meta.json").is_file():
         return {read_meta(run)["model"]: run}
-    found = {m: run / m for m in MODELS if (run / m / "meta.json").is_file()}
+    wanted = MODELS if models is None else tuple(models)
+    unknown = [m for m in wanted if m not in MODELS]
+    if unknown:
+        raise DataError(f"unknown model {unknown[0]!r}: choose from {', '.join(MODELS)}")
+    found = {m: run / m for m in wanted if (run / m / "meta.json").is_file()}
+    if models is not None and len(found) != len(wanted):
+        missing = [m for m in wanted if m not in found]
+        raise DataError(f"no checkpoint for {', '.join(missing)} in {run} (expected {run}/M/meta.json)")
     if not found:
-        raise DataError(f"no checkpoint in {run}: expected {run}/b0/meta.json and/or {run}/b2/meta.json")
+        raise DataError(f"no checkpoint in {run}: expected {run}/M/meta.json for M in {', '.join(MODELS)}")
     return found
+
+
+def ensemble_rules(n_models: int) -> tuple:
+    """The rules that apply to n models: `seed` is a two-model rule."""
+    return RULES if n_models == 2 else tuple(r for r in RULES if r != "seed")
 
 
 def dihedral(x: torch.Tensor):
@@ -125,8 +139,11 @@ def scores(y, pred, class_names) -> dict:
     }
 
 
-def ensemble_probs(rule, p0, p2, f1_0, f1_2) -> np.ndarray:
-    return np.array([combine(rule, a, b, f1_0, f1_2)["probabilities"] for a, b in zip(p0, p2)])
+def ensemble_probs(rule, probs: dict, f1: dict | None = None) -> np.ndarray:
+    """Row by row, the rule's distribution over {model: (n, classes) probabilities}."""
+    names = list(probs)
+    return np.array([combine_models(rule, dict(zip(names, rows)), f1)["probabilities"]
+                     for rows in zip(*(probs[n] for n in names))])
 
 
 def load_samples(folder) -> tuple[list, np.ndarray]:
@@ -184,11 +201,12 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
-def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, workers=0, device=None) -> dict:
+def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, workers=0, device=None,
+             models=None) -> dict:
     """Evaluate everything, then write the reports; raises DataError before writing anything."""
     run = Path(run)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ckpts = find_checkpoints(run)
+    ckpts = find_checkpoints(run, models)
     sha_cache = {}
     models, reports, preds = {}, {}, {}
     for name, folder in ckpts.items():
@@ -224,19 +242,22 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
         reports[name] = r
 
     ensemble = {}
-    if len(reports) == 2:
-        r0, r2 = reports["b0"], reports["b2"]
-        same = (r0["class_names"] == r2["class_names"]
-                and np.array_equal(preds["b0"]["split"]["test"], preds["b2"]["split"]["test"]))
+    if len(reports) >= 2:
+        first = next(iter(reports))
+        same = all(r["class_names"] == reports[first]["class_names"]
+                   and np.array_equal(preds[n]["split"]["test"], preds[first]["split"]["test"])
+                   for n, r in reports.items())
         if not same:
-            print("warning: b0 and b2 differ in classes or test split: no ensemble", file=sys.stderr)
+            print(f"warning: {', '.join(reports)} differ in classes or test split: no ensemble", file=sys.stderr)
         else:
-            p0, p2 = softmax(preds["b0"]["test"][0]), softmax(preds["b2"]["test"][0])
-            y = preds["b0"]["test"][1]
-            for rule in RULES:
-                probs = ensemble_probs(rule, p0, p2, r0["val_per_class_f1"], r2["val_per_class_f1"])
-                ensemble[rule] = {**scores(y, probs.argmax(1), r0["class_names"]), "ece": ece(probs, y)}
-            for r in (r0, r2):
+            probs = {n: softmax(preds[n]["test"][0]) for n in reports}
+            f1 = {n: r["val_per_class_f1"] for n, r in reports.items()}
+            y = preds[first]["test"][1]
+            for rule in ensemble_rules(len(reports)):
+                p = ensemble_probs(rule, probs, f1)
+                ensemble[rule] = {**scores(y, p.argmax(1), reports[first]["class_names"]), "ece": ece(p, y),
+                                  "models": list(reports)}
+            for r in reports.values():
                 r["ensemble"] = {rule: {"accuracy": e["accuracy"], "macro_f1": e["macro"]["f1"]}
                                  for rule, e in ensemble.items()}
 
@@ -255,9 +276,10 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
             plot_curves(json.loads(hist.read_text()), f"{name} training curves", folder / "curves.png")
         r["figures"] = {"confusion": "confusion.png", "curves": "curves.png" if hist.is_file() else None}
         write_json(folder / "report.json", r)
-    if "seed" in ensemble:
-        plot_confusion(ensemble["seed"]["confusion_matrix"], reports["b0"]["class_names"],
-                       f"ensemble (seed rule) test confusion (accuracy {ensemble['seed']['accuracy']:.3f})",
+    shown = next((r for r in ("seed", "mean") if r in ensemble), None)
+    if shown:
+        plot_confusion(ensemble[shown]["confusion_matrix"], next(iter(reports.values()))["class_names"],
+                       f"ensemble ({shown} rule) test confusion (accuracy {ensemble[shown]['accuracy']:.3f})",
                        run / "confusion_ensemble.png")
     top = {"run": str(run), "tta": tta, "models": reports, "ensemble": ensemble,
            "accuracy": {**{n: r["accuracy"] for n, r in reports.items()},
@@ -272,7 +294,8 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
 
 
 def score_samples(models, reports, folder, device) -> dict:
-    """Accuracy of each model and of the seed ensemble on the real sample JPEGs (never trained on)."""
+    """Accuracy of each model and of the ensemble (seed rule for two models, else mean) on the
+    real sample JPEGs (never trained on)."""
     images, y = load_samples(folder)
     if not len(y):
         return None
@@ -282,8 +305,9 @@ def score_samples(models, reports, folder, device) -> dict:
         x = torch.stack([tf(im) for im in images])
         probs[name] = softmax(log_probs(model, x.split(32), device))
     real = {name: float(np.mean(p.argmax(1) == y)) for name, p in probs.items()}
-    if len(probs) == 2:
-        real["ensemble"] = float(np.mean(ensemble_probs("seed", probs["b0"], probs["b2"], None, None).argmax(1) == y))
+    if len(probs) >= 2:
+        rule = "seed" if len(probs) == 2 else "mean"
+        real["ensemble"] = float(np.mean(ensemble_probs(rule, probs).argmax(1) == y))
     real["n"] = int(len(y))
     for name, r in reports.items():
         r["real_samples_accuracy"] = real[name]
@@ -325,7 +349,7 @@ def markdown(top) -> str:
         lines.append(f"![{n} confusion]({prefix}confusion.png)")
         if r["figures"]["curves"]:
             lines.append(f"![{n} training curves]({prefix}curves.png)")
-    if "seed" in ensemble:
+    if ensemble:
         lines.append("![ensemble confusion](confusion_ensemble.png)")
     return "\n".join(lines) + "\n"
 
@@ -333,7 +357,9 @@ def markdown(top) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        top = evaluate(args.run, args.data, args.tta, args.samples, args.batch_size, args.workers, args.device)
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        top = evaluate(args.run, args.data, args.tta, args.samples, args.batch_size, args.workers, args.device,
+                       models)
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
