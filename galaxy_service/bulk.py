@@ -324,7 +324,7 @@ def one_line(text: str, limit: int = 300) -> str:
 # Servers
 
 
-class Server:
+class Replica:
     """One TorchServe inference endpoint with its own credentials and in-flight count.
 
     Requests go through galaxy_service.client (one client per thread: each has its own HTTP
@@ -354,18 +354,18 @@ class Server:
         return c
 
     def __repr__(self):
-        return f"Server({self.url})"
+        return f"Replica({self.url})"
 
 
 class Pool:
     """Least in-flight first; a server that failed is avoided for a short, growing while."""
 
-    def __init__(self, servers: list[Server]):
+    def __init__(self, servers: list[Replica]):
         self.servers = servers
         self.lock = threading.Lock()
         self.rr = 0
 
-    def acquire(self, avoid: Server | None = None) -> Server:
+    def acquire(self, avoid: Replica | None = None) -> Replica:
         with self.lock:
             now = time.monotonic()
             up = [s for s in self.servers if s.down_until <= now] or list(self.servers)
@@ -378,7 +378,7 @@ class Pool:
             best.requests += 1
             return best
 
-    def release(self, server: Server, failed: bool, backoff: float = 0.0) -> None:
+    def release(self, server: Replica, failed: bool, backoff: float = 0.0) -> None:
         with self.lock:
             server.in_flight -= 1
             if failed:
@@ -392,7 +392,7 @@ class Endpoint:
     workflow: bool = False
     rule: str | None = None
 
-    def send(self, server: Server, data: bytes) -> dict:
+    def send(self, server: Replica, data: bytes) -> dict:
         c = server.client()
         if self.workflow:
             return c.predict_workflow(self.model, data, rule=self.rule)
@@ -427,7 +427,7 @@ def classify_one(pool: Pool, endpoint: Endpoint, data: bytes, policy: RetryPolic
     are several: TransientError when retries run out. FatalServerError when the server refuses the
     request itself (token, unknown model).
     """
-    last_failed: list[Server] = []
+    last_failed: list[Replica] = []
 
     def attempt() -> tuple[dict | None, str]:
         server = pool.acquire(avoid=last_failed[-1] if last_failed else None)
@@ -501,7 +501,7 @@ def probe_image() -> bytes:
     return encode_png(np.stack([img] * 3, -1))
 
 
-def probe(server: Server, endpoint: Endpoint, data: bytes, policy: RetryPolicy) -> dict:
+def probe(server: Replica, endpoint: Endpoint, data: bytes, policy: RetryPolicy) -> dict:
     """Send the probe image, riding out a short outage; BulkError if the server never answers."""
     def attempt():
         try:
@@ -659,7 +659,7 @@ def make_pool(servers: list[str], key_files=(), tokens=(), timeout: float = 120.
         if kf and not Path(kf).is_file() and tok is None:
             raise BulkError(f"key file not found: {kf} (TorchServe writes key_file.json in the folder "
                             f"it was started from)")
-        built.append(Server(url, key_file=kf, token=tok, timeout=timeout, management_url=mgmt))
+        built.append(Replica(url, key_file=kf, token=tok, timeout=timeout, management_url=mgmt))
     return Pool(built)
 
 
