@@ -1,0 +1,169 @@
+"""The container's entrypoint: TorchServe in the foreground with a pod's config.properties, as is.
+
+    python -m deploy.serve_foreground --config deploy/k8s/base/config.properties \
+        [--log-dir logs] [--ready-file /tmp/galaxy-morph-ready] [--no-workflow] [--timeout 600]
+
+`python -m handlers.server start` is made for one host: it rewrites the addresses to 127.0.0.1,
+relies on token authorisation (key_file.json) and returns once TorchServe runs in the background.
+A container needs the opposite: the config used unchanged (0.0.0.0, tokens off: see
+deploy/k8s/base/config.properties), the server as the container's main process with its logs on
+stdout, and SIGTERM from Kubernetes stopping it cleanly. This module starts the same Java command
+as the launcher (handlers.server.java_command), waits until /ping answers and the start-up models
+are READY, registers the galaxy-ensemble workflow (TorchServe cannot load workflows at start),
+writes the ready file that the pod's startupProbe checks, and then waits: its exit status is
+TorchServe's. SIGTERM or SIGINT stop TorchServe and its workers. Exit 1: bad config or archives
+missing; 2: TorchServe did not become READY in time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from handlers.server import WORKFLOW, java_command, workflow_model_names
+
+
+class StartError(RuntimeError):
+    pass
+
+
+def read_properties(path: Path) -> dict:
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            out[key.strip()] = value.strip()
+    return out
+
+
+def local_url(address: str) -> str:
+    """http://0.0.0.0:8080 -> http://127.0.0.1:8080 (what this process itself calls)."""
+    scheme, rest = address.split("://", 1)
+    return f"{scheme}://127.0.0.1:{rest.rsplit(':', 1)[1]}"
+
+
+def http(method: str, url: str, timeout: float = 10.0) -> tuple[int, str]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+def models_ready(management: str, names: list[str]) -> bool:
+    for name in names:
+        code, body = http("GET", f"{management}/models/{name}")
+        if code != 200:
+            return False
+        versions = json.loads(body)
+        if not versions or not all(v.get("workers") and all(w.get("status") == "READY" for w in v["workers"])
+                                   for v in versions):
+            return False
+    return True
+
+
+def wait_until(check, proc: subprocess.Popen, deadline: float, what: str) -> None:
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise StartError(f"TorchServe exited with {proc.returncode} while waiting for {what}")
+        if check():
+            return
+        time.sleep(1.0)
+    raise StartError(f"timed out waiting for {what}")
+
+
+def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM to TorchServe's process group (frontend and model workers), SIGKILL after `grace`."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m deploy.serve_foreground", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="TorchServe config.properties, used unchanged")
+    ap.add_argument("--log-dir", default="logs", help="TorchServe's log files (also on stdout)")
+    ap.add_argument("--ready-file", default=None, help="written once everything is READY (startupProbe)")
+    ap.add_argument("--no-workflow", action="store_true", help=f"do not register {WORKFLOW}")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds to become READY")
+    args = ap.parse_args(argv)
+
+    config = Path(args.config).resolve()
+    if not config.is_file():
+        print(f"error: config not found: {config}", file=sys.stderr)
+        return 1
+    conf = read_properties(config)
+    store = Path(conf.get("model_store", ""))
+    wanted = [m for m in conf.get("load_models", "").split(",") if m] + ([] if args.no_workflow else [WORKFLOW])
+    missing = [m for m in wanted if not (store / m).is_file()]
+    if not store.is_absolute() or "inference_address" not in conf or "management_address" not in conf or missing:
+        print(f"error: {config} needs an absolute model_store, inference_address and management_address, "
+              f"and the archives {', '.join(missing) or wanted} in {store}", file=sys.stderr)
+        return 1
+    log_dir = Path(args.log_dir).resolve()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix="torchserve-"))  # worker sockets, unpacked archives
+    ready_file = Path(args.ready_file) if args.ready_file else None
+    if ready_file is not None:
+        ready_file.unlink(missing_ok=True)
+    # Passive OpenMP waiting, as the launcher does: spinning threads slow the other workers.
+    env = {**os.environ, "TMPDIR": str(tmp_dir), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.Popen(java_command(config, store, tmp_dir, log_dir), cwd=tmp_dir, env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    stopping = []
+
+    def on_signal(signum, _frame):
+        stopping.append(signum)
+        stop(proc)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    inference, management = local_url(conf["inference_address"]), local_url(conf["management_address"])
+    deadline = time.time() + args.timeout
+    try:
+        names = [m.rsplit(".", 1)[0] for m in wanted if m != WORKFLOW]
+        wait_until(lambda: http("GET", f"{inference}/ping")[0] == 200 and models_ready(management, names),
+                   proc, deadline, f"/ping and {', '.join(names) or 'no models'} READY")
+        if not args.no_workflow:
+            code, body = http("POST", f"{management}/workflows?url={WORKFLOW}", timeout=args.timeout)
+            if code != 200:
+                raise StartError(f"registering {WORKFLOW} failed: HTTP {code} {body.strip()}")
+            wait_until(lambda: models_ready(management, workflow_model_names(WORKFLOW)), proc, deadline,
+                       f"{WORKFLOW} READY")
+    except StartError as e:
+        if stopping:  # asked to stop while starting
+            return 0
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        stop(proc)
+        return 2
+    if ready_file is not None:
+        ready_file.write_text(str(proc.pid))
+    print(f"galaxy-morph ready: inference {conf['inference_address']}, management "
+          f"{conf['management_address']}, metrics {conf.get('metrics_address', '-')}", flush=True)
+    code = proc.wait()
+    if stopping:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
