@@ -122,7 +122,7 @@ def test_dockerfile_builds_with_the_makefile_steps_and_starts_the_pod_entrypoint
     assert "USER 1000:1000" in steps and "ARG DEVICE=cpu" in steps
     entry = next(s for s in steps if s.startswith("ENTRYPOINT"))
     assert '"deploy.serve_foreground"' in entry and (REPO / "deploy" / "serve_foreground.py").is_file()
-    cmd = next(s for s in steps if s.startswith("CMD"))
+    cmd = [s for s in steps if s.startswith("CMD")][-1]  # (the HEALTHCHECK has one too)
     config = re.search(r'"--config", "/app/([^"]+)"', cmd).group(1)
     props = dict(line.split("=", 1) for line in (REPO / config).read_text().splitlines()
                  if "=" in line and not line.startswith("#"))
