@@ -88,6 +88,9 @@ def to_table(header: list[str], rows: list[list[str]], positions: dict | None = 
 
     classes = class_names_of(header)
     col = {name: i for i, name in enumerate(header)}
+    if positions:  # rows in the order of the input table, not the order the answers came in
+        order = {pid: k for k, pid in enumerate(positions)}
+        rows = sorted(rows, key=lambda r: order.get(r[0], len(order)))
 
     def text(name):
         i = col.get(name)
