@@ -1,13 +1,19 @@
-"""Training throughput: the real input path vs the raw model step, for b0 and b2, on the current device.
+"""Training throughput: the real input path vs the raw model step, per spec, recipe and augmentation place.
 
     python -m bench.training [--data PATH] [--device cpu|cuda] [--batch-size N] [--steps N] [--models b0,b2]
+           [--recipes seed,strong] [--augment loader,device]
+    # the GPU run of issue 9, all side by side:
+    python -m bench.training --models b0,b2,convnext --recipes seed,strong --augment loader,device
 
 "real input" times training steps fed by the DataLoader (HDF5 rows -> train transform, the workers
 training.train would use); "raw step" times the same steps on random tensors already on the device.
 ratio = real / raw should be >= 0.7, or the input path is the bottleneck. Without --data a Galaxy10-
 shaped file of random 256x256 images is written to a temp dir. The epoch time is for the Galaxy10
 DECaLS training split (80 % of 17,736 images) at the measured real rate. Same step as training
-(bf16 autocast + channels_last on CUDA).
+(bf16 autocast + channels_last on CUDA). A recipe adds its own per-step work to both columns where
+it belongs: scale/translation jitter to the input path, mixup/cutmix and the EMA update to the step.
+--augment device keeps the loader to decoding and resizing (uint8 tensors) and runs the flips,
+rotations and crop on the device (galaxy_morph.transforms.DeviceAugment), as training.train --gpu-augment.
 """
 from __future__ import annotations
 
@@ -26,8 +32,10 @@ from torch.utils.data import RandomSampler
 from galaxy_morph.data import GalaxyH5Dataset, inspect_h5
 from galaxy_morph.models import build_model
 from galaxy_morph.specs import get_spec
-from galaxy_morph.transforms import train_transform
-from training.train import default_workers, make_loader, step
+from galaxy_morph.transforms import DeviceAugment, train_transform, uint8_transform
+from training.ema import EMA
+from training.recipes import get_recipe
+from training.train import default_workers, make_loader, mixer, step
 
 GALAXY10_TRAIN_ROWS = int(0.8 * 17736)
 
@@ -53,33 +61,50 @@ def timed(fn, warmup, steps, cuda):
     return time.perf_counter() - t
 
 
-def bench_model(name, data, device, batch_size, steps, warmup, workers):
-    spec = get_spec(name)
+def bench_model(name, data, device, batch_size, steps, warmup, workers, recipe="seed", augment="loader"):
+    spec, rec = get_spec(name), get_recipe(recipe)
     cuda = device.type == "cuda"
     bs = batch_size or spec.batch_size
     info = inspect_h5(data)
-    model = build_model(spec, num_classes=len(info["class_names"])).to(device).train()
+    k = len(info["class_names"])
+    model = build_model(spec, num_classes=k).to(device).train()
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
+    ema = EMA(model, rec.ema_decay) if rec.ema_decay else None
+    mix = mixer(rec, k)
+
+    def train_step(xb, yb):
+        target = yb
+        if mix is not None:
+            xb, target = mix(xb, yb)
+        step(model, xb, target, loss_fn, opt, cuda)
+        if ema is not None:
+            ema.update(model)
 
     x = torch.randn(bs, 3, spec.crop, spec.crop, device=device)
-    y = torch.randint(0, len(info["class_names"]), (bs,), device=device)
-    raw = timed(lambda: step(model, x, y, loss_fn, opt, cuda), warmup, steps, cuda)
+    y = torch.randint(0, k, (bs,), device=device)
+    raw = timed(lambda: train_step(x, y), warmup, steps, cuda)
 
-    ds = GalaxyH5Dataset(data, None, train_transform(spec))
+    on_device = augment == "device"
+    if on_device:
+        tf, dev_aug = uint8_transform(spec), DeviceAugment(spec, rec.scale_jitter, rec.translate).to(device).train()
+    else:
+        tf, dev_aug = train_transform(spec, rec.scale_jitter, rec.translate), None
+    ds = GalaxyH5Dataset(data, None, tf)
     sampler = RandomSampler(ds, replacement=True, num_samples=(warmup + steps) * bs)
     batches = iter(make_loader(ds, bs, sampler, workers, cuda))
 
     def real_step():
         xb, yb = next(batches)
-        step(model, xb.to(device, non_blocking=True), yb.to(device, non_blocking=True), loss_fn, opt, cuda)
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        train_step(dev_aug(xb) if on_device else xb, yb)
 
     real = timed(real_step, warmup, steps, cuda)
     raw_rate, real_rate = steps * bs / raw, steps * bs / real
-    return {"model": name, "input": f"{spec.crop}px", "batch": bs, "workers": workers,
-            "raw img/s": raw_rate, "real img/s": real_rate, "ratio": real_rate / raw_rate,
+    return {"model": name, "recipe": recipe, "augment": augment, "input": f"{spec.crop}px", "batch": bs,
+            "workers": workers, "raw img/s": raw_rate, "real img/s": real_rate, "ratio": real_rate / raw_rate,
             "epoch s": GALAXY10_TRAIN_ROWS / real_rate}
 
 
@@ -99,8 +124,20 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 on CPU, 100 on CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 on CPU, 10 on CUDA)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: as training)")
-    p.add_argument("--models", default="b0,b2")
+    p.add_argument("--models", default="b0,b2", help="comma-separated specs: b0, b2, convnext")
+    p.add_argument("--recipes", default="seed", help="comma-separated: seed, strong (training/recipes.py)")
+    p.add_argument("--augment", default="loader",
+                   help="comma-separated: loader (PIL transforms in the DataLoader), device (DeviceAugment)")
     args = p.parse_args(argv)
+    try:
+        for m in args.models.split(","):
+            get_spec(m)
+        for r in args.recipes.split(","):
+            get_recipe(r)
+    except ValueError as e:
+        p.error(str(e))
+    if set(args.augment.split(",")) - {"loader", "device"}:
+        p.error(f"--augment {args.augment!r}: choose from loader, device")
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     if cuda:
@@ -119,8 +156,8 @@ def main(argv=None):
         if data is None:
             largest = max((args.batch_size or get_spec(m).batch_size) for m in args.models.split(","))
             data = random_h5(Path(tmp) / "bench.h5", n=min(2048, largest * (steps + warmup)))
-        rows = [bench_model(m, data, device, args.batch_size, steps, warmup, workers)
-                for m in args.models.split(",")]
+        rows = [bench_model(m, data, device, args.batch_size, steps, warmup, workers, r, a)
+                for m in args.models.split(",") for r in args.recipes.split(",") for a in args.augment.split(",")]
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -6,7 +6,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from galaxy_morph import GALAXY10_CLASSES, SPECS, get_spec
-from galaxy_morph.specs import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from galaxy_morph.specs import ALL_SPECS, EXTRA_SPECS, IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from galaxy_morph.transforms import eval_transform, to_pil, train_transform
 
 
@@ -23,21 +23,35 @@ def test_seed_specs():
     assert (b2.library, b2.arch, b2.resize, b2.crop) == ("timm", "efficientnet_b2", 260, 224)
     assert (b2.mean, b2.std) == (IMAGENET_MEAN, IMAGENET_STD)
     assert (b2.lr, b2.t_max, b2.label_smoothing, b2.batch_size) == (2e-4, 30, 0.0, 32)
-    for s in SPECS.values():
+    for s in ALL_SPECS.values():
         assert s.hflip_p == 0.5 and s.rotation_deg == 180
         assert ModelSpec.from_dict(s.to_dict()) == s
+    assert list(SPECS) == ["b0", "b2"] and list(EXTRA_SPECS) == ["convnext"]
+
+
+def test_convnext_spec_builds_and_has_a_cam_layer():
+    from galaxy_morph.models import build_model, classifier_layer
+
+    spec = get_spec("convnext")
+    assert (spec.library, spec.arch, spec.resize, spec.crop) == ("timm", "convnext_nano", 224, 224)
+    model = build_model(spec, num_classes=4).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, spec.crop, spec.crop)).shape == (1, 4)
+    assert classifier_layer(model) is model.stages[-1]
 
 
 def test_unknown_spec():
     with pytest.raises(ValueError, match="unknown model 'b7'"):
         get_spec("b7")
+    with pytest.raises(ValueError, match="choose one of b0, b2, convnext"):
+        get_spec("resnet")
 
 
 def _params(tf, kind):
     return [t for t in tf.transforms if isinstance(t, kind)]
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("name", sorted(ALL_SPECS))
 def test_train_and_eval_share_constants(name):
     spec = get_spec(name)
     tr, ev = train_transform(spec), eval_transform(spec)
@@ -50,7 +64,7 @@ def test_train_and_eval_share_constants(name):
     assert not _params(ev, T.RandomHorizontalFlip) and not _params(ev, T.RandomRotation)
 
 
-@pytest.mark.parametrize("name, size", [("b0", 256), ("b0", 69), ("b2", 256), ("b2", 64)])
+@pytest.mark.parametrize("name, size", [("b0", 256), ("b0", 69), ("b2", 256), ("b2", 64), ("convnext", 256)])
 def test_output_shapes(name, size):
     spec = get_spec(name)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
@@ -70,3 +84,14 @@ def test_to_pil():
     arr = np.zeros((8, 8, 3), np.uint8)
     assert to_pil(arr).mode == "RGB" and to_pil(arr).size == (8, 8)
     assert to_pil(Image.new("L", (4, 4))).mode == "RGB"
+
+
+def test_strong_jitter_is_one_affine_warp_from_the_spec():
+    spec = get_spec("b2")
+    tf = train_transform(spec, scale=(0.9, 1.1), translate=0.05)
+    (affine,) = _params(tf, T.RandomAffine)
+    assert list(affine.degrees) == [-spec.rotation_deg, spec.rotation_deg]
+    assert tuple(affine.scale) == (0.9, 1.1) and tuple(affine.translate) == (0.05, 0.05)
+    assert not _params(tf, T.RandomRotation)
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    assert tf(img).shape == (3, spec.crop, spec.crop)

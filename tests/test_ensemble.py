@@ -67,3 +67,36 @@ def test_confidence_is_probability_at_label():
         r = combine(rule, P0, P2_DISAGREE, [0.3, 0.6, 0.9], [0.9, 0.2, 0.4])
         assert r["confidence"] == pytest.approx(r["probabilities"][r["label"]])
         assert sum(r["probabilities"]) == pytest.approx(1.0)
+
+
+P3 = [0.2, 0.2, 0.6]
+
+
+def test_rules_over_three_models():
+    from galaxy_morph.ensemble import combine_models
+
+    probs = {"b0": P0, "b2": P2_DISAGREE, "convnext": P3}
+    r = combine_models("mean", probs)
+    assert r["probabilities"] == pytest.approx([1.0 / 3, 0.7 / 3, 1.3 / 3])
+    assert (r["label"], r["source"], r["rule"]) == (2, "b2+convnext", "mean")
+    # weighted: class 0 (0.9*0.7 + 0.1*0.1 + 0*0.2)/1.0 = 0.64; class 1 equal weights (no F1): 0.7/3;
+    # class 2 (0.1*0.1 + 0.5*0.6 + 0.5*0.6)/1.1 = 0.61/1.1
+    f1 = {"b0": [0.9, 0, 0.1], "b2": [0.1, 0, 0.5], "convnext": [0.0, 0, 0.5]}
+    r = combine_models("weighted", probs, f1)
+    raw = [0.64, 0.7 / 3, 0.61 / 1.1]
+    assert r["probabilities"] == pytest.approx([v / sum(raw) for v in raw])
+    assert (r["label"], r["source"]) == (0, "b0")
+    agree = combine_models("mean", {"a": P0, "b": P0, "c": P2_AGREE})
+    assert agree["source"] == "all"
+
+
+def test_seed_rule_is_for_two_models_only():
+    from galaxy_morph.ensemble import combine_models
+
+    with pytest.raises(ValueError, match="seed rule is defined for exactly two models.*got 3: b0, b2, convnext"):
+        combine_models("seed", {"b0": P0, "b2": P2_AGREE, "convnext": P3})
+    assert combine_models("seed", {"b0": P0, "b2": P2_DISAGREE}) == seed(P0, P2_DISAGREE)
+    with pytest.raises(ValueError, match="at least two models"):
+        combine_models("mean", {"b0": P0})
+    with pytest.raises(ValueError, match="missing: convnext"):
+        combine_models("weighted", {"b0": P0, "b2": P2_AGREE, "convnext": P3}, {"b0": P0, "b2": P0})
