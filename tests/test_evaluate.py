@@ -140,3 +140,27 @@ def test_demo_tiny(tmp_path, monkeypatch, capsys):
     assert demo.main(["--data", str(data), "--out", str(out)]) == 1
     assert (out / "b0" / "model.pt").stat().st_mtime == mtime
     assert "FAILED: b0 reached" in capsys.readouterr().err
+
+
+def test_three_models_mean_and_weighted_only(run_dir, tmp_path, capsys):
+    """A third spec joins the ensemble: mean and weighted over all three; seed (two models) left out."""
+    run = tmp_path / "run3"
+    shutil.copytree(run_dir, run)
+    meta = json.loads((run / "b0" / "meta.json").read_text())
+    spec = get_spec("convnext")
+    torch.manual_seed(2)
+    save_checkpoint(run / "convnext", build_model(spec), spec, GALAXY10_CLASSES, version="1.0",
+                    data=meta["data"], split_file="split.json", hparams={}, metrics={}, epoch=1)
+    shutil.copy(run / "b0" / "split.json", run / "convnext" / "split.json")
+    top = ev.evaluate(run, samples="", device="cpu")
+    assert list(top["models"]) == ["b0", "b2", "convnext"]
+    assert set(top["ensemble"]) == {"mean", "weighted"}
+    assert top["ensemble"]["mean"]["models"] == ["b0", "b2", "convnext"]
+    assert set(top["accuracy"]) == {"b0", "b2", "convnext", "ensemble_mean", "ensemble_weighted"}
+    assert (run / "confusion_ensemble.png").read_bytes()[:4] == b"\x89PNG"
+    # --models picks a pair, and the pair gets the seed rule back.
+    assert ev.main(["--run", str(run), "--models", "b0,convnext", "--samples", "", "--device", "cpu"]) == 0
+    pair = json.loads((run / "report.json").read_text())
+    assert list(pair["models"]) == ["b0", "convnext"] and set(pair["ensemble"]) == {"seed", "mean", "weighted"}
+    assert ev.main(["--run", str(run), "--models", "b0,vit", "--device", "cpu"]) == 2
+    assert "unknown model 'vit'" in capsys.readouterr().err
