@@ -68,12 +68,10 @@ def random_hflip(x: torch.Tensor, p: float, generator=None) -> torch.Tensor:
 
 def random_rot90(x: torch.Tensor, generator=None) -> torch.Tensor:
     """Rotate each image of a square NCHW batch by a random multiple of 90 degrees (lossless)."""
-    k = torch.randint(0, 4, (x.shape[0],), device=x.device, generator=generator)
-    out = x.clone()
-    for q in range(1, 4):
-        m = k == q
-        if m.any():
-            out[m] = torch.rot90(x[m], q, (2, 3))
+    k = torch.randint(0, 4, (x.shape[0],), device=x.device, generator=generator)[:, None, None, None]
+    out = x
+    for q in range(1, 4):  # torch.where, not masks: no device-to-host sync on a GPU
+        out = torch.where(k == q, torch.rot90(x, q, (2, 3)), out)
     return out
 
 

@@ -2,6 +2,7 @@
 
     python -m training.pipeline --data data/Galaxy10_DECals.h5 [--run runs/NAME] [--epochs N]
            [--pretrained 1|0] [--recipe seed|strong] [--models b0,b2] [--version V] [--store model_store]
+           [--versioned-name] [--no-archive]
     make models DATA=data/Galaxy10_DECals.h5 [RUN=runs/NAME] [EPOCHS=n] [PRETRAINED=1|0] [RECIPE=seed|strong] [MODELS=b0,b2]
 
 Stages, one progress line each: check the data (and fetch the ImageNet weights into the libraries'
@@ -52,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: as training)")
     p.add_argument("--gpu-augment", action="store_true", help="augment on the training device (training.train)")
+    p.add_argument("--versioned-name", action="store_true",
+                   help="archives named galaxy-M-vVERSION.mar, to register next to the served version")
     p.add_argument("--no-archive", action="store_true", help="stop after the evaluation")
     return p.parse_args(argv)
 
@@ -132,10 +135,10 @@ def servable_models() -> tuple:
         return tuple(SPECS)
 
 
-def archives_are_current(run: Path, store: Path, models: list[str], version) -> bool:
+def archives_are_current(run: Path, store: Path, models: list[str], version, versioned_name=False) -> bool:
     stamp = read_json(run / ARCHIVE_STAMP)
     if not stamp or stamp.get("store") != str(store.resolve()) or stamp.get("models") != models \
-            or stamp.get("version") != version:
+            or stamp.get("version") != version or bool(stamp.get("versioned_name")) != versioned_name:
         return False
     for name, seen in stamp["files"].items():
         path = store / name
@@ -146,11 +149,13 @@ def archives_are_current(run: Path, store: Path, models: list[str], version) -> 
     return stamp["built_at"] >= newest_input
 
 
-def build_archives(run: Path, store: Path, models: list[str], version) -> list[str]:
+def build_archives(run: Path, store: Path, models: list[str], version, versioned_name=False) -> list[str]:
     """handlers.archive's CLI; returns the archive file names it wrote (also into RUN/archives.json)."""
     cmd = [sys.executable, "-m", "handlers.archive", "--run", str(run), "--store", str(store)]
     if version:
         cmd += ["--version", version]
+    if versioned_name:
+        cmd.append("--versioned-name")
     if set(models) != set(SPECS):
         cmd += ["--models", ",".join(models), "--no-workflow"]  # the workflow serves the b0 + b2 pair
     before = {p.name: p.stat().st_mtime_ns for p in store.glob("*") if p.is_file()} if store.is_dir() else {}
@@ -159,7 +164,8 @@ def build_archives(run: Path, store: Path, models: list[str], version) -> list[s
         raise RuntimeError(f"{' '.join(cmd[1:])} failed:\n{(r.stderr or r.stdout)[-2000:]}")
     written = sorted(p.name for p in store.glob("*") if p.is_file() and p.suffix in (".mar", ".war")
                      and before.get(p.name) != p.stat().st_mtime_ns)
-    stamp = {"store": str(store.resolve()), "models": models, "version": version, "built_at": time.time(),
+    stamp = {"store": str(store.resolve()), "models": models, "version": version,
+             "versioned_name": versioned_name, "built_at": time.time(),
              "command": cmd[1:],
              "files": {n: {"size": (store / n).stat().st_size, "mtime_ns": (store / n).stat().st_mtime_ns}
                        for n in written}}
@@ -237,11 +243,11 @@ def run_pipeline(args) -> dict:
     # 4. Archives for TorchServe.
     if archive:
         t0 = time.time()
-        if archives_are_current(run, store, models, args.version):
+        if archives_are_current(run, store, models, args.version, args.versioned_name):
             stamp = read_json(run / ARCHIVE_STAMP)
             progress.line("archive", f"{', '.join(stamp['files'])} in {store} are this run's: skipped")
         else:
-            written = build_archives(run, store, models, args.version)
+            written = build_archives(run, store, models, args.version, args.versioned_name)
             progress.line("archive", f"{', '.join(written)} in {store} ({time.time() - t0:.0f}s)")
 
     print()
