@@ -11,7 +11,7 @@ MODEL ?= b0
 DATA ?= data/synthetic.h5
 EPOCHS ?=
 OUT ?= runs/$(MODEL)
-RUN ?= runs/demo
+RUN ?= checkpoints/demo
 # make models: ImageNet weights (1) or random init (0), recipe, comma-separated model specs
 PRETRAINED ?= 1
 RECIPE ?= seed
@@ -34,12 +34,12 @@ help:
 	@echo "make stop         stop TorchServe and the dashboard"
 	@echo "make data         download Galaxy10_DECals.h5 (2.54 GB) into data/"
 	@echo "make demo-data    generate data/synthetic.h5"
-	@echo "make demo-models  train b0 and b2 briefly on synthetic data into runs/demo"
+	@echo "make demo-models  rebuild the shipped demo models (runs/demo -> checkpoints/demo; minutes on a GPU)"
 	@echo "make models DATA=path [RUN=runs/NAME] [EPOCHS=n] [PRETRAINED=1|0] [RECIPE=seed|strong] [MODELS=b0,b2]"
 	@echo "                  train, evaluate (TTA) and archive every model; finished stages are skipped"
 	@echo "make train MODEL=b0|b2|convnext DATA=path [EPOCHS=n] [OUT=dir]"
 	@echo "make evaluate RUN=dir [DATA=path]"
-	@echo "make archive [RUN=runs/demo] [VERSION=x]   build model_store/*.mar and the .war"
+	@echo "make archive [RUN=checkpoints/demo] [VERSION=x]   build model_store/*.mar and the .war"
 	@echo "make bench | bench-train | classify INPUT=... OUT=catalog.csv [MODEL=galaxy-ensemble]"
 	@echo "make classify INPUT=positions.csv OUT=catalog.fits [CUTOUT_URL=.../cutout.fits] [RA_COL=RAJ2000]"
 	@echo "make predict INPUT=... OUT=catalog.csv|.parquet [MODEL=ensemble|b0|b2] [RAY_ADDRESS=...]   offline, on Ray"
@@ -79,8 +79,8 @@ demo-data: setup data/synthetic.h5
 data/synthetic.h5:
 	$(PY) -m galaxy_morph.synthetic --out $@
 
-demo-models: setup data/synthetic.h5
-	$(PY) -m training.demo --data data/synthetic.h5 --out runs/demo
+demo-models: setup
+	$(PY) -m training.demo --data data/synthetic_demo.h5 --out runs/demo --ship checkpoints/demo
 
 models: setup
 	$(PY) -m training.pipeline --data $(DATA) --models $(MODELS) --pretrained $(PRETRAINED) --recipe $(RECIPE) \

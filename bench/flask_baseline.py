@@ -1,6 +1,6 @@
 """The seed system's serving architecture, kept as a baseline: one Flask process, models in it.
 
-    python -m bench.flask_baseline --port 38001 --b0 runs/demo/b0 --b2 runs/demo/b2
+    python -m bench.flask_baseline --port 38001 --b0 checkpoints/demo/b0 --b2 checkpoints/demo/b2
 
 Every request decodes the image, applies the model's eval transform and runs the model on that one
 image (no batching across requests), as the seed's Flask endpoint did. Endpoints (127.0.0.1 only):

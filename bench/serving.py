@@ -11,7 +11,7 @@ For b0, b2 and the ensemble, measured in the same run on this machine:
   served   TorchServe (handlers/server.py, token auth on, free ports) with the galaxy-b0/b2
            handlers and the galaxy-ensemble workflow, at concurrency 1 and 8.
 Clients send the 100 real sample JPEGs (samples/galaxy10_decals) one image per request, each
-measurement runs for --seconds. Checkpoints come from runs/demo when both exist, else random-init
+measurement runs for --seconds. Checkpoints come from runs/demo or checkpoints/demo, else random-init
 ones in a temporary folder (speed does not depend on the weights). Besides wall-clock images/s,
 each measurement counts the CPU seconds the server processes used, so that images per CPU-second
 can be compared even when other processes share the cores. Every process runs with
@@ -92,9 +92,9 @@ def sample_payloads() -> list[bytes]:
 
 def checkpoints(tmp: Path) -> tuple[Path, str]:
     """(run folder with b0/ and b2/, where it came from)."""
-    demo = REPO / "runs" / "demo"
-    if all((demo / m / f).is_file() for m in ("b0", "b2") for f in ("model.pt", "meta.json")):
-        return demo, "runs/demo"
+    for demo in (REPO / "runs" / "demo", REPO / "checkpoints" / "demo"):  # a rebuilt run first
+        if all((demo / m / f).is_file() for m in ("b0", "b2") for f in ("model.pt", "meta.json")):
+            return demo, str(demo.relative_to(REPO))
     import torch
 
     from galaxy_morph.models import build_model, save_checkpoint
@@ -105,7 +105,7 @@ def checkpoints(tmp: Path) -> tuple[Path, str]:
         torch.manual_seed(i)
         save_checkpoint(run / name, build_model(name), get_spec(name), GALAXY10_CLASSES, version="1.0",
                         data={"path": "random-init", "sha256": None, "n": 0})
-    return run, "random-init (no runs/demo checkpoints)"
+    return run, "random-init (no demo checkpoints)"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ A checkpoint is a folder: `model.pt` (the state dict) and `meta.json` (spec, cla
 hyper-parameters, data file SHA256, split, metrics, date), so it can be rebuilt without the code
 that trained it knowing anything else.
 
-    model, meta = load_checkpoint("runs/demo/b0")
+    model, meta = load_checkpoint("checkpoints/demo/b0")
     model = build_model("b0", pretrained=True)   # ImageNet weights through the library's own cache
 
 ImageNet weights come from the libraries' own loaders and caches: torchvision's weights API

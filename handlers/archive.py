@@ -1,6 +1,6 @@
 """Build the TorchServe archives from checkpoint folders.
 
-    python -m handlers.archive --run runs/demo --store model_store [--version V] [--models b0,b2]
+    python -m handlers.archive --run checkpoints/demo --store model_store [--version V] [--models b0,b2]
                                [--no-workflow] [--versioned-name]
 
 For each model M in --models, RUN/M must hold a checkpoint (model.pt + meta.json from
@@ -72,6 +72,8 @@ def val_f1(ckpt: Path, meta: dict):
 def trained_on_synthetic(data: dict) -> bool | None:
     """Whether the training HDF5 was written by galaxy_morph.synthetic (its "source" attribute);
     None when the file is not here to look at."""
+    if data.get("source"):
+        return data["source"] == "galaxy_morph.synthetic"
     path = Path(str(data.get("path") or ""))
     if not path.is_file():
         return None
@@ -191,7 +193,7 @@ def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="runs/demo", help="folder with b0/ and b2/ checkpoints")
+    ap.add_argument("--run", default="checkpoints/demo", help="folder with b0/ and b2/ checkpoints")
     ap.add_argument("--store", default="model_store", help="where the .mar/.war files go")
     ap.add_argument("--version", default=None, help="archive version (default: checkpoint meta)")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: b0,b2")

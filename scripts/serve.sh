@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# `make serve`: demo models if none, archives if missing, TorchServe in the background, the
-# galaxy-ensemble workflow, the dashboard (when dashboard/app.py exists); prints URLs and the key
+# `make serve`: archives if missing or built from other checkpoints, TorchServe in the background,
+# the galaxy-ensemble workflow, the dashboard (when dashboard/app.py exists); prints URLs and the key
 # file. Running it again while everything runs only says so. `make stop` (scripts/stop.sh) stops it.
 #
-#   scripts/serve.sh            # RUN=runs/demo by default; ports from TS_*_PORT (8080/8081/8082)
+#   scripts/serve.sh            # RUN=checkpoints/demo (the shipped demo models) by default;
+#                               # ports from TS_*_PORT (8080/8081/8082)
 #
 # Logs and the pid file go to logs/; key_file.json (the API tokens) to the repository root.
 set -euo pipefail
@@ -11,7 +12,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
-RUN="${RUN:-runs/demo}"
+RUN="${RUN:-checkpoints/demo}"
 STORE="$ROOT/model_store"
 mkdir -p logs "$STORE"
 
@@ -25,13 +26,17 @@ else
     for m in b0 b2; do  # a checkpoint newer than its archive (retrained)
         if [[ -f "$STORE/galaxy-$m.mar" && "$RUN/$m/model.pt" -nt "$STORE/galaxy-$m.mar" ]]; then stale=1; fi
     done
-    if (( stale )) && [[ ! -f "$RUN/b0/model.pt" || ! -f "$RUN/b2/model.pt" ]]; then
-        echo "no checkpoints in $RUN: building the demo models (make demo-models)"
-        make --no-print-directory demo-models
+    built_from="$(cd "$RUN" 2>/dev/null && pwd || echo "$RUN")"
+    [[ "$(cat "$STORE/.built_from" 2>/dev/null)" == "$built_from" ]] || stale=1
+    if [[ ! -f "$RUN/b0/model.pt" || ! -f "$RUN/b2/model.pt" ]]; then
+        echo "no b0/b2 checkpoints in $RUN: serve the shipped demo models (RUN=checkpoints/demo), rebuild" \
+             "them (make demo-models), or train your own (make models)" >&2
+        exit 2
     fi
     if (( stale )); then
         echo "building archives from $RUN"
         "$PY" -m handlers.archive --run "$RUN" --store "$STORE" $( [[ -n "${VERSION:-}" ]] && echo --version "$VERSION" )
+        echo "$built_from" > "$STORE/.built_from"
     fi
     echo "starting TorchServe (log: logs/ts_log.log, logs/torchserve.out)"
     "$PY" -m handlers.server start --store "$STORE" --workdir "$ROOT"

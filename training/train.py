@@ -223,6 +223,8 @@ def train(args) -> dict:
         dist.init_process_group("nccl" if want_cuda else "gloo")
     if want_cuda:
         device = torch.device(f"cuda:{local_rank}" if distributed else (args.device or "cuda"))
+        if device.index is None:  # set_device needs an index
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
