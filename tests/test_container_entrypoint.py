@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,19 +25,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from handlers.server import free_ports
+
 REPO = Path(__file__).resolve().parent.parent
 POD_CONFIG = REPO / "deploy" / "k8s" / "base" / "config.properties"
 SAMPLE = REPO / "samples" / "galaxy10_decals" / "class_5_0.jpg"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def pod_config(tmp: Path, store: Path, ports: dict) -> Path:
@@ -65,7 +56,9 @@ def test_foreground_server_answers_without_tokens_and_stops_on_sigterm(tmp_path,
     if shutil.which("java") is None:
         pytest.skip("TorchServe needs Java 17 (make java)")
     _, store = served_archives
-    inference, management, metrics, grpc_i, grpc_m = free_ports(5)
+    ports = free_ports()
+    inference, management, metrics, grpc_i, grpc_m = (ports[k] for k in (
+        "inference", "management", "metrics", "grpc_inference", "grpc_management"))
     config = pod_config(tmp_path, store, {"inference": inference, "management": management, "metrics": metrics,
                                           "grpc_inference": grpc_i, "grpc_management": grpc_m})
     ready = tmp_path / "ready"
