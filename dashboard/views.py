@@ -16,7 +16,7 @@ import psutil
 from PIL import Image
 
 from galaxy_morph.answers import MODEL_NAMES, WORKFLOW_NAME
-from galaxy_morph.specs import GALAXY10_CLASSES, SPECS
+from galaxy_morph.specs import ALL_SPECS, GALAXY10_CLASSES, SPECS
 from galaxy_service.client import Sample, metric_total
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def probabilities_frame(probabilities: dict) -> pd.DataFrame:
 def members(result: dict) -> list[dict]:
     """For a workflow answer: one row per member model with its label and confidence."""
     rows = []
-    for key in ("b0", "b2"):
+    for key in ALL_SPECS:  # the members a workflow can have, in spec order
         r = result.get(key)
         if isinstance(r, dict):
             rows.append({"model": r.get("model", key), "version": r.get("version", ""),
@@ -122,8 +122,8 @@ def heatmap_array(explanation: dict) -> np.ndarray:
 
 def crop_box(size: tuple[int, int], model: str) -> tuple[int, int, int, int]:
     """The part of an image (w, h) that the model sees after its resize + centre crop."""
-    m = re.search(r"(b\d)$", model)
-    spec = SPECS.get(m.group(1)) if m else None
+    m = re.search(r"[-_]([a-z0-9]+)$", model)  # galaxy-b2, galaxy-ensemble__convnext
+    spec = ALL_SPECS.get(m.group(1)) if m else None
     w, h = size
     if spec is None:
         return 0, 0, w, h

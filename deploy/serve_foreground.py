@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from handlers.server import WORKFLOW, java_command, workflow_model_names
+from handlers.server import WORKFLOW, java_command, workflow_members, workflow_model_names
 
 
 class StartError(RuntimeError):
@@ -147,8 +147,8 @@ def main(argv=None) -> int:
             code, body = http("POST", f"{management}/workflows?url={WORKFLOW}", timeout=args.timeout)
             if code != 200:
                 raise StartError(f"registering {WORKFLOW} failed: HTTP {code} {body.strip()}")
-            wait_until(lambda: models_ready(management, workflow_model_names(WORKFLOW)), proc, deadline,
-                       f"{WORKFLOW} READY")
+            nodes = workflow_model_names(WORKFLOW, workflow_members(store / WORKFLOW))
+            wait_until(lambda: models_ready(management, nodes), proc, deadline, f"{WORKFLOW} READY")
     except StartError as e:
         if stopping:  # asked to stop while starting
             return 0

@@ -5,8 +5,10 @@
     # {"model", "version", "label", "class_name", "confidence", "probabilities": {class: p}}
 
 Served names come from the model specs: spec "b0" is served as "galaxy-b0", and the ensemble
-workflow over all of them as "galaxy-ensemble". A workflow answer is a prediction plus "source",
-"rule" and each member's own prediction under its spec name ("b0", "b2").
+workflow over two or more of them as "galaxy-ensemble". A workflow answer is a prediction plus
+"source", "rule" and each member's own prediction under its spec name ("b0", "b2", "convnext").
+MODEL_NAMES is the pair served by default (the seed's B0 and B2); a run with more models serves
+them too, each under served_name(spec), and the workflow lists its members in WORKFLOW_SETTINGS.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from galaxy_morph.specs import SPECS
 
 MODEL_PREFIX = "galaxy-"
 WORKFLOW_NAME = f"{MODEL_PREFIX}ensemble"
+WORKFLOW_SETTINGS = "ensemble.json"  # in the .war: name, members ("models") and their F1
 PREDICTION_KEYS = ("model", "version", "label", "class_name", "confidence", "probabilities")
 
 

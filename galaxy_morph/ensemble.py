@@ -58,12 +58,24 @@ def _answer(probs: np.ndarray, members: dict[str, np.ndarray], rule: str) -> dic
             "probabilities": probs.tolist(), "rule": rule}
 
 
+def check_rule(rule: str, models: Sequence[str]) -> None:
+    """Raise ValueError when `rule` is unknown or is not defined for these models (seed: two)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown ensemble rule {rule!r}: choose one of {', '.join(RULES)}")
+    if rule == "seed" and len(models) != 2:
+        raise ValueError(f"the seed rule is defined for exactly two models (B0 answers when B0 and "
+                         f"B2 disagree), got {len(models)}: {', '.join(map(str, models))}; "
+                         f"use the mean or weighted rule for other sets of models")
+
+
+def default_rule(models: Sequence[str]) -> str:
+    """The rule an ensemble of these models uses when none is asked for: the seed's for two."""
+    return "seed" if len(models) == 2 else "mean"
+
+
 def seed_rule(probs: Mapping[str, Sequence[float]]) -> dict:
     """The seed's rule over exactly two models; the first one answers when they disagree."""
-    if len(probs) != 2:
-        raise ValueError(f"the seed rule is defined for exactly two models (B0 answers when B0 and "
-                         f"B2 disagree), got {len(probs)}: {', '.join(map(str, probs))}; "
-                         f"use the mean or weighted rule for other sets of models")
+    check_rule("seed", list(probs))
     members = _members(probs)
     first, second = members.values()
     if int(np.argmax(first)) == int(np.argmax(second)):

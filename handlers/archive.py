@@ -1,15 +1,17 @@
 """Build the TorchServe archives from checkpoint folders.
 
-    python -m handlers.archive --run checkpoints/demo --store model_store [--version V] [--models b0,b2]
-                               [--no-workflow] [--versioned-name]
+    python -m handlers.archive --run checkpoints/demo --store model_store [--version V]
+                               [--models b0,b2,convnext] [--no-workflow] [--versioned-name]
 
-For each model M in --models, RUN/M must hold a checkpoint (model.pt + meta.json from
-galaxy_morph.models.save_checkpoint); RUN/M/report.json and RUN/report.json (evaluation) are used
-when present. Writes STORE/galaxy-M.mar (STORE/galaxy-M-vV.mar with --versioned-name, for
-registering a new version next to the served one) containing the handler, the core package, the
-checkpoint, index_to_name.json, model_card.json and model-config.yaml, and then
-STORE/galaxy-ensemble.war (workflow pre -> (b0, b2) -> ensemble over the two .mar files).
-The version is --version, else the checkpoint's meta "version", else 1.0.
+For each model M in --models (default: every spec with a checkpoint in RUN, RUN/M/model.pt), RUN/M
+must hold a checkpoint (model.pt + meta.json from galaxy_morph.models.save_checkpoint);
+RUN/M/report.json and RUN/report.json (evaluation) are used when present. Writes STORE/galaxy-M.mar
+(STORE/galaxy-M-vV.mar with --versioned-name, for registering a new version next to the served
+one) containing the handler, the core package, the checkpoint, index_to_name.json,
+model_card.json and model-config.yaml, and then STORE/galaxy-ensemble.war over those .mar files
+(two or more): pre -> (b0, b2, ...) -> ensemble, B0 first, the members and their per-class
+validation F1 in its ensemble.json. The version is --version, else the checkpoint's meta
+"version", else 1.0.
 """
 from __future__ import annotations
 
@@ -26,12 +28,13 @@ from pathlib import Path
 import yaml
 
 import galaxy_morph
-from galaxy_morph.answers import MODEL_NAMES, WORKFLOW_NAME, served_name
+from galaxy_morph.answers import MODEL_NAMES, WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
 from galaxy_morph.data import file_sha256
 from galaxy_morph.models import META_FILE, WEIGHTS_FILE, read_meta
+from galaxy_morph.specs import ALL_SPECS
 
 HANDLERS = Path(__file__).resolve().parent
-MODELS = tuple(MODEL_NAMES)  # spec names: "b0", "b2"
+MODELS = tuple(MODEL_NAMES)  # spec names of the default pair: "b0", "b2"
 
 # Serving defaults per model (model-config.yaml). Batches of up to 8 images wait at most 10 ms:
 # on CPU a batch of 8 costs far less than 8 single calls, and at 50 ms a lone request (the
@@ -151,24 +154,34 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
     return out
 
 
+def workflow_members(models) -> list[str]:
+    """The ensemble's members in the order the rules take them: as given, B0 first (the seed
+    rule's answering model)."""
+    return sorted(models, key=lambda m: m != "b0")
+
+
 def build_workflow_archive(store: Path, urls: dict, f1: dict | None = None,
                            versions: dict | None = None, name: str = WORKFLOW_NAME,
                            workflow_models: dict | None = None) -> Path:
-    """galaxy-ensemble.war over the .mar files `urls` {"b0": "galaxy-b0.mar", "b2": ...};
-    `workflow_models` overrides WORKFLOW_MODELS (the workflow's per-model settings)."""
+    """galaxy-ensemble.war over the .mar files `urls` {"b0": "galaxy-b0.mar", "b2": ...}, two or
+    more, in that order; `workflow_models` overrides WORKFLOW_MODELS (per-model settings)."""
+    members = list(urls)
+    if len(members) < 2:
+        raise ValueError(f"an ensemble workflow needs two or more models, got {', '.join(members) or 'none'}")
     store.mkdir(parents=True, exist_ok=True)
-    spec = {"models": {**WORKFLOW_MODELS, **(workflow_models or {}), **{m: {"url": urls[m], **WORKFLOW_MODEL_NODE} for m in MODELS}},
-            "dag": {"pre": list(MODELS), "b0": ["ensemble"], "b2": ["ensemble"]}}
+    spec = {"models": {**WORKFLOW_MODELS, **(workflow_models or {}),
+                       **{m: {"url": urls[m], **WORKFLOW_MODEL_NODE} for m in members}},
+            "dag": {"pre": members, **{m: ["ensemble"] for m in members}}}
     settings = {"name": name, "models": {m: {"url": urls[m], "version": (versions or {}).get(m)}
-                                         for m in MODELS},
-                "val_per_class_f1": {m: (f1 or {}).get(m) for m in MODELS}}
+                                         for m in members},
+                "val_per_class_f1": {m: (f1 or {}).get(m) for m in members}}
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
         tmp = Path(tmp)
         (tmp / "workflow.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        (tmp / "ensemble.json").write_text(json.dumps(settings, indent=1))
+        (tmp / WORKFLOW_SETTINGS).write_text(json.dumps(settings, indent=1))
         cmd = [_tool("torch-workflow-archiver"), "--workflow-name", name,
                "--spec-file", str(tmp / "workflow.yaml"), "--handler", str(HANDLERS / "workflow.py"),
-               "--extra-files", str(tmp / "ensemble.json"),
+               "--extra-files", str(tmp / WORKFLOW_SETTINGS),
                "--export-path", str(store), "-f"]
         subprocess.run(cmd, check=True, env=_private_tmp(tmp))
     return store / f"{name}.war"
@@ -176,35 +189,53 @@ def build_workflow_archive(store: Path, urls: dict, f1: dict | None = None,
 
 def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_name=False,
               model_config: dict | None = None, workflow_models: dict | None = None) -> list[Path]:
-    """Every model archive, then the workflow; the two dicts override the serving defaults."""
+    """Every model archive, then the workflow over them (two or more models, B0 first); the two
+    dicts override the serving defaults."""
     run, store = Path(run), Path(store)
+    if workflow and len(models) < 2:
+        raise SystemExit(f"the ensemble workflow needs two or more models, got {', '.join(models)}: "
+                         f"add more with --models, or --no-workflow")
     built = [build_model_archive(run, m, store, version, versioned_name, model_config) for m in models]
     if workflow:
-        if set(models) != set(MODELS):
-            raise SystemExit("the workflow needs both b0 and b2: add --no-workflow")
-        metas = {m: read_meta(run / m) for m in MODELS}
+        files = {m: p.name for m, p in zip(models, built)}
+        members = workflow_members(models)
+        metas = {m: read_meta(run / m) for m in members}
         built.append(build_workflow_archive(
-            store, {m: p.name for m, p in zip(models, built)},
-            f1={m: val_f1(run / m, metas[m]) for m in MODELS},
-            versions={m: str(version or metas[m].get("version") or "1.0") for m in MODELS},
+            store, {m: files[m] for m in members},
+            f1={m: val_f1(run / m, metas[m]) for m in members},
+            versions={m: str(version or metas[m].get("version") or "1.0") for m in members},
             workflow_models=workflow_models))
     return built
 
 
+def checkpoints_in(run: Path) -> list[str]:
+    """The specs with a checkpoint in RUN (RUN/M/model.pt), in spec order."""
+    return [m for m in ALL_SPECS if (Path(run) / m / WEIGHTS_FILE).is_file()]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", default="checkpoints/demo", help="folder with b0/ and b2/ checkpoints")
+    ap.add_argument("--run", default="checkpoints/demo", help="folder with one checkpoint folder per model (b0/, b2/...)")
     ap.add_argument("--store", default="model_store", help="where the .mar/.war files go")
     ap.add_argument("--version", default=None, help="archive version (default: checkpoint meta)")
-    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: b0,b2")
+    ap.add_argument("--models", default=None,
+                    help=f"comma-separated, from {', '.join(ALL_SPECS)} (default: those with a checkpoint in RUN)")
     ap.add_argument("--no-workflow", action="store_true", help="skip galaxy-ensemble.war")
     ap.add_argument("--versioned-name", action="store_true",
                     help="write galaxy-M-vVERSION.mar instead of galaxy-M.mar")
     args = ap.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.models is None:
+        models = checkpoints_in(Path(args.run))
+        if not models:
+            ap.error(f"no checkpoint in {args.run}: expected {args.run}/M/{WEIGHTS_FILE} for M in "
+                     f"{', '.join(ALL_SPECS)}")
+    else:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
-        if m not in MODELS:
-            ap.error(f"unknown model {m!r}: choose from {', '.join(MODELS)}")
+        if m not in ALL_SPECS:
+            ap.error(f"unknown model {m!r}: choose from {', '.join(ALL_SPECS)}")
+    if len(set(models)) != len(models):
+        ap.error(f"--models {args.models!r} names a model twice")
     for p in build_all(args.run, args.store, args.version, models, not args.no_workflow,
                        args.versioned_name):
         print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")

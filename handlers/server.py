@@ -10,6 +10,8 @@ TS_GRPC_MANAGEMENT_PORT; the absolute model store in allowed_urls), starts the J
 the background with WORKDIR as its working directory (so key_file.json lands there), waits until
 /ping answers and every worker is READY, registers the galaxy-ensemble workflow, and writes
 WORKDIR/logs/torchserve.pid (JSON: pid, ports, paths). `stop` ends the whole process group.
+The models loaded at start are the workflow's members (galaxy-M.mar for each model in the .war's
+ensemble.json), galaxy-b0.mar and galaxy-b2.mar without a workflow.
 
 The `torchserve` CLI is not used: it keeps one global pid file in /tmp, so a second instance
 (tests, benchmarks, another user) would refuse to start or stop the wrong one. Each instance also
@@ -26,18 +28,20 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 
-from galaxy_morph.answers import WORKFLOW_NAME
+from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
 from galaxy_service.client import KEY_FILE_NAME, TorchServeClient, TorchServeError, read_key_file
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "config.properties"
 HOST = "127.0.0.1"
-MODELS = ("galaxy-b0.mar", "galaxy-b2.mar")
+MODELS = ("galaxy-b0.mar", "galaxy-b2.mar")  # the default pair; a workflow names its own members
+PAIR = ("b0", "b2")  # the members of a workflow archive without an ensemble.json member list
 WORKFLOW = f"{WORKFLOW_NAME}.war"
 PORT_ENV = {"inference": ("TS_INFERENCE_PORT", 8080), "management": ("TS_MANAGEMENT_PORT", 8081),
             "metrics": ("TS_METRICS_PORT", 8082),
@@ -214,16 +218,35 @@ def status(workdir=REPO, log_dir=None) -> Server | None:
     return server if server is not None and server.alive() else None
 
 
-def workflow_model_names(war_name: str = WORKFLOW) -> list[str]:
+def read_workflow_settings(war: Path) -> dict:
+    """ensemble.json from a .war ({} when the file or the entry is missing or unreadable)."""
+    try:
+        with zipfile.ZipFile(war) as z:
+            return json.loads(z.read(WORKFLOW_SETTINGS))
+    except (OSError, KeyError, zipfile.BadZipFile, ValueError):
+        return {}
+
+
+def workflow_members(war: Path) -> list[str]:
+    """The model nodes of a workflow archive, from its ensemble.json ("b0", "b2", ...)."""
+    return list(read_workflow_settings(war).get("models") or PAIR)
+
+
+def workflow_model_names(war_name: str = WORKFLOW, members=PAIR) -> list[str]:
+    """The names TorchServe gives the workflow's nodes: galaxy-ensemble__pre, __b0 ..."""
     stem = war_name.rsplit(".", 1)[0]
-    return [f"{stem}__{n}" for n in ("pre", "b0", "b2", "ensemble")]
+    return [f"{stem}__{n}" for n in ("pre", *members, "ensemble")]
 
 
 def start(model_store=REPO / "model_store", workdir=REPO, ports: dict | None = None,
-          models=MODELS, workflow: str | None = WORKFLOW, log_dir=None,
+          models=None, workflow: str | None = WORKFLOW, log_dir=None,
           timeout: float = 300.0, template: Path = TEMPLATE, quiet: bool = False) -> Server:
-    """Start TorchServe in the background and return once everything answers."""
+    """Start TorchServe in the background and return once everything answers. `models`: the
+    .mar files to load at start (default: the workflow's members, else MODELS)."""
     workdir, model_store = Path(workdir).resolve(), Path(model_store).resolve()
+    members = workflow_members(model_store / workflow) if workflow else list(PAIR)
+    if models is None:
+        models = tuple(f"{served_name(m)}.mar" for m in members) if workflow else MODELS
     log_dir = Path(log_dir or workdir / "logs").resolve()
     running = status(workdir, log_dir)
     if running is not None:
@@ -259,7 +282,7 @@ def start(model_store=REPO / "model_store", workdir=REPO, ports: dict | None = N
         if workflow:
             t1 = time.time()
             ts.register_workflow(workflow, timeout=(3.0, timeout))
-            ts.wait_until_ready(workflow_model_names(workflow), timeout, frontend_up)
+            ts.wait_until_ready(workflow_model_names(workflow, members), timeout, frontend_up)
             if not quiet:
                 print(f"workflow {workflow} registered and READY in {time.time() - t1:.1f} s")
     except TorchServeError as e:

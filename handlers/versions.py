@@ -11,10 +11,11 @@ Options: --key-file (default $TS_KEY_FILE, else ./key_file.json, else the reposi
 --management-url (default http://$TS_HOST:$TS_MANAGEMENT_PORT). Build a new version's archive first with
 `python -m handlers.archive --run DIR --models b0 --version 2.0 --versioned-name --no-workflow`.
 
-The workflow keeps its own copies of the models (galaxy-ensemble__b0, __b2) and does not follow
-set-default: `refresh-workflow` rebuilds galaxy-ensemble.war over the current default version of
-galaxy-b0 and galaxy-b2 (their model-store files, their per-class F1 from the model cards) and
-re-registers it.
+The workflow keeps its own copies of the models (galaxy-ensemble__b0, __b2, ...) and does not
+follow set-default: `refresh-workflow` rebuilds galaxy-ensemble.war over the current default version
+of each of its members (galaxy-b0, galaxy-b2, and galaxy-convnext in a workflow built over it: the
+members of the store's .war; their model-store files, their per-class F1 from the model cards) and
+re-registers it. `list` without names lists those members.
 """
 from __future__ import annotations
 
@@ -23,10 +24,17 @@ import os
 import sys
 from pathlib import Path
 
-from galaxy_morph.answers import MODEL_NAMES, WORKFLOW_NAME
+from galaxy_morph.answers import WORKFLOW_NAME, served_name
 from galaxy_service.client import TorchServeClient, TorchServeError, locate_key_file, server_settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def members(store: str | os.PathLike, name: str = WORKFLOW_NAME) -> list[str]:
+    """The spec names of the workflow's models, from STORE/NAME.war (b0 and b2 without one)."""
+    from handlers.server import workflow_members
+
+    return workflow_members(Path(store) / f"{name}.war")
 
 
 class VersionError(RuntimeError):
@@ -77,8 +85,8 @@ class Management:
         from handlers.archive import build_workflow_archive
 
         urls, f1, versions = {}, {}, {}
-        for m, served in MODEL_NAMES.items():
-            d = self.client.describe(served)[0]
+        for m in members(store, name):
+            d = self.client.describe(served_name(m))[0]
             urls[m], versions[m] = d["modelUrl"], d["modelVersion"]
             f1[m] = (d.get("customizedMetadata") or {}).get("val_per_class_f1")
         build_workflow_archive(Path(store), urls, f1, versions, name)
@@ -98,7 +106,7 @@ def main(argv=None):
     ap.add_argument("--management-url", default=server_settings()["management_url"])
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list", help="list versions (default marked)")
-    p.add_argument("names", nargs="*", default=list(MODEL_NAMES.values()))
+    p.add_argument("names", nargs="*", help="default: the models of the ensemble workflow in model_store")
     p = sub.add_parser("register", help="register an archive from the model store as a new version")
     p.add_argument("file", help="file name in the model store, e.g. galaxy-b0-v2.0.mar")
     p.add_argument("--workers", type=int, default=1)
@@ -117,7 +125,7 @@ def main(argv=None):
     try:
         mgmt = Management(args.management_url, args.key_file)
         if args.command == "list":
-            for name in args.names:
+            for name in args.names or [served_name(m) for m in members(REPO / "model_store")]:
                 for v in mgmt.versions(name):
                     print(f"{name:12} {v['version']:8} {'default' if v['default'] else '':8} "
                           f"{v['url']:28} workers: {', '.join(v['workers']) or 'none'}")

@@ -1,14 +1,16 @@
-"""Function nodes of the galaxy-ensemble workflow: pre -> (b0, b2) -> ensemble.
+"""Function nodes of the galaxy-ensemble workflow: pre -> (b0, b2, ...) -> ensemble.
 
 TorchServe runs each function in its own worker, calls it once with data=None at load time
 (answer None), then with a batch of requests. Request headers reach every node; the body reaches
-only `pre`, which checks the rule and the image (galaxy_morph.imaging.decode_image) and hands both
-model nodes JSON {"image": base64}, or an {"error", "code"} that the model handler and `ensemble`
+only `pre`, which checks the rule and the image (galaxy_morph.imaging.decode_image) and hands every
+model node JSON {"image": base64}, or an {"error", "code"} that the model handler and `ensemble`
 forward unchanged (a workflow answer is always HTTP 200 in TorchServe 0.12: see docs/api.md).
 
-The rule comes from the `X-Ensemble-Rule` header (seed by default; mean, weighted). The
-`weighted` rule reads both models' per-class validation F1 from ensemble.json, which
-`python -m handlers.archive` packs into the .war next to this file.
+The members (the model nodes, B0 first) and their per-class validation F1 come from ensemble.json,
+which `python -m handlers.archive` packs into the .war next to this file; an archive without a
+member list is the B0 + B2 pair. The rule comes from the `X-Ensemble-Rule` header: seed, mean or
+weighted; by default seed for two members and mean for more. `seed` is a two-model rule: a
+workflow of three or more members refuses it in `pre` with a 400 body, before any model runs.
 """
 from __future__ import annotations
 
@@ -17,14 +19,14 @@ import json
 import os
 import time
 
-from galaxy_morph.answers import WORKFLOW_NAME, ensemble_prediction
-from galaxy_morph.ensemble import RULES, combine
+from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, ensemble_prediction
+from galaxy_morph.ensemble import RULES, check_rule, combine_models, default_rule
 from galaxy_morph.imaging import ImageError, decode_image
 from galaxy_morph.payload import RequestError, error_body, header, read_request
 
 RULE_HEADER = "X-Ensemble-Rule"
-DEFAULT_RULE = "seed"
-SETTINGS_FILE = "ensemble.json"
+SETTINGS_FILE = WORKFLOW_SETTINGS
+PAIR = ("b0", "b2")  # the members of an ensemble.json without a "models" entry
 # TorchServe 0.12 attaches the promise for a node's answer only after queueing its job; an answer
 # that comes back sooner is lost and the request stalls until the node's timeout-ms. Function
 # nodes answer in ~1 ms, so they wait this long first (see WORKFLOW_MODELS in handlers/archive.py).
@@ -32,11 +34,16 @@ RACE_GUARD_S = 0.02
 _settings = {}
 
 
-def rule_of(context, idx: int) -> str:
-    rule = (header(context, idx, RULE_HEADER) or DEFAULT_RULE).strip().lower()
+def rule_of(context, idx: int, members=PAIR) -> str:
+    """The requested rule, or the members' default; RequestError when it cannot combine them."""
+    rule = (header(context, idx, RULE_HEADER) or default_rule(members)).strip().lower()
     if rule not in RULES:
         raise RequestError(f"unknown ensemble rule {rule!r}: choose one of {', '.join(RULES)} "
                      f"in the {RULE_HEADER} header")
+    try:
+        check_rule(rule, members)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
     return rule
 
 
@@ -54,17 +61,23 @@ def settings(context) -> dict:
     return _settings
 
 
+def members_of(conf: dict) -> list[str]:
+    """The workflow's model nodes, in the order the rules take them (B0 first)."""
+    return list(conf.get("models") or PAIR)
+
+
 def pre(data, context):
-    """Start node: check the rule, hand the image bytes to both models as JSON base64."""
+    """Start node: check the rule, hand the image bytes to every model as JSON base64."""
     if data is None:
         return None
     time.sleep(RACE_GUARD_S)
+    members = members_of(settings(context))
     out = []
     for i, row in enumerate(data):
         try:
-            rule_of(context, i)
+            rule_of(context, i, members)
             image, _ = read_request(row)
-            decode_image(image)  # refuse bad images here, before both models see them
+            decode_image(image)  # refuse bad images here, before the models see them
             out.append(json.dumps({"image": base64.b64encode(image).decode("ascii")}))
         except (RequestError, ImageError) as e:
             out.append(json.dumps(error_body(str(e), e.status)))
@@ -78,31 +91,34 @@ def _answer(value) -> dict:
 
 
 def ensemble(data, context):
-    """Aggregate node: combine both models' probabilities with the requested rule."""
+    """Aggregate node: combine every member's probabilities with the requested rule."""
     if data is None:
         return None
     time.sleep(RACE_GUARD_S)
     conf = settings(context)
+    members = members_of(conf)
     out = []
     for i, row in enumerate(data):
         try:
-            b0, b2 = _answer(row["b0"]), _answer(row["b2"])
-            for a in (b0, b2):
+            answers = {m: _answer(row[m]) for m in members}
+            for a in answers.values():
                 if "error" in a:
                     raise RequestError(a["error"], int(a.get("code", 400)))
-            rule = rule_of(context, i)
+            rule = rule_of(context, i, members)
             f1 = conf.get("val_per_class_f1") or {}
-            if rule == "weighted" and not (f1.get("b0") and f1.get("b2")):
-                raise RequestError("the weighted rule needs both models' per-class validation F1, and "
-                             "this workflow archive was built without evaluation reports")
-            names = list(b0["probabilities"])
-            result = combine(rule, list(b0["probabilities"].values()),
-                             [b2["probabilities"][n] for n in names], f1.get("b0"), f1.get("b2"))
+            missing = [m for m in members if not f1.get(m)]
+            if rule == "weighted" and missing:
+                raise RequestError(f"the weighted rule needs every model's per-class validation F1 "
+                                   f"(missing: {', '.join(missing)}), and this workflow archive was "
+                                   f"built without their evaluation reports")
+            names = list(answers[members[0]]["probabilities"])
+            probs = {m: [a["probabilities"][n] for n in names] for m, a in answers.items()}
+            result = combine_models(rule, probs, f1 if rule == "weighted" else None)
         except (RequestError, ImageError) as e:
             out.append(json.dumps(error_body(str(e), e.status)))
             continue
         except (KeyError, TypeError, ValueError) as e:
             out.append(json.dumps(error_body(f"ensemble failed: {e}", 400)))
             continue
-        out.append(json.dumps(ensemble_prediction(conf["name"], result, names, {"b0": b0, "b2": b2})))
+        out.append(json.dumps(ensemble_prediction(conf["name"], result, names, answers)))
     return out

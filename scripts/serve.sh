@@ -19,23 +19,26 @@ mkdir -p logs "$STORE"
 if "$PY" -m handlers.server status >/dev/null 2>&1; then
     echo "TorchServe is already running: $("$PY" -m handlers.server status)"
 else
-    stale=0
-    for f in galaxy-b0.mar galaxy-b2.mar galaxy-ensemble.war; do
-        [[ -f "$STORE/$f" ]] || stale=1
+    models=()  # every checkpoint folder in RUN (b0, b2, convnext...): one archive each, one workflow
+    for ckpt in "$RUN"/*/model.pt; do
+        [[ -f "$ckpt" ]] && models+=("$(basename "$(dirname "$ckpt")")")
     done
-    for m in b0 b2; do  # a checkpoint newer than its archive (retrained)
-        if [[ -f "$STORE/galaxy-$m.mar" && "$RUN/$m/model.pt" -nt "$STORE/galaxy-$m.mar" ]]; then stale=1; fi
+    if (( ${#models[@]} < 2 )); then
+        echo "need two or more checkpoints in $RUN (RUN/M/model.pt), found ${#models[@]}: serve the shipped" \
+             "demo models (RUN=checkpoints/demo), rebuild them (make demo-models), or train your own (make models)" >&2
+        exit 2
+    fi
+    stale=0
+    [[ -f "$STORE/galaxy-ensemble.war" ]] || stale=1
+    for m in "${models[@]}"; do  # missing, or a checkpoint newer than its archive (retrained)
+        if [[ ! -f "$STORE/galaxy-$m.mar" || "$RUN/$m/model.pt" -nt "$STORE/galaxy-$m.mar" ]]; then stale=1; fi
     done
     built_from="$(cd "$RUN" 2>/dev/null && pwd || echo "$RUN")"
     [[ "$(cat "$STORE/.built_from" 2>/dev/null)" == "$built_from" ]] || stale=1
-    if [[ ! -f "$RUN/b0/model.pt" || ! -f "$RUN/b2/model.pt" ]]; then
-        echo "no b0/b2 checkpoints in $RUN: serve the shipped demo models (RUN=checkpoints/demo), rebuild" \
-             "them (make demo-models), or train your own (make models)" >&2
-        exit 2
-    fi
     if (( stale )); then
         echo "building archives from $RUN"
-        "$PY" -m handlers.archive --run "$RUN" --store "$STORE" $( [[ -n "${VERSION:-}" ]] && echo --version "$VERSION" )
+        "$PY" -m handlers.archive --run "$RUN" --store "$STORE" --models "$(IFS=,; echo "${models[*]}")" \
+            $( [[ -n "${VERSION:-}" ]] && echo --version "$VERSION" )
         echo "$built_from" > "$STORE/.built_from"
     fi
     echo "starting TorchServe (log: logs/ts_log.log, logs/torchserve.out)"

@@ -100,3 +100,15 @@ def test_seed_rule_is_for_two_models_only():
         combine_models("mean", {"b0": P0})
     with pytest.raises(ValueError, match="missing: convnext"):
         combine_models("weighted", {"b0": P0, "b2": P2_AGREE, "convnext": P3}, {"b0": P0, "b2": P0})
+
+
+def test_rule_check_and_default_without_probabilities():
+    from galaxy_morph.ensemble import check_rule, default_rule
+
+    assert default_rule(["b0", "b2"]) == "seed" and default_rule(["b0", "b2", "convnext"]) == "mean"
+    check_rule("seed", ["b0", "b2"])
+    check_rule("mean", ["b0", "b2", "convnext"])
+    with pytest.raises(ValueError, match="got 3: b0, b2, convnext; use the mean or weighted rule"):
+        check_rule("seed", ["b0", "b2", "convnext"])
+    with pytest.raises(ValueError, match="unknown ensemble rule 'median'"):
+        check_rule("median", ["b0", "b2"])

@@ -261,6 +261,46 @@ def test_ensemble_weighted_needs_f1(monkeypatch):
     assert out["confidence"] == pytest.approx(want["confidence"])
 
 
+TRIO = {"name": "galaxy-trio", "models": {m: {"url": f"galaxy-{m}.mar"} for m in ("b0", "b2", "convnext")}}
+
+
+def trio_row(s):
+    return {m: fake_answer(probs(s + 100 * k), f"galaxy-trio__{m}") for k, m in enumerate(TRIO["models"])}
+
+
+@pytest.mark.parametrize("rule", [None, "mean"])
+def test_three_members_default_to_mean(monkeypatch, rule):
+    monkeypatch.setattr(workflow, "_settings", dict(TRIO))
+    out = [json.loads(o) for o in workflow.ensemble([trio_row(s) for s in range(3)], wf_context(3, rule))]
+    for s, o in enumerate(out):
+        want = ensemble.combine_models("mean", {m: probs(s + 100 * k) for k, m in enumerate(TRIO["models"])})
+        assert o["rule"] == "mean" and o["label"] == want["label"] and o["source"] == want["source"]
+        assert list(o["probabilities"].values()) == pytest.approx(want["probabilities"])
+        assert [o[m]["model"] for m in TRIO["models"]] == ["galaxy-trio__b0", "galaxy-trio__b2", "galaxy-trio__convnext"]
+        assert o["model"] == "galaxy-trio" and o["version"] == "b0 1.0 + b2 1.0 + convnext 1.0"
+
+
+def test_three_members_refuse_seed_before_the_models(monkeypatch):
+    monkeypatch.setattr(workflow, "_settings", dict(TRIO))
+    refused = json.loads(workflow.pre([{"body": image_bytes()}], wf_context(1, "seed"))[0])
+    assert refused["code"] == 400 and "seed rule is defined for exactly two models" in refused["error"]
+    assert "got 3: b0, b2, convnext" in refused["error"] and "mean or weighted" in refused["error"]
+    out = json.loads(workflow.ensemble([trio_row(0)], wf_context(1, "seed"))[0])
+    assert out == refused
+
+
+def test_three_members_weighted_needs_every_f1(monkeypatch):
+    f1 = {"b0": list(np.linspace(0.2, 0.9, 10)), "b2": list(np.linspace(0.9, 0.2, 10))}
+    monkeypatch.setattr(workflow, "_settings", {**TRIO, "val_per_class_f1": f1})
+    out = json.loads(workflow.ensemble([trio_row(1)], wf_context(1, "weighted"))[0])
+    assert out["code"] == 400 and "(missing: convnext)" in out["error"]
+    f1["convnext"] = [0.5] * 10
+    out = json.loads(workflow.ensemble([trio_row(1)], wf_context(1, "weighted"))[0])
+    want = ensemble.weighted_rule({m: probs(1 + 100 * k) for k, m in enumerate(TRIO["models"])}, f1)
+    assert out["rule"] == "weighted" and out["label"] == want["label"]
+    assert out["confidence"] == pytest.approx(want["confidence"])
+
+
 def test_ensemble_forwards_model_errors():
     err = json.dumps({"error": "truncated or corrupt image", "code": 400}).encode()
     out = json.loads(workflow.ensemble([{"b0": err, "b2": err}], wf_context(1))[0])
@@ -289,6 +329,25 @@ def test_model_card_with_and_without_report(b0_dir, tmp_path):
     assert card["evaluated"] is True and card["test"]["accuracy"] == 0.8 and card["test"]["per_class_f1"]["Merging"] == 0.7
     assert card["test"]["confusion_matrix"][0][0] == 1 and card["val_per_class_f1"] == [0.5] * 10
     assert card["ensemble_comparison"]["ensemble"]["seed"] == 0.81
+
+
+def test_archive_models_come_from_the_run(tmp_path, capsys):
+    from handlers import archive
+
+    for m in ("convnext", "b0", "notaspec"):
+        (tmp_path / "run" / m).mkdir(parents=True)
+        (tmp_path / "run" / m / "model.pt").write_bytes(b"w")
+    assert archive.checkpoints_in(tmp_path / "run") == ["b0", "convnext"]
+    assert archive.workflow_members(["convnext", "b2", "b0"]) == ["b0", "convnext", "b2"]
+    with pytest.raises(SystemExit, match="needs two or more models, got b0"):
+        archive.build_all(tmp_path / "run", tmp_path / "store", models=["b0"])
+    assert not (tmp_path / "store").exists()  # refused before building anything
+    for argv, words in ((["--models", "b0,b7"], "unknown model 'b7': choose from b0, b2, convnext"),
+                        (["--models", "b0,b0"], "names a model twice"),
+                        ([], "no checkpoint in")):
+        with pytest.raises(SystemExit):
+            archive.main(["--run", str(tmp_path / ("run" if argv else "empty")), *argv])
+        assert words in capsys.readouterr().err
 
 
 def test_rendered_config(tmp_path):

@@ -94,3 +94,19 @@ def test_archive_stamp_decides_the_skip(tmp_path):
     stamp["built_at"] = 0  # a checkpoint newer than the archives
     (run_dir / pipeline.ARCHIVE_STAMP).write_text(json.dumps(stamp))
     assert not pipeline.archives_are_current(run_dir, store, ["b0", "b2"], None)
+
+
+def test_archive_command_builds_the_workflow_over_two_or_more(tmp_path, monkeypatch):
+    """Every model goes to handlers.archive by name; one model alone gets no workflow."""
+    commands = []
+
+    class Done:
+        returncode, stdout, stderr = 0, "", ""
+
+    monkeypatch.setattr(pipeline.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or Done())
+    (tmp_path / "store").mkdir()
+    pipeline.build_archives(tmp_path, tmp_path / "store", ["b2", "convnext", "b0"], None)
+    pipeline.build_archives(tmp_path, tmp_path / "store", ["b0"], "2.0", versioned_name=True)
+    three, one = commands
+    assert three[three.index("--models") + 1] == "b2,convnext,b0" and "--no-workflow" not in three
+    assert one[one.index("--models") + 1] == "b0" and "--no-workflow" in one and "--versioned-name" in one

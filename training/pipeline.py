@@ -9,7 +9,9 @@ Stages, one progress line each: check the data (and fetch the ImageNet weights i
 caches when --pretrained 1, the default: without network it stops here, before any training), train
 every model into RUN/M (training.train; all models share the first one's split), evaluate the run
 with dihedral TTA (training.evaluate: RUN/report.md, RUN/report.json), build the archives
-(`python -m handlers.archive --run RUN --store STORE [--version V]`), then print the results table.
+(`python -m handlers.archive --run RUN --store STORE --models M1,M2... [--version V]`: one .mar per
+model and the ensemble workflow over all of them when there are two or more), then print the
+results table.
 
 Run it again and finished stages are skipped: a model whose history has all its epochs, a report
 newer than every checkpoint, archives still as this run built them (RUN/archives.json). A training
@@ -126,15 +128,6 @@ def evaluation_is_current(run: Path, models: list[str]) -> bool:
     return all((run / m / "model.pt").stat().st_mtime <= built for m in models)
 
 
-def servable_models() -> tuple:
-    """The specs the archive builder accepts (handlers.archive.MODELS), b0 and b2 at least."""
-    try:
-        from handlers.archive import MODELS
-        return tuple(MODELS)
-    except ImportError:
-        return tuple(SPECS)
-
-
 def archives_are_current(run: Path, store: Path, models: list[str], version, versioned_name=False) -> bool:
     stamp = read_json(run / ARCHIVE_STAMP)
     if not stamp or stamp.get("store") != str(store.resolve()) or stamp.get("models") != models \
@@ -156,8 +149,9 @@ def build_archives(run: Path, store: Path, models: list[str], version, versioned
         cmd += ["--version", version]
     if versioned_name:
         cmd.append("--versioned-name")
-    if set(models) != set(SPECS):
-        cmd += ["--models", ",".join(models), "--no-workflow"]  # the workflow serves the b0 + b2 pair
+    cmd += ["--models", ",".join(models)]
+    if len(models) < 2:
+        cmd.append("--no-workflow")  # an ensemble needs two or more models
     before = {p.name: p.stat().st_mtime_ns for p in store.glob("*") if p.is_file()} if store.is_dir() else {}
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -194,11 +188,6 @@ def run_pipeline(args) -> dict:
     run = Path(args.run or f"runs/{Path(args.data).stem}-{args.recipe}")
     store = Path(args.store)
     archive = not args.no_archive
-    if archive:
-        unservable = [m for m in models if m not in servable_models()]
-        if unservable:
-            raise DataError(f"the archive builder (handlers.archive) does not serve {', '.join(unservable)} "
-                            f"yet: add --no-archive (MODELS=... with make models NO_ARCHIVE=1)")
     progress = Progress(1 + len(models) + 1 + archive)
 
     # 1. Check everything a later stage would trip over, before training anything.
