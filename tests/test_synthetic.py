@@ -143,3 +143,15 @@ def test_sky_is_grey_and_images_are_jpeg_like():
         Image.fromarray(img).save(buf, "JPEG", quality=synthetic.JPEG_QUALITY)
         again = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
         assert np.abs(again.astype(np.float32) - img).mean() < 2.0
+
+
+def test_sim_stats_measure_what_the_generator_draws():
+    # training.sim_stats is how the generator is matched to real galaxies: check it sees the
+    # difference the classes are built from (edge-ons are thin, round smooth galaxies are round)
+    from training.sim_stats import central_source_stats, summary
+
+    edge_on = summary([central_source_stats(synthetic.render_galaxy(8, np.random.default_rng(i))) for i in range(6)])
+    round_ = summary([central_source_stats(synthetic.render_galaxy(2, np.random.default_rng(i))) for i in range(6)])
+    assert edge_on["axis_ratio"][0] < 0.4 < 0.75 < round_["axis_ratio"][0]
+    blank = np.full((128, 128, 3), 30, np.uint8)
+    assert central_source_stats(blank) is None
