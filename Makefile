@@ -29,7 +29,7 @@ export TS_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT DASHBOARD_PO
         dashboard bench bench-train classify predict clean
 
 help:
-	@echo "make serve        set up, build demo models if none, start TorchServe + dashboard"
+	@echo "make serve        set up, serve the shipped demo models (or RUN=dir), start TorchServe + dashboard"
 	@echo "make test         set up, run the test suite"
 	@echo "make stop         stop TorchServe and the dashboard"
 	@echo "make data         download Galaxy10_DECals.h5 (2.54 GB) into data/"
