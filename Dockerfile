@@ -7,7 +7,7 @@
 #   docker build --build-arg RUN=runs/my-run --build-arg VERSION=2.0 -t galaxy-morph:2.0-cpu .
 #   docker run --rm -p 127.0.0.1:8080:8080 galaxy-morph:1.0-cpu         # tokens are off: loopback only
 #
-# The steps are the Makefile's own: `make setup` (the venv from requirements.txt, Java 17) and
+# The steps are the Makefile's own: `make setup java` (the venv from requirements.txt, Java 17) and
 # `make archive` (model_store/galaxy-b0.mar, galaxy-b2.mar, galaxy-ensemble.war from the checkpoints
 # in RUN). DEVICE=cpu takes the same pinned torch/torchvision versions from PyTorch's CPU-only wheel
 # index (about 3 GB smaller); DEVICE=cuda takes PyPI's wheels, which carry the CUDA libraries: the
@@ -34,18 +34,18 @@ WORKDIR /app
 COPY Makefile requirements.txt pyproject.toml ./
 COPY galaxy_morph galaxy_morph
 COPY galaxy_service galaxy_service
+COPY prediction prediction
 RUN case "$DEVICE" in \
       cpu) export PIP_EXTRA_INDEX_URL="$TORCH_CPU_INDEX" ;; \
       cuda) ;; \
       *) echo "DEVICE must be cpu or cuda, got $DEVICE" >&2; exit 1 ;; \
     esac \
- && make setup \
+ && make setup java \
  && rm -rf /var/lib/apt/lists/* /root/.cache
 
 COPY config.properties ./
 COPY handlers handlers
 COPY deploy deploy
-COPY prediction prediction
 COPY ${RUN} ${RUN}
 RUN mkdir -p model_store \
  && make archive RUN=${RUN} VERSION=${VERSION} \

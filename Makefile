@@ -44,7 +44,7 @@ help:
 	@echo "make classify INPUT=positions.csv OUT=catalog.fits [CUTOUT_URL=.../cutout.fits] [RA_COL=RAJ2000]"
 	@echo "make predict INPUT=... OUT=catalog.csv|.parquet [MODEL=ensemble|b0|b2] [RAY_ADDRESS=...]   offline, on Ray"
 
-setup: $(STAMP) java
+setup: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -69,7 +69,7 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "the browser test needs Chromium: sudo apt-get install -y chromium" >&2; exit 1; fi
 
-test: setup browser
+test: setup java browser
 	$(PY) -m pytest -q
 
 data: setup
@@ -90,26 +90,28 @@ models: setup
 train: setup
 	$(PY) -m training.train --model $(MODEL) --data $(DATA) --out $(OUT) $(if $(EPOCHS),--epochs $(EPOCHS))
 
+# RUN is required here: the shipped checkpoints/demo reports are not to be overwritten by accident.
 evaluate: setup
-	$(PY) -m training.evaluate --run $(RUN) $(if $(filter command line,$(origin DATA)),--data $(DATA))
+	$(if $(filter file,$(origin RUN)),$(error make evaluate needs RUN=dir (a run with its training data)))
+	$(PY) -m training.evaluate --run $(RUN) $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(TTA),--tta)
 
 archive: setup
 	$(PY) -m handlers.archive --run $(RUN) --store model_store $(if $(VERSION),--version $(VERSION))
 
-serve: setup
+serve: setup java
 	RUN=$(RUN) scripts/serve.sh
 
 stop:
 	scripts/stop.sh
 
 # make versions ARGS="set-default galaxy-b0 2.0" (see scripts/versions.sh)
-versions: setup
+versions: setup java
 	scripts/versions.sh $(ARGS)
 
 dashboard: setup
 	scripts/dashboard.sh
 
-bench: setup
+bench: setup java
 	$(PY) -m bench.serving
 
 bench-train: setup

@@ -68,7 +68,7 @@ def read_catalog_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or header[:5] != BASE:
-            raise CatalogError(f"{path} is not a catalogue written by galaxy_morph.bulk "
+            raise CatalogError(f"{path} is not a catalogue written by galaxy_service.bulk "
                                f"(its columns should start with {', '.join(BASE)})")
         rows = [row for row in reader if len(row) == len(header)]
     return header, rows
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m galaxy_morph.catalog",
                                 description="Convert a bulk-classifier CSV to a FITS, VOTable or ECSV "
                                             "table with units and column descriptions.")
-    p.add_argument("csv", help="catalogue CSV written by galaxy_morph.bulk / make classify")
+    p.add_argument("csv", help="catalogue CSV written by galaxy_service.bulk / make classify")
     p.add_argument("out", help="table to write: .fits, .vot (VOTable), .ecsv (or .csv)")
     p.add_argument("--positions", default=None,
                    help="the run's input, to add ra/dec: a positions table (csv/fits/vot/ecsv) or an "

@@ -172,7 +172,7 @@ def open_input(path: str | os.PathLike, skip=frozenset(), fetcher=None,
         raise BulkError("no input given: --input FOLDER_OR_H5 (make classify INPUT=...)")
     path = Path(path)
     if not path.exists():
-        raise BulkError(f"input not found: {path!s} (give a folder of JPEG/PNG images or an HDF5 file)")
+        raise BulkError(f"input not found: {path!s} (give a folder of JPEG, PNG or FITS cutouts, an HDF5 file, or a table of sky positions)")
     if table_format(path) and path.is_file():
         return position_items(path, skip, fetcher, columns or {})
     if path.is_dir():

@@ -187,6 +187,9 @@ def build_workflow_archive(store: Path, urls: dict, f1: dict | None = None,
     return store / f"{name}.war"
 
 
+BUILT_FROM = ".built_from"
+
+
 def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_name=False,
               model_config: dict | None = None, workflow_models: dict | None = None) -> list[Path]:
     """Every model archive, then the workflow over them (two or more models, B0 first); the two
@@ -205,6 +208,8 @@ def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_
             f1={m: val_f1(run / m, metas[m]) for m in members},
             versions={m: str(version or metas[m].get("version") or "1.0") for m in members},
             workflow_models=workflow_models))
+    # which checkpoints the store now serves: `make serve` rebuilds when it is another RUN
+    (store / BUILT_FROM).write_text(str(run.resolve()) + "\n")
     return built
 
 

@@ -33,13 +33,12 @@ else
     for m in "${models[@]}"; do  # missing, or a checkpoint newer than its archive (retrained)
         if [[ ! -f "$STORE/galaxy-$m.mar" || "$RUN/$m/model.pt" -nt "$STORE/galaxy-$m.mar" ]]; then stale=1; fi
     done
-    built_from="$(cd "$RUN" 2>/dev/null && pwd || echo "$RUN")"
+    built_from="$(cd "$RUN" 2>/dev/null && pwd -P || echo "$RUN")"  # handlers.archive writes the stamp
     [[ "$(cat "$STORE/.built_from" 2>/dev/null)" == "$built_from" ]] || stale=1
     if (( stale )); then
         echo "building archives from $RUN"
         "$PY" -m handlers.archive --run "$RUN" --store "$STORE" --models "$(IFS=,; echo "${models[*]}")" \
             $( [[ -n "${VERSION:-}" ]] && echo --version "$VERSION" )
-        echo "$built_from" > "$STORE/.built_from"
     fi
     echo "starting TorchServe (log: logs/ts_log.log, logs/torchserve.out)"
     "$PY" -m handlers.server start --store "$STORE" --workdir "$ROOT"
