@@ -9,7 +9,7 @@
 #
 # The steps are the Makefile's own: `make setup java` (the venv from requirements.txt, Java 17) and
 # `make archive` (model_store/galaxy-b0.mar, galaxy-b2.mar, galaxy-ensemble.war from the checkpoints
-# in RUN). DEVICE=cpu takes the same pinned torch/torchvision versions from PyTorch's CPU-only wheel
+# in RUN, with the serving settings of DEVICE: for cuda bf16, batches of 32, JPEGs decoded on the GPU). DEVICE=cpu takes the same pinned torch/torchvision versions from PyTorch's CPU-only wheel
 # index (about 3 GB smaller); DEVICE=cuda takes PyPI's wheels, which carry the CUDA libraries: the
 # node needs only the NVIDIA driver and container toolkit (Kubernetes: the NVIDIA device plugin).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -48,7 +48,7 @@ COPY handlers handlers
 COPY deploy deploy
 COPY ${RUN} ${RUN}
 RUN mkdir -p model_store \
- && make archive RUN=${RUN} VERSION=${VERSION} \
+ && make archive RUN=${RUN} VERSION=${VERSION} DEVICE=${DEVICE} \
  && ls -l model_store
 
 # Non-root; only logs/ (and /tmp) are written at run time, so the root file system can be read-only.

@@ -26,10 +26,11 @@ VERSION ?=
 export TS_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT DASHBOARD_PORT
 
 .PHONY: help setup java browser test data demo-data demo-models models train evaluate archive serve stop versions \
-        dashboard bench bench-train classify predict clean
+        dashboard bench bench-train bench-gpu classify predict clean
 
 help:
 	@echo "make serve        set up, serve the shipped demo models (or RUN=dir), start TorchServe + dashboard"
+	@echo "                  [DEVICE=cpu|cuda] serving settings, [TTA=1] answers averaged over 8 flips/rotations"
 	@echo "make test         set up, run the test suite"
 	@echo "make stop         stop TorchServe and the dashboard"
 	@echo "make data         download Galaxy10_DECals.h5 (2.54 GB) into data/"
@@ -38,9 +39,9 @@ help:
 	@echo "make models DATA=path [RUN=runs/NAME] [EPOCHS=n] [PRETRAINED=1|0] [RECIPE=seed|strong] [MODELS=b0,b2]"
 	@echo "                  train, evaluate (TTA) and archive every model; finished stages are skipped"
 	@echo "make train MODEL=b0|b2|convnext DATA=path [EPOCHS=n] [OUT=dir]"
-	@echo "make evaluate RUN=dir [DATA=path]"
-	@echo "make archive [RUN=checkpoints/demo] [VERSION=x]   build model_store/*.mar and the .war"
-	@echo "make bench | bench-train | classify INPUT=... OUT=catalog.csv [MODEL=galaxy-ensemble]"
+	@echo "make evaluate RUN=dir [DATA=path] [TTA=1]"
+	@echo "make archive [RUN=checkpoints/demo] [VERSION=x] [DEVICE=cpu|cuda] [TTA=1]   build model_store/*.mar and the .war"
+	@echo "make bench | bench-train | bench-gpu | classify INPUT=... OUT=catalog.csv [MODEL=galaxy-ensemble]"
 	@echo "make classify INPUT=positions.csv OUT=catalog.fits [CUTOUT_URL=.../cutout.fits] [RA_COL=RAJ2000]"
 	@echo "make predict INPUT=... OUT=catalog.csv|.parquet [MODEL=ensemble|b0|b2] [RAY_ADDRESS=...]   offline, on Ray"
 
@@ -96,10 +97,11 @@ evaluate: setup
 	$(PY) -m training.evaluate --run $(RUN) $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(TTA),--tta)
 
 archive: setup
-	$(PY) -m handlers.archive --run $(RUN) --store model_store $(if $(VERSION),--version $(VERSION))
+	$(PY) -m handlers.archive --run $(RUN) --store model_store $(if $(VERSION),--version $(VERSION)) \
+		--device $(or $(DEVICE),cpu) $(if $(filter-out 0,$(TTA)),--tta)
 
 serve: setup java
-	RUN=$(RUN) scripts/serve.sh
+	RUN=$(RUN) DEVICE=$(or $(DEVICE),cpu) TTA=$(filter-out 0,$(TTA)) scripts/serve.sh
 
 stop:
 	scripts/stop.sh
@@ -116,6 +118,10 @@ bench: setup java
 
 bench-train: setup
 	$(PY) -m bench.training
+
+# on a GPU machine: served B0/B2 at concurrency 1, 8, 64 against raw on the same card
+bench-gpu: setup java
+	$(PY) -m bench.gpu_serving $(if $(DEVICE),--device $(DEVICE))
 
 INPUT ?=
 CATALOG ?= catalog.csv

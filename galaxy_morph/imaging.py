@@ -58,6 +58,34 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return to_rgb8(img)
 
 
+def decode_to_tensor(data: bytes, max_pixels: int = MAX_PIXELS, device="cpu"):
+    """decode_image as a uint8 CHW RGB tensor on `device`. Complete 8-bit RGB or greyscale JPEGs
+    (the survey cutouts) are checked from their header only and decoded by
+    torchvision.io.decode_jpeg on that device (nvJPEG on a GPU); anything else, and any JPEG that
+    decoder refuses, goes through decode_image and is copied over."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = bytes(data)
+    if data[:2] == b"\xff\xd8" and data.rstrip(b"\0")[-2:] == b"\xff\xd9":  # a whole JPEG
+        try:
+            header = Image.open(io.BytesIO(data))  # reads the header, not the pixels
+            w, h = header.size
+            usable = header.format == "JPEG" and header.mode in ("RGB", "L") and w >= 8 and h >= 8
+        except Exception:
+            usable = False
+        if usable and w * h > max_pixels:
+            raise ImageTooLarge(f"image too large: {w}x{h} is over the limit of {max_pixels} pixels")
+        if usable:
+            try:
+                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                   mode=ImageReadMode.RGB, device=device)
+            except RuntimeError:
+                pass  # e.g. a progressive or arithmetic-coded JPEG nvJPEG does not take: PIL's way
+    img = decode_image(data, max_pixels)
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).to(device)
+
+
 def to_rgb8(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB; 16-bit images are scaled, not clipped."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

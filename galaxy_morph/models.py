@@ -151,6 +151,28 @@ def load_matching(model: nn.Module, state: dict, source: str) -> list[str]:
     return sorted(set(own) - set(usable))
 
 
+def dihedral(x: torch.Tensor):
+    """The 8 flips/90-degree rotations of a NCHW batch (galaxies have no preferred orientation)."""
+    for flipped in (x, x.flip(3)):
+        for k in range(4):
+            yield torch.rot90(flipped, k, (2, 3))
+
+
+def class_probabilities(model: nn.Module, x: torch.Tensor, tta: bool = False,
+                        autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Softmax (float32, N x classes) of a normalised NCHW batch on the model's device. `tta`: the
+    mean over the 8 dihedral views, run as one batch of 8N; `autocast_dtype` (torch.bfloat16): the
+    forward under autocast on the batch's device."""
+    n = x.shape[0]
+    if tta:
+        x = torch.cat(list(dihedral(x)))
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32,
+                                                enabled=autocast_dtype is not None):
+        probs = model(x).float().softmax(1)
+    return probs.view(-1, n, probs.shape[1]).mean(0)
+
+
 def classifier_layer(model: nn.Module) -> nn.Module:
     """The last feature stage, the natural Grad-CAM layer of every spec's architecture."""
     if hasattr(model, "conv_head"):  # timm EfficientNet

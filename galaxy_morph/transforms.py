@@ -1,6 +1,7 @@
 """Train and eval transforms derived from a ModelSpec (PIL RGB image -> normalised CHW tensor).
 
     eval_transform(spec)                       # resize, centre crop, normalise
+    eval_tensor_transform(spec)                # the same on a uint8 CHW tensor (GPU-decoded images)
     train_transform(spec)                      # + the seed's flip and rotation
     train_transform(spec, scale=(0.9, 1.1), translate=0.05)   # + scale/translation jitter
 
@@ -27,6 +28,17 @@ def eval_transform(spec: ModelSpec) -> T.Compose:
         T.Resize(spec.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
         T.CenterCrop(spec.crop),
         T.ToTensor(),
+        T.Normalize(spec.mean, spec.std),
+    ])
+
+
+def eval_tensor_transform(spec: ModelSpec) -> T.Compose:
+    """eval_transform for a uint8 CHW tensor on any device (an image decoded on the GPU): the same
+    resize, crop and normalisation from the same spec, computed by torch instead of PIL."""
+    return T.Compose([
+        T.Resize(spec.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+        T.CenterCrop(spec.crop),
+        T.ConvertImageDtype(torch.float32),  # /255, as ToTensor
         T.Normalize(spec.mean, spec.std),
     ])
 

@@ -413,7 +413,7 @@ class RetryPolicy:
     def retrying(self, retries: int | None = None, on_retry=None) -> Retrying:
         """tenacity: retry TransientError with exponential backoff; reraise the last one."""
         return Retrying(stop=stop_after_attempt((self.retries if retries is None else retries) + 1),
-                        wait=wait_exponential_jitter(initial=self.backoff, max=self.max_backoff,
+                        wait=wait_exponential_jitter(multiplier=self.backoff, max=self.max_backoff,
                                                      jitter=self.backoff / 2),
                         retry=retry_if_exception_type(TransientError), reraise=True,
                         before_sleep=on_retry)

@@ -2,6 +2,7 @@
 
     python -m handlers.archive --run checkpoints/demo --store model_store [--version V]
                                [--models b0,b2,convnext] [--no-workflow] [--versioned-name]
+                               [--device cpu|cuda] [--tta]
 
 For each model M in --models (default: every spec with a checkpoint in RUN, RUN/M/model.pt), RUN/M
 must hold a checkpoint (model.pt + meta.json from galaxy_morph.models.save_checkpoint);
@@ -11,7 +12,8 @@ one) containing the handler, the core package, the checkpoint, index_to_name.jso
 model_card.json and model-config.yaml, and then STORE/galaxy-ensemble.war over those .mar files
 (two or more): pre -> (b0, b2, ...) -> ensemble, B0 first, the members and their per-class
 validation F1 in its ensemble.json. The version is --version, else the checkpoint's meta
-"version", else 1.0.
+"version", else 1.0. --device picks the serving settings of DEVICE_CONFIG; --tta makes every model
+answer with the mean over the 8 flips/quarter turns (8x the compute per image).
 """
 from __future__ import annotations
 
@@ -41,6 +43,14 @@ MODELS = tuple(MODEL_NAMES)  # spec names of the default pair: "b0", "b2"
 # dashboard) waited twice as long for no gain in throughput at concurrency 8 (make bench).
 MODEL_CONFIG = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10,
                 "responseTimeout": 120, "startupTimeout": 120}
+# Per serving device, over MODEL_CONFIG. On a GPU the forward costs little next to decoding and the
+# Python around it: larger batches, bf16 autocast, and JPEGs decoded by nvJPEG on the GPU
+# (torchvision.io.decode_jpeg(device="cuda")); the handler reads the `handler:` part.
+DEVICE_CONFIG = {
+    "cpu": {"handler": {"precision": "fp32", "decode": "pil"}},
+    "cuda": {"deviceType": "gpu", "batchSize": 32, "maxBatchDelay": 5,
+             "handler": {"precision": "bf16", "decode": "device"}},
+}
 # Grad-CAM layer per model: B0's last stage is 4x4 at 128 px, features.5 is 8x8.
 CAM_LAYERS = {"b0": "features.5"}
 # TorchServe 0.12 queues a workflow node's job before it attaches the promise that receives the
@@ -117,8 +127,21 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path) -> di
     return card
 
 
+def model_config_for(m: str, spec_name: str, device: str = "cpu", tta: bool = False,
+                     overrides: dict | None = None) -> dict:
+    """model-config.yaml of model M: MODEL_CONFIG, the device's settings, then `overrides`."""
+    if device not in DEVICE_CONFIG:
+        raise ValueError(f"unknown serving device {device!r}: choose one of {', '.join(DEVICE_CONFIG)}")
+    dev = dict(DEVICE_CONFIG[device])
+    handler = {"spec": spec_name, **dev.pop("handler"), "tta": bool(tta)}
+    if m in CAM_LAYERS:
+        handler["cam_layer"] = CAM_LAYERS[m]
+    return {**MODEL_CONFIG, **dev, **(overrides or {}), "handler": handler}
+
+
 def build_model_archive(run: Path, m: str, store: Path, version: str | None = None,
-                        versioned_name: bool = False, model_config: dict | None = None) -> Path:
+                        versioned_name: bool = False, model_config: dict | None = None,
+                        device: str = "cpu", tta: bool = False) -> Path:
     """STORE/galaxy-M.mar; `model_config` overrides MODEL_CONFIG (workers, batching...)."""
     ckpt = run / m
     meta = read_meta(ckpt)
@@ -140,10 +163,7 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
         (extra / "index_to_name.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
         (extra / "model_card.json").write_text(json.dumps(model_card(name, version, ckpt, meta, run),
                                                           indent=1, default=str))
-        config = {**MODEL_CONFIG, **(model_config or {})}
-        config["handler"] = {"spec": meta["spec"]["name"]}
-        if m in CAM_LAYERS:
-            config["handler"]["cam_layer"] = CAM_LAYERS[m]
+        config = model_config_for(m, meta["spec"]["name"], device, tta, model_config)
         (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [_tool("torch-model-archiver"), "--model-name", name, "--version", version,
                "--handler", str(HANDLERS / "galaxy_handler.py"), "--extra-files", str(extra),
@@ -190,15 +210,22 @@ def build_workflow_archive(store: Path, urls: dict, f1: dict | None = None,
 BUILT_FROM = ".built_from"
 
 
+def built_from(run, device: str = "cpu", tta: bool = False) -> str:
+    """What a store was built from: the checkpoints' real path and the serving options."""
+    return f"{Path(run).resolve()} device={device} tta={int(bool(tta))}"
+
+
 def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_name=False,
-              model_config: dict | None = None, workflow_models: dict | None = None) -> list[Path]:
+              model_config: dict | None = None, workflow_models: dict | None = None,
+              device: str = "cpu", tta: bool = False) -> list[Path]:
     """Every model archive, then the workflow over them (two or more models, B0 first); the two
     dicts override the serving defaults."""
     run, store = Path(run), Path(store)
     if workflow and len(models) < 2:
         raise SystemExit(f"the ensemble workflow needs two or more models, got {', '.join(models)}: "
                          f"add more with --models, or --no-workflow")
-    built = [build_model_archive(run, m, store, version, versioned_name, model_config) for m in models]
+    built = [build_model_archive(run, m, store, version, versioned_name, model_config, device, tta)
+             for m in models]
     if workflow:
         files = {m: p.name for m, p in zip(models, built)}
         members = workflow_members(models)
@@ -208,8 +235,8 @@ def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_
             f1={m: val_f1(run / m, metas[m]) for m in members},
             versions={m: str(version or metas[m].get("version") or "1.0") for m in members},
             workflow_models=workflow_models))
-    # which checkpoints the store now serves: `make serve` rebuilds when it is another RUN
-    (store / BUILT_FROM).write_text(str(run.resolve()) + "\n")
+    # what the store now serves: `make serve` rebuilds for other checkpoints or options
+    (store / BUILT_FROM).write_text(built_from(run, device, tta) + "\n")
     return built
 
 
@@ -228,7 +255,16 @@ def main(argv=None):
     ap.add_argument("--no-workflow", action="store_true", help="skip galaxy-ensemble.war")
     ap.add_argument("--versioned-name", action="store_true",
                     help="write galaxy-M-vVERSION.mar instead of galaxy-M.mar")
+    ap.add_argument("--device", default="cpu", choices=list(DEVICE_CONFIG),
+                    help="serving settings: cpu, or cuda (bf16, larger batches, JPEGs decoded on the GPU)")
+    ap.add_argument("--tta", action="store_true",
+                    help="answer with the mean over the 8 flips/quarter turns (8x the compute)")
+    ap.add_argument("--print-built-from", action="store_true",
+                    help="print what the store would be stamped with, build nothing")
     args = ap.parse_args(argv)
+    if args.print_built_from:
+        print(built_from(args.run, args.device, args.tta))
+        return
     if args.models is None:
         models = checkpoints_in(Path(args.run))
         if not models:
@@ -242,7 +278,7 @@ def main(argv=None):
     if len(set(models)) != len(models):
         ap.error(f"--models {args.models!r} names a model twice")
     for p in build_all(args.run, args.store, args.version, models, not args.no_workflow,
-                       args.versioned_name):
+                       args.versioned_name, device=args.device, tta=args.tta):
         print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -9,6 +9,11 @@ so preprocess() decides per request. `model-config.yaml` may add a `handler:` se
       spec: b0                   # checked against the checkpoint's spec
       cam_layer: features.5      # Grad-CAM layer (default: galaxy_morph.models.classifier_layer)
       max_pixels: 16777216       # decoded image size limit (default: galaxy_morph.imaging.MAX_PIXELS)
+      tta: false                 # true: mean over the 8 flips/quarter turns (8x the compute)
+      precision: fp32            # bf16: the forward under bf16 autocast (what a GPU archive sets)
+      decode: pil                # device: JPEGs decoded on the model's device (nvJPEG on a GPU)
+
+`python -m handlers.archive --device cuda` writes the GPU settings (handlers/archive.py DEVICE_CONFIG).
 
 Bodies: galaxy_morph.payload; answers: galaxy_morph.answers.prediction(); a refused request gets
 {"error", "code"} with the status its error type carries (docs/api.md). Built by
@@ -25,15 +30,17 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from galaxy_morph.answers import prediction
-from galaxy_morph.imaging import MAX_PIXELS, ImageError, decode_image
-from galaxy_morph.models import classifier_layer, load_checkpoint
+from galaxy_morph.imaging import MAX_PIXELS, ImageError, decode_image, decode_to_tensor
+from galaxy_morph.models import class_probabilities, classifier_layer, load_checkpoint
 from galaxy_morph.payload import RequestError, class_index, error_body, header, read_request
 from galaxy_morph.specs import ModelSpec
-from galaxy_morph.transforms import eval_transform
+from galaxy_morph.transforms import eval_tensor_transform, eval_transform
 
 logger = logging.getLogger(__name__)
 CARD_FILE = "model_card.json"
 TARGET_HEADER = "X-Target-Class"  # explanations: class index or name to explain
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+DECODERS = ("pil", "device")
 
 
 class GalaxyHandler(BaseHandler):
@@ -53,6 +60,13 @@ class GalaxyHandler(BaseHandler):
             raise ValueError(f"model-config.yaml names spec {config['spec']!r} but the checkpoint "
                              f"holds {self.spec.name!r}")
         self.max_pixels = int(config.get("max_pixels", MAX_PIXELS))
+        self.tta = bool(config.get("tta", False))
+        precision, self.decoder = config.get("precision", "fp32"), config.get("decode", "pil")
+        if precision not in PRECISIONS or self.decoder not in DECODERS:
+            raise ValueError(f"model-config.yaml handler: precision must be one of {', '.join(PRECISIONS)} "
+                             f"and decode one of {', '.join(DECODERS)}, got {precision!r} and {self.decoder!r}")
+        self.autocast_dtype = PRECISIONS[precision]
+        self.tensor_transform = eval_tensor_transform(self.spec)
         self.cam_layer_name = config.get("cam_layer") or next(
             n for n, m in self.model.named_modules() if m is classifier_layer(self.model))
         self.model_name = context.model_name
@@ -72,7 +86,10 @@ class GalaxyHandler(BaseHandler):
         for i, row in enumerate(data):
             try:
                 raw, options = read_request(row)
-                x = self.transform(decode_image(raw, self.max_pixels))
+                if self.decoder == "device":
+                    x = self.tensor_transform(decode_to_tensor(raw, self.max_pixels, self.device))
+                else:
+                    x = self.transform(decode_image(raw, self.max_pixels))
                 explain = header(self.context, i, "explain") == "True"
                 target = options.get("target", header(self.context, i, TARGET_HEADER))
                 items.append((x, explain, class_index(target, self.class_names) if explain else None))
@@ -88,9 +105,8 @@ class GalaxyHandler(BaseHandler):
         out = list(items)
         batch = [i for i, it in enumerate(items) if isinstance(it, tuple) and not it[1]]
         if batch:
-            with torch.inference_mode():
-                x = torch.stack([items[i][0] for i in batch]).to(self.device)
-                probs = torch.softmax(self.model(x.contiguous(memory_format=torch.channels_last)).float(), 1)
+            x = torch.stack([items[i][0] for i in batch]).to(self.device)
+            probs = class_probabilities(self.model, x, self.tta, self.autocast_dtype)
             for i, p in zip(batch, probs.cpu().tolist()):
                 out[i] = p
         for i, it in enumerate(items):

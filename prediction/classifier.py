@@ -6,7 +6,7 @@
 
 Every step is the core's, as the TorchServe handler and the ensemble workflow use them:
 galaxy_morph.imaging.decode_image for bytes, galaxy_morph.models.load_checkpoint, the spec's
-galaxy_morph.transforms.eval_transform, softmax over a channels_last batch, answers from
+galaxy_morph.transforms.eval_transform, galaxy_morph.models.class_probabilities, answers from
 galaxy_morph.answers, and the galaxy_morph.ensemble rules. An HDF5 row (pixels) is used as the
 server uses its PNG: the same 8-bit RGB pixels (galaxy_morph.imaging.to_rgb8).
 
@@ -26,7 +26,7 @@ import numpy as np
 from galaxy_morph.answers import WORKFLOW_NAME, ensemble_prediction, prediction, served_name
 from galaxy_morph.ensemble import RULES, combine
 from galaxy_morph.imaging import ImageError, decode_image, to_rgb8
-from galaxy_morph.models import META_FILE, WEIGHTS_FILE, load_checkpoint
+from galaxy_morph.models import META_FILE, WEIGHTS_FILE, class_probabilities, load_checkpoint
 from galaxy_morph.specs import ModelSpec
 from galaxy_morph.transforms import eval_transform
 
@@ -98,10 +98,8 @@ class LoadedModel:
     def probabilities(self, images) -> list[list[float]]:
         import torch
 
-        x = torch.stack([self.transform(im) for im in images])
-        with torch.inference_mode():
-            x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-            return torch.softmax(self.model(x).float(), dim=1).cpu().tolist()
+        x = torch.stack([self.transform(im) for im in images]).to(self.device)
+        return class_probabilities(self.model, x).cpu().tolist()
 
 
 def to_image(item):

@@ -5,6 +5,8 @@
 #
 #   scripts/serve.sh            # RUN=checkpoints/demo (the shipped demo models) by default;
 #                               # ports from TS_*_PORT (8080/8081/8082)
+#   DEVICE=cuda scripts/serve.sh   # GPU serving settings (handlers/archive.py DEVICE_CONFIG)
+#   TTA=1 scripts/serve.sh         # every answer the mean over the 8 flips/quarter turns
 #
 # Logs and the pid file go to logs/; key_file.json (the API tokens) to the repository root.
 set -euo pipefail
@@ -13,6 +15,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 RUN="${RUN:-checkpoints/demo}"
+DEVICE="${DEVICE:-cpu}"
+TTA="${TTA:-}"
 STORE="$ROOT/model_store"
 mkdir -p logs "$STORE"
 
@@ -33,12 +37,15 @@ else
     for m in "${models[@]}"; do  # missing, or a checkpoint newer than its archive (retrained)
         if [[ ! -f "$STORE/galaxy-$m.mar" || "$RUN/$m/model.pt" -nt "$STORE/galaxy-$m.mar" ]]; then stale=1; fi
     done
-    built_from="$(cd "$RUN" 2>/dev/null && pwd -P || echo "$RUN")"  # handlers.archive writes the stamp
+    options=(--device "$DEVICE")
+    [[ -n "$TTA" && "$TTA" != 0 ]] && options+=(--tta)
+    # handlers.archive stamps the store with the checkpoints and options it was built from
+    built_from="$("$PY" -m handlers.archive --run "$RUN" "${options[@]}" --print-built-from)"
     [[ "$(cat "$STORE/.built_from" 2>/dev/null)" == "$built_from" ]] || stale=1
     if (( stale )); then
-        echo "building archives from $RUN"
+        echo "building archives from $RUN (${options[*]})"
         "$PY" -m handlers.archive --run "$RUN" --store "$STORE" --models "$(IFS=,; echo "${models[*]}")" \
-            $( [[ -n "${VERSION:-}" ]] && echo --version "$VERSION" )
+            "${options[@]}" $( [[ -n "${VERSION:-}" ]] && echo --version "$VERSION" )
     fi
     echo "starting TorchServe (log: logs/ts_log.log, logs/torchserve.out)"
     "$PY" -m handlers.server start --store "$STORE" --workdir "$ROOT"

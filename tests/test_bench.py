@@ -167,3 +167,22 @@ def test_write_md_has_both_raw_rates_and_the_ratio(tmp_path):
     assert "| ensemble | 300 | 300 | 40.0 | 7.5 | 15.0 | 20.0" in text and "| 0.75 |" in text
     assert "failed: did not start" in text
     json.dumps({**summary, "goals": goals, "ray": ray})  # what main() writes is JSON
+
+
+def test_gpu_bench_raw_rates_follow_the_archive_settings(tmp_path, capsys):
+    """bench.gpu_serving's raw rates run with the archive's settings for the device (here the CPU
+    ones), and the script refuses cuda where there is none."""
+    from bench import gpu_serving
+    from galaxy_morph.models import build_model, save_checkpoint
+    from galaxy_morph.specs import GALAXY10_CLASSES
+
+    save_checkpoint(tmp_path / "b0", build_model("b0"), get_spec("b0"), GALAXY10_CLASSES, version="1.0",
+                    data={"path": "random-init", "sha256": None, "n": 0})
+    payloads = serving.sample_payloads()[:16]
+    r = gpu_serving.raw_rates(tmp_path, "b0", "cpu", payloads, seconds=0.2)
+    assert r["precision"] == "fp32" and r["decode"] == "pil" and r["batch"] == 8
+    assert r["raw_img_s"] > 0 and r["raw_bytes_img_s"] > 0
+    if not torch.cuda.is_available():
+        assert gpu_serving.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
+        assert "no CUDA device here" in capsys.readouterr().err
+        assert not (tmp_path / "benchmarks_gpu.json").exists()

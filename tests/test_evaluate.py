@@ -8,7 +8,7 @@ import torch
 
 from galaxy_morph import GALAXY10_CLASSES, get_spec
 from galaxy_morph.data import file_sha256, inspect_h5, make_split, save_split
-from galaxy_morph.models import build_model, save_checkpoint
+from galaxy_morph.models import build_model, dihedral, save_checkpoint
 from tests.test_data import make_h5
 from training import evaluate as ev
 
@@ -87,7 +87,7 @@ def test_wrong_data_file_refused(run_dir, tmp_path, capsys):
 
 def test_dihedral_views():
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
-    views = list(ev.dihedral(x))
+    views = list(dihedral(x))
     assert len(views) == 8 and torch.equal(views[0], x)
     assert len({tuple(v[0, 0].flatten().tolist()) for v in views}) == 8  # all different
 

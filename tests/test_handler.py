@@ -377,3 +377,90 @@ def test_handler_module_defines_one_class():
     import handlers.galaxy_handler as module
 
     assert list_classes_from_module(module) == [GalaxyHandler]
+
+
+def make_handler(model_dir, **config):
+    h = GalaxyHandler()
+    h.initialize(make_context(model_dir, [{}], yaml_config={"handler": {"spec": "b0", **config}}))
+    return h
+
+
+SHIPPED_B0 = Path(__file__).resolve().parents[1] / "checkpoints" / "demo" / "b0"
+needs_shipped = pytest.mark.skipif(not (SHIPPED_B0 / "model.pt").is_file(), reason="no shipped demo models")
+
+
+@needs_shipped
+def test_tta_answers_do_not_depend_on_orientation(sample_images):
+    """With tta the answer is the mean over the 8 flips/quarter turns, so it no longer depends on
+    how the galaxy was turned or mirrored (the trained B0 on a real sample)."""
+    plain, tta = make_handler(SHIPPED_B0), make_handler(SHIPPED_B0, tta=True)
+    img = Image.open(sample_images[7]).convert("RGB")
+    views = []
+    T = Image.Transpose
+    for op in (None, T.ROTATE_90, T.ROTATE_180, T.ROTATE_270, T.FLIP_LEFT_RIGHT, T.FLIP_TOP_BOTTOM,
+               T.TRANSPOSE, T.TRANSVERSE):  # the 8 symmetries of the square
+        buf = io.BytesIO()
+        (img if op is None else img.transpose(op)).save(buf, "PNG")
+        views.append({"body": buf.getvalue()})
+    out_plain, _ = run(plain, SHIPPED_B0, views)
+    out_tta, codes = run(tta, SHIPPED_B0, views)
+    assert codes == [200] * 8
+    spread = lambda out: max(abs(o["probabilities"][c] - out[0]["probabilities"][c])
+                             for o in out for c in GALAXY10_CLASSES)
+    # One view: the answer moves with the orientation; the dihedral mean does not (up to PIL's
+    # uint8 rounding of the resize, which differs for a turned image).
+    assert spread(out_tta) < 0.1 * spread(out_plain)
+    mean = np.mean([[o["probabilities"][c] for c in GALAXY10_CLASSES] for o in out_plain], 0)
+    assert np.allclose(mean, [out_tta[0]["probabilities"][c] for c in GALAXY10_CLASSES], atol=1e-2)
+
+
+@needs_shipped
+def test_gpu_settings_answer_as_the_cpu_settings(sample_images):
+    """The GPU archive's handler settings (bf16 autocast, JPEG decoded by torchvision on the
+    model's device), run here on the CPU: the trained B0 gives the same labels on the real samples
+    and nearly the same probabilities."""
+    from handlers.archive import DEVICE_CONFIG
+
+    ref = make_handler(SHIPPED_B0, **DEVICE_CONFIG["cpu"]["handler"])
+    gpu_like = make_handler(SHIPPED_B0, **DEVICE_CONFIG["cuda"]["handler"])
+    assert gpu_like.autocast_dtype == torch.bfloat16 and gpu_like.decoder == "device"
+    rows = [{"body": p.read_bytes()} for p in sample_images]
+    out_ref, _ = run(ref, SHIPPED_B0, rows)
+    out_dev, codes = run(gpu_like, SHIPPED_B0, rows)
+    assert codes == [200] * len(rows)
+    same = sum(a["label"] == b["label"] for a, b in zip(out_ref, out_dev))
+    assert same >= 0.95 * len(rows)
+    diff = max(abs(a["probabilities"][c] - b["probabilities"][c])
+               for a, b in zip(out_ref, out_dev) for c in GALAXY10_CLASSES)
+    assert 0 < diff < 0.1  # bf16 is not fp32, and not far from it
+    # inputs the device decoder does not take go PIL's way; bad ones are refused the same way
+    for row, code, words in BAD:
+        out, codes = run(gpu_like, SHIPPED_B0, [row])
+        assert codes == [code] and words in out[0]["error"], words
+    for mode, fmt in (("L", "JPEG"), ("RGBA", "PNG"), ("CMYK", "JPEG")):
+        out, codes = run(gpu_like, SHIPPED_B0, [{"body": image_bytes(mode, fmt=fmt)}])
+        assert codes == [200], (mode, fmt)
+    truncated = (sample_images[0].read_bytes())[:-600]
+    out, codes = run(gpu_like, SHIPPED_B0, [{"body": truncated}])
+    assert codes == [400] and "truncated" in out[0]["error"]
+
+
+def test_bad_handler_settings_are_refused(b0_dir):
+    for config in ({"precision": "fp8"}, {"decode": "gpu"}):
+        with pytest.raises(ValueError, match="precision must be one of fp32, bf16 and decode one of pil, device"):
+            make_handler(b0_dir, **config)
+
+
+def test_archive_settings_per_device():
+    from handlers import archive
+
+    cpu = archive.model_config_for("b0", "b0", "cpu")
+    cuda = archive.model_config_for("b2", "b2", "cuda", tta=True, overrides={"batchSize": 4})
+    assert "deviceType" not in cpu and cpu["batchSize"] == archive.MODEL_CONFIG["batchSize"]
+    assert cpu["handler"] == {"spec": "b0", "precision": "fp32", "decode": "pil", "tta": False,
+                              "cam_layer": "features.5"}
+    assert cuda["deviceType"] == "gpu" and cuda["batchSize"] == 4  # overrides win
+    assert cuda["handler"] == {"spec": "b2", "precision": "bf16", "decode": "device", "tta": True}
+    with pytest.raises(ValueError, match="unknown serving device 'tpu'"):
+        archive.model_config_for("b0", "b0", "tpu")
+    assert archive.built_from("x", "cuda", True).endswith("/x device=cuda tta=1")

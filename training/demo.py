@@ -30,10 +30,8 @@ import torch
 
 from galaxy_morph import synthetic
 from galaxy_morph.data import DataError
-from galaxy_morph.ensemble import combine
 from galaxy_morph.models import load_checkpoint
-from galaxy_morph.specs import GALAXY10_CLASSES
-from galaxy_morph.transforms import eval_transform
+from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec
 from training import evaluate as ev
 from training import train as tr
 
@@ -90,23 +88,28 @@ def train_one(name, args, out, split=None):
     print(f"demo: {name} trained in {time.time() - t:.0f}s", file=sys.stderr)
 
 
-def real_sample_tables(run, samples=ev.SAMPLES, device="cpu") -> dict:
-    """Per-class accuracy and confusion matrices of b0, b2 and the seed ensemble on the real samples."""
-    images, y = ev.load_samples(samples)
-    probs = {}
+def real_sample_tables(run, samples=ev.SAMPLES, device="cpu", tta=False) -> dict:
+    """Accuracy, per-class accuracy and confusion matrices of b0, b2 and the ensemble rules (seed:
+    what the workflow serves) on the real samples; `tta`: as served with the 8 dihedral views."""
+    models = {}
     for name in ("b0", "b2"):
         model, meta = load_checkpoint(Path(run) / name)
-        from galaxy_morph.specs import ModelSpec
-        tf = eval_transform(ModelSpec.from_dict(meta["spec"]))
-        x = torch.stack([tf(im) for im in images])
-        probs[name] = ev.softmax(ev.log_probs(model, x.split(32), torch.device(device)))
+        models[name] = (model, ModelSpec.from_dict(meta["spec"]), meta)
+    probs, y = ev.sample_probabilities(models, samples, torch.device(device), tta)
+    f1 = {n: (json.loads((Path(run) / n / "report.json").read_text()).get("val_per_class_f1")
+              if (Path(run) / n / "report.json").is_file() else None) for n in models}
     preds = {n: p.argmax(1) for n, p in probs.items()}
-    preds["ensemble"] = np.array([combine("seed", a, b)["label"] for a, b in zip(probs["b0"], probs["b2"])])
+    for rule in ("seed", "mean", "weighted"):
+        if rule != "weighted" or all(f1.values()):
+            preds["ensemble" if rule == "seed" else f"ensemble_{rule}"] = \
+                ev.ensemble_probs(rule, probs, f1).argmax(1)
     k = len(GALAXY10_CLASSES)
-    out = {"n": int(len(y)), "class_names": list(GALAXY10_CLASSES), "per_class": {}, "confusion": {}}
+    out = {"n": int(len(y)), "tta": tta, "class_names": list(GALAXY10_CLASSES), "accuracy": {},
+           "per_class": {}, "confusion": {}}
     for name, pred in preds.items():
         cm = np.zeros((k, k), int)
         np.add.at(cm, (y, pred), 1)
+        out["accuracy"][name] = float(np.mean(pred == y))
         out["confusion"][name] = cm.tolist()
         out["per_class"][name] = [float(cm[c, c] / max(cm[c].sum(), 1)) for c in range(k)]
     return out
@@ -171,6 +174,8 @@ def main(argv=None) -> int:
             device = "cuda" if cuda else "cpu"
             top = ev.evaluate(out, device=device)
             top["real_samples"] = real_sample_tables(out, device=device)
+            # Dihedral TTA is a serving option (make serve TTA=1): its real-sample figures too.
+            top["real_samples_tta"] = real_sample_tables(out, device=device, tta=True)
             ev.write_json(report, top)
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

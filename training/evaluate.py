@@ -30,7 +30,7 @@ from galaxy_morph import GALAXY10_CLASSES
 from galaxy_morph.data import DataError, GalaxyH5Dataset, file_sha256, load_split
 from galaxy_morph.ensemble import RULES, combine_models
 from galaxy_morph.imaging import decode_image
-from galaxy_morph.models import load_checkpoint, read_meta
+from galaxy_morph.models import class_probabilities, load_checkpoint, read_meta
 from galaxy_morph.specs import ALL_SPECS, ModelSpec
 from galaxy_morph.transforms import eval_transform
 
@@ -73,23 +73,12 @@ def ensemble_rules(n_models: int) -> tuple:
     return RULES if n_models == 2 else tuple(r for r in RULES if r != "seed")
 
 
-def dihedral(x: torch.Tensor):
-    """The 8 flips/90-degree rotations of a NCHW batch (galaxies have no preferred orientation)."""
-    for flipped in (x, x.flip(3)):
-        for k in range(4):
-            yield torch.rot90(flipped, k, (2, 3))
-
-
 @torch.no_grad()
 def log_probs(model, batches, device, tta=False) -> np.ndarray:
     """Log of the (TTA-averaged) softmax, float64 rows; softmax(logp / T) is temperature scaling."""
     model.to(device).eval()
-    out = []
-    for x in batches:
-        x = x.to(device)
-        views = list(dihedral(x)) if tta else [x]
-        p = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
-        out.append(p.clamp_min(1e-12).log().double().cpu())
+    out = [class_probabilities(model, x.to(device), tta).clamp_min(1e-12).log().double().cpu()
+           for x in batches]
     return torch.cat(out).numpy()
 
 
@@ -263,7 +252,7 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
 
     real = None
     if samples and Path(samples).is_dir() and all(r["class_names"] == list(GALAXY10_CLASSES) for r in reports.values()):
-        real = score_samples(models, reports, samples, device)
+        real = score_samples(models, reports, samples, device, tta)
 
     # Everything is computed: now write.
     single = (run / "meta.json").is_file()
@@ -293,17 +282,26 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
     return top
 
 
-def score_samples(models, reports, folder, device) -> dict:
-    """Accuracy of each model and of the ensemble (seed rule for two models, else mean) on the
-    real sample JPEGs (never trained on)."""
+def sample_probabilities(models, folder, device, tta=False):
+    """Each model's softmax over the real sample JPEGs (never trained on) and their labels;
+    `models` {name: (model, spec, ...)}. (None, labels) when the folder holds none."""
     images, y = load_samples(folder)
     if not len(y):
-        return None
+        return None, y
     probs = {}
-    for name, (model, spec, _) in models.items():
+    for name, (model, spec, *_) in models.items():
         tf = eval_transform(spec)
         x = torch.stack([tf(im) for im in images])
-        probs[name] = softmax(log_probs(model, x.split(32), device))
+        probs[name] = softmax(log_probs(model, x.split(32), device, tta))
+    return probs, y
+
+
+def score_samples(models, reports, folder, device, tta=False) -> dict:
+    """Accuracy of each model and of the ensemble (seed rule for two models, else mean) on the
+    real sample JPEGs."""
+    probs, y = sample_probabilities(models, folder, device, tta)
+    if probs is None:
+        return None
     real = {name: float(np.mean(p.argmax(1) == y)) for name, p in probs.items()}
     if len(probs) >= 2:
         rule = "seed" if len(probs) == 2 else "mean"
