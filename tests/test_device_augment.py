@@ -106,3 +106,23 @@ def test_warmup_cosine_schedule():
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert lrs[8] == pytest.approx(0.5) and lrs[12:] == pytest.approx([0.0, 0.0], abs=1e-12)
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+
+
+def test_recipe_switches_turn_off_one_at_a_time(capsys):
+    from training import ablate
+    from training.recipes import RECIPES, SWITCHES, get_recipe
+
+    strong = RECIPES["strong"]
+    no_ema = get_recipe("strong", ["ema"])
+    assert no_ema.name == "strong-no-ema" and no_ema.ema_decay is None
+    assert no_ema.mixup_alpha == strong.mixup_alpha and no_ema.scale_jitter == strong.scale_jitter
+    bare = get_recipe("strong", list(SWITCHES))
+    assert (bare.warmup_epochs, bare.ema_decay, bare.scale_jitter, bare.translate, bare.mixup_alpha,
+            bare.cutmix_alpha) == (0.0, None, None, 0.0, 0.0, 0.0)
+    assert bare.epochs_per_t_max == strong.epochs_per_t_max  # the same length: only switches go
+    with pytest.raises(ValueError, match="unknown switch dropout: choose from schedule, ema, jitter, mix"):
+        get_recipe("strong", ["dropout"])
+    assert ablate.recipe_args("strong-no-ema") == ["--recipe", "strong", "--without", "ema"]
+    assert ablate.recipe_args("seed") == ["--recipe", "seed"]
+    assert ablate.main(["--data", "x.h5", "--epochs", "1", "--variants", "strong-no-tta"]) == 2
+    assert "unknown variant(s) strong-no-tta" in capsys.readouterr().err

@@ -22,7 +22,7 @@ optimiser, learning rate, label smoothing and batch size. Each switch of `strong
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,25 @@ RECIPES = {
 }
 
 
-def get_recipe(name: str) -> Recipe:
+# The training switches of a recipe that `--without` turns off, for ablations (training.ablate).
+# "schedule" keeps the length but drops the warm-up and the per-batch cosine (the seed's per-epoch one).
+SWITCHES = {
+    "schedule": {"warmup_epochs": 0.0},
+    "ema": {"ema_decay": None},
+    "jitter": {"scale_jitter": None, "translate": 0.0},
+    "mix": {"mixup_alpha": 0.0, "cutmix_alpha": 0.0},
+}
+
+
+def get_recipe(name: str, without=()) -> Recipe:
+    """A recipe by name, with the switches in `without` turned off (named NAME-no-SWITCH...)."""
     try:
-        return RECIPES[name]
+        recipe = RECIPES[name]
     except KeyError:
         raise ValueError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}") from None
+    unknown = [w for w in without if w not in SWITCHES]
+    if unknown:
+        raise ValueError(f"unknown switch {', '.join(unknown)}: choose from {', '.join(SWITCHES)}")
+    for w in without:
+        recipe = replace(recipe, **SWITCHES[w])
+    return replace(recipe, name="-no-".join([name, *without])) if without else recipe

@@ -39,7 +39,7 @@ from galaxy_morph.models import PretrainedUnavailable, build_model, save_checkpo
 from galaxy_morph.specs import ALL_SPECS, get_spec
 from galaxy_morph.transforms import DeviceAugment, eval_transform, train_transform, uint8_transform
 from training.ema import EMA
-from training.recipes import RECIPES, Recipe, get_recipe
+from training.recipes import RECIPES, SWITCHES, Recipe, get_recipe
 
 VERSION = "1.0"
 SPLIT_FILE = "split.json"
@@ -66,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--pretrained", action="store_true",
                    help="start from the library's ImageNet weights (cache, else download)")
     p.add_argument("--recipe", default="seed", choices=sorted(RECIPES), help="training recipe (training/recipes.py)")
+    p.add_argument("--without", default="", help=f"comma-separated recipe switches to turn off, for "
+                                                 f"ablations: {', '.join(SWITCHES)}")
     p.add_argument("--gpu-augment", action="store_true",
                    help="augment uint8 batches on the training device instead of in the DataLoader")
     p.add_argument("--split", default=None, help="split JSON to use (default: DIR/split.json or a new one)")
@@ -243,7 +245,7 @@ def train(args) -> dict:
     sha = file_sha256(args.data)
     class_names = info["class_names"]
     split, new_split = resolve_split(args, info, sha)
-    recipe = get_recipe(args.recipe)
+    recipe = get_recipe(args.recipe, [w.strip() for w in args.without.split(",") if w.strip()])
     if args.weights is not None and args.pretrained:
         raise ValueError("choose one of --weights FILE and --pretrained")
     epochs = args.epochs or round(spec.t_max * recipe.epochs_per_t_max)
