@@ -57,10 +57,6 @@ def gallery(samples_dir: Path = SAMPLES_DIR) -> list[dict]:
     return sorted(out, key=lambda s: (s["label"], s["k"]))
 
 
-def mime_for(name: str) -> str:
-    return "image/png" if name.lower().endswith(".png") else "image/jpeg"
-
-
 # ----------------------------------------------------------------------------- predictions
 
 def probabilities_frame(probabilities: dict) -> pd.DataFrame:
@@ -334,7 +330,8 @@ def provenance(card: dict, model: str = "") -> dict:
         real = ((card.get("ensemble_comparison") or {}).get("real_samples_accuracy") or {}).get("ensemble")
     synthetic = card.get("synthetic_training_data")
     return {"synthetic": synthetic, "data_path": data.get("path"),
-            "real_samples_accuracy": real if isinstance(real, (int, float)) else None}
+            "real_samples_accuracy": real if isinstance(real, (int, float)) else None,
+            "tta": bool((card.get("serving") or {}).get("tta"))}
 
 
 def provenance_text(p: dict) -> str:
@@ -348,6 +345,8 @@ def provenance_text(p: dict) -> str:
     acc = p["real_samples_accuracy"]
     real = (f"it gets **{acc:.0%}** of the 100 real Galaxy10 DECaLS samples right (chance 10 %)"
             if acc is not None else "its accuracy on real galaxies was not measured")
+    if p.get("tta"):
+        real += ", answering with the mean over the 8 flips and quarter turns of each image"
     return (f"This model was {trained}; {real}. A demonstration of the pipeline, not a survey-grade "
             "classifier: see [Demo models](#demo-models).")
 

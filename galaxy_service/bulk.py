@@ -484,9 +484,6 @@ class Stats:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
 
-    def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-
 
 PROBE_SIZE = 64
 

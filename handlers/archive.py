@@ -96,8 +96,9 @@ def trained_on_synthetic(data: dict) -> bool | None:
         return f.attrs.get("source") == "galaxy_morph.synthetic"
 
 
-def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path) -> dict:
-    """What a user should know about the served model, from its meta and evaluation reports."""
+def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, serving: dict | None = None) -> dict:
+    """What a user should know about the served model, from its meta and evaluation reports;
+    `serving`: the handler settings, whose real-sample figures (with TTA or not) it shows."""
     report = _read_json(ckpt / "report.json")
     run_report = _read_json(run / "report.json")
     card = {
@@ -124,6 +125,16 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path) -> di
         card["note"] = "no evaluation report (RUN/M/report.json) when this archive was built"
     if run_report:
         card["ensemble_comparison"] = run_report
+    serving = {k: v for k, v in (serving or {}).items() if k != "spec"}
+    card["serving"] = serving
+    tta_real = ((run_report or {}).get("real_samples_tta") or {}).get("accuracy") or {}
+    if serving.get("tta") and tta_real:  # answers are TTA means: so are the figures shown
+        m = (meta.get("spec") or {}).get("name")
+        if m in tta_real:
+            card["real_samples_accuracy"] = tta_real[m]
+        card["ensemble_comparison"] = {**run_report, "real_samples_accuracy": {
+            **(run_report.get("real_samples_accuracy") or {}),
+            **{k: v for k, v in tta_real.items() if k in ("b0", "b2", "ensemble")}}}
     return card
 
 
@@ -161,9 +172,9 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         names = meta["class_names"]
         (extra / "index_to_name.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
-        (extra / "model_card.json").write_text(json.dumps(model_card(name, version, ckpt, meta, run),
-                                                          indent=1, default=str))
         config = model_config_for(m, meta["spec"]["name"], device, tta, model_config)
+        card = model_card(name, version, ckpt, meta, run, config["handler"])
+        (extra / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
         (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [_tool("torch-model-archiver"), "--model-name", name, "--version", version,
                "--handler", str(HANDLERS / "galaxy_handler.py"), "--extra-files", str(extra),

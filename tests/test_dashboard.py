@@ -277,6 +277,8 @@ def test_comparison_table_formats_ece_and_provenance():
     assert "synthetic galaxies" in text and "48%" in text and "(#demo-models)" in text
     assert "47%" in views.provenance_text(views.provenance(card, "galaxy-ensemble"))
     assert "not measured" in views.provenance_text(views.provenance({"training_data": {"path": "x.h5"}}))
+    assert "8 flips" not in text
+    assert "8 flips" in views.provenance_text(views.provenance({**card, "serving": {"tta": True}}))
     assert "synthetic galaxies" in views.readme_section("Demo models")
 
 

@@ -46,6 +46,8 @@ def test_ship_writes_fp16_that_loads_back_as_fp32(tmp_path):
 def test_unknown_demo_model_is_refused(capsys):
     assert demo.main(["--models", "b7", "--no-eval"]) == 2
     assert "unknown demo model(s) b7" in capsys.readouterr().err
+    assert demo.main(["--ship", "somewhere", "--no-eval"]) == 2
+    assert "--ship needs the evaluation" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (SHIPPED / "report.json").is_file(), reason="no shipped demo models")

@@ -329,6 +329,16 @@ def test_model_card_with_and_without_report(b0_dir, tmp_path):
     assert card["evaluated"] is True and card["test"]["accuracy"] == 0.8 and card["test"]["per_class_f1"]["Merging"] == 0.7
     assert card["test"]["confusion_matrix"][0][0] == 1 and card["val_per_class_f1"] == [0.5] * 10
     assert card["ensemble_comparison"]["ensemble"]["seed"] == 0.81
+    # served with TTA, the card shows the TTA figures on the real samples
+    (run / "report.json").write_text(json.dumps({
+        "real_samples_accuracy": {"b0": 0.53, "b2": 0.52, "ensemble": 0.53, "n": 100},
+        "real_samples_tta": {"accuracy": {"b0": 0.55, "b2": 0.52, "ensemble": 0.55, "ensemble_mean": 0.57}}}))
+    (run / "b0" / "report.json").write_text(json.dumps({**report, "real_samples_accuracy": 0.53}))
+    plain = model_card("galaxy-b0", "1.0", run / "b0", meta, run, {"spec": "b0", "tta": False})
+    tta = model_card("galaxy-b0", "1.0", run / "b0", meta, run, {"spec": "b0", "tta": True})
+    assert plain["real_samples_accuracy"] == 0.53 and plain["serving"] == {"tta": False}
+    assert tta["real_samples_accuracy"] == 0.55 and tta["serving"] == {"tta": True}
+    assert tta["ensemble_comparison"]["real_samples_accuracy"] == {"b0": 0.55, "b2": 0.52, "ensemble": 0.55, "n": 100}
 
 
 def test_archive_models_come_from_the_run(tmp_path, capsys):

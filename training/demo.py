@@ -141,6 +141,9 @@ def ship(run, dest) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.ship and args.no_eval:
+        print("error: --ship needs the evaluation (the shipped report): drop --no-eval", file=sys.stderr)
+        return 2
     out = Path(args.out)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in DEMO]
@@ -187,7 +190,7 @@ def main(argv=None) -> int:
         print("real samples accuracy: " + ", ".join(
             f"{k} {v:.2f}" for k, v in top["real_samples_accuracy"].items() if k != "n"))
     print(f"report: {out / 'report.md'}")
-    if acc["b0"] < MIN_B0_ACCURACY:
+    if "b0" in acc and acc["b0"] < MIN_B0_ACCURACY:
         print(f"FAILED: b0 reached {acc['b0']:.3f} test accuracy on synthetic data, below the "
               f"required {MIN_B0_ACCURACY:.2f}: training does not work as it should", file=sys.stderr)
         return 1
