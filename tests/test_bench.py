@@ -186,3 +186,17 @@ def test_gpu_bench_raw_rates_follow_the_archive_settings(tmp_path, capsys):
         assert gpu_serving.main(["--device", "cuda", "--out", str(tmp_path)]) == 2
         assert "no CUDA device here" in capsys.readouterr().err
         assert not (tmp_path / "benchmarks_gpu.json").exists()
+
+
+def test_handler_in_process_against_raw(tmp_path):
+    """bench.handler drives the real handler's handle() with a TorchServe Context and times it next
+    to raw from bytes on the same model object; both answer every image."""
+    from bench import handler as bh
+    from galaxy_morph.models import build_model, save_checkpoint
+    from galaxy_morph.specs import GALAXY10_CLASSES
+
+    save_checkpoint(tmp_path / "b0", build_model("b0"), get_spec("b0"), GALAXY10_CLASSES, version="1.0",
+                    data={"path": "random-init", "sha256": None, "n": 0})
+    r = bh.compare(tmp_path / "b0", "b0", serving.sample_payloads()[:16], rounds=1)
+    assert len(r["handler"]) == len(r["raw"]) == 1
+    assert all(w > 0 and c > 0 for w, c in r["handler"] + r["raw"])
