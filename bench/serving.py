@@ -19,8 +19,8 @@ For b0, b2 and the ensemble, measured in the same run on this machine:
   ray              `make predict`'s command (prediction.ray_predict, local Ray) on --ray-images
                    copies of the samples, against raw from bytes measured right after it.
 Clients send the 100 real sample JPEGs (samples/galaxy10_decals) one image per request, each
-measurement runs for --seconds. Checkpoints come from runs/demo or checkpoints/demo, else random-init
-ones in a temporary folder (speed does not depend on the weights). Besides wall-clock images/s,
+measurement runs for --seconds. Checkpoints come from checkpoints/demo (what make serve serves)
+or runs/demo, else random-init ones in a temporary folder (speed does not depend on the weights). Besides wall-clock images/s,
 each measurement counts the CPU seconds the server processes used, so that images per CPU-second
 can be compared even when other processes share the cores, and the stages of raw from bytes
 (decode, transform, forward) are timed, so that the server's share of the time can be read off.
@@ -102,7 +102,7 @@ def sample_payloads() -> list[bytes]:
 
 def checkpoints(tmp: Path) -> tuple[Path, str]:
     """(run folder with b0/ and b2/, where it came from)."""
-    for demo in (REPO / "runs" / "demo", REPO / "checkpoints" / "demo"):  # a rebuilt run first
+    for demo in (REPO / "checkpoints" / "demo", REPO / "runs" / "demo"):  # what make serve serves
         if all((demo / m / f).is_file() for m in ("b0", "b2") for f in ("model.pt", "meta.json")):
             return demo, str(demo.relative_to(REPO))
     import torch
