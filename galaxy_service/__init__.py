@@ -1,7 +1,8 @@
 """Talking to a running TorchServe: the HTTP client and the bulk catalogue classifier.
 
-Beside the pure-ML core (`galaxy_morph`: specs, transforms, models, ensemble rules, imaging), which
-knows nothing of HTTP and is what the model archives ship, this package knows nothing of torch:
+Beside the core (`galaxy_morph`: specs, transforms, models, ensemble rules, imaging, and the
+astronomers' data I/O: FITS, catalogues, survey cutouts), which knows nothing of TorchServe and is
+what the model archives ship, this package knows nothing of torch:
 
     galaxy_service.client   TorchServeClient: keys, token renewal, readiness, every API call
     galaxy_service.bulk     python -m galaxy_service.bulk --input DIR_OR_H5 --out catalog.csv
