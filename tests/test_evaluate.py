@@ -128,16 +128,26 @@ def test_demo_tiny(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo, "MIN_B0_ACCURACY", 0.0)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else demo sets it for the rest of the session
     out = tmp_path / "demo"
-    assert demo.main(["--data", str(data), "--out", str(out)]) == 0
+    samples = tmp_path / "samples"  # one real sample per class: the tables, not the figures, are tested
+    samples.mkdir()
+    for k in range(10):
+        shutil.copy2(ev.SAMPLES / f"class_{k}_0.jpg", samples)
+    assert demo.main(["--data", str(data), "--out", str(out), "--samples", str(samples)]) == 0
     top = json.loads((out / "report.json").read_text())
     assert set(top["real_samples_accuracy"]) == {"b0", "b2", "ensemble", "n"}
+    assert top["real_samples_accuracy"]["n"] == top["real_samples_tta"]["n"] == 10
+    assert top["real_samples_tta"]["tta"] is True and top["real_samples"]["tta"] is False
+    for table in (top["real_samples"], top["real_samples_tta"]):
+        assert set(table["accuracy"]) == {"b0", "b2", "ensemble", "ensemble_mean", "ensemble_weighted"}
+        for name, cm in table["confusion"].items():
+            assert sum(map(sum, cm)) == 10 and sum(cm[k][k] for k in range(10)) == round(10 * table["accuracy"][name])
     for m in ("b0", "b2"):
         r = json.loads((out / m / "report.json").read_text())
         assert "accuracy" in r and "per_class" in r and "real_samples_accuracy" in r
     assert (out / "b0" / "split.json").read_text() == (out / "b2" / "split.json").read_text()
     mtime = (out / "b0" / "model.pt").stat().st_mtime
     monkeypatch.setattr(demo, "MIN_B0_ACCURACY", 1.01)  # second run: no training, and below the bar
-    assert demo.main(["--data", str(data), "--out", str(out)]) == 1
+    assert demo.main(["--data", str(data), "--out", str(out), "--samples", str(samples)]) == 1
     assert (out / "b0" / "model.pt").stat().st_mtime == mtime
     assert "FAILED: b0 reached" in capsys.readouterr().err
 

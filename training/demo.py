@@ -60,6 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers per model")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--samples", default=str(ev.SAMPLES), help="real sample JPEGs to score (class_K_N.jpg)")
     return p.parse_args(argv)
 
 
@@ -175,10 +176,10 @@ def main(argv=None) -> int:
             top = json.loads(report.read_text())
         else:
             device = "cuda" if cuda else "cpu"
-            top = ev.evaluate(out, device=device)
-            top["real_samples"] = real_sample_tables(out, device=device)
+            top = ev.evaluate(out, device=device, samples=args.samples)
+            top["real_samples"] = real_sample_tables(out, args.samples, device=device)
             # Dihedral TTA is a serving option (make serve TTA=1): its real-sample figures too.
-            top["real_samples_tta"] = real_sample_tables(out, device=device, tta=True)
+            top["real_samples_tta"] = real_sample_tables(out, args.samples, device=device, tta=True)
             ev.write_json(report, top)
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
