@@ -21,7 +21,7 @@ STORE="$ROOT/model_store"
 mkdir -p logs "$STORE"
 
 if "$PY" -m handlers.server status >/dev/null 2>&1; then
-    echo "TorchServe is already running: $("$PY" -m handlers.server status)"
+    echo "TorchServe is already running: $("$PY" -m handlers.server status) (make stop first to serve other checkpoints or options)"
 else
     models=()  # every checkpoint folder in RUN (b0, b2, convnext...): one archive each, one workflow
     for ckpt in "$RUN"/*/model.pt; do
