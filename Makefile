@@ -94,7 +94,7 @@ train: setup
 # RUN is required here: the shipped checkpoints/demo reports are not to be overwritten by accident.
 evaluate: setup
 	$(if $(filter file,$(origin RUN)),$(error make evaluate needs RUN=dir (a run with its training data)))
-	$(PY) -m training.evaluate --run $(RUN) $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(TTA),--tta)
+	$(PY) -m training.evaluate --run $(RUN) $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(filter-out 0,$(TTA)),--tta)
 
 archive: setup
 	$(PY) -m handlers.archive --run $(RUN) --store model_store $(if $(VERSION),--version $(VERSION)) \

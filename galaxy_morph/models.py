@@ -27,6 +27,7 @@ from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec, get_spec
 
 WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
+TTA_BATCH = 256  # class_probabilities: up to this many images in one forward (8 views x 32)
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -161,16 +162,16 @@ def dihedral(x: torch.Tensor):
 def class_probabilities(model: nn.Module, x: torch.Tensor, tta: bool = False,
                         autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Softmax (float32, N x classes) of a normalised NCHW batch on the model's device. `tta`: the
-    mean over the 8 dihedral views, run as one batch of 8N; `autocast_dtype` (torch.bfloat16): the
-    forward under autocast on the batch's device."""
+    mean over the 8 dihedral views (one batch of 8N up to TTA_BATCH images, else view by view);
+    `autocast_dtype` (torch.bfloat16): the forward under autocast on the batch's device."""
     n = x.shape[0]
-    if tta:
-        x = torch.cat(list(dihedral(x)))
-    x = x.contiguous(memory_format=torch.channels_last)
+    views = list(dihedral(x)) if tta else [x]
+    chunks = [torch.cat(views)] if len(views) * n <= TTA_BATCH else views
     with torch.inference_mode(), torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32,
                                                 enabled=autocast_dtype is not None):
-        probs = model(x).float().softmax(1)
-    return probs.view(-1, n, probs.shape[1]).mean(0)
+        probs = torch.cat([model(c.contiguous(memory_format=torch.channels_last)).float().softmax(1)
+                           for c in chunks])
+    return probs.view(len(views), n, probs.shape[1]).mean(0)
 
 
 def classifier_layer(model: nn.Module) -> nn.Module:

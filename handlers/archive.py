@@ -112,8 +112,6 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, servi
         "val_per_class_f1": val_f1(ckpt, meta),
     }
     card["synthetic_training_data"] = trained_on_synthetic(meta.get("data") or {})
-    if report and report.get("real_samples_accuracy") is not None:
-        card["real_samples_accuracy"] = report["real_samples_accuracy"]  # the 100 real samples
     card["evaluated"] = bool(report)  # (TorchServe drops null fields from describe output)
     if report:
         card["test"] = {k: report[k] for k in ("accuracy", "macro_f1", "per_class",
@@ -123,18 +121,24 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, servi
     else:
         card["test"] = None
         card["note"] = "no evaluation report (RUN/M/report.json) when this archive was built"
-    if run_report:
-        card["ensemble_comparison"] = run_report
     serving = {k: v for k, v in (serving or {}).items() if k != "spec"}
     card["serving"] = serving
-    tta_real = ((run_report or {}).get("real_samples_tta") or {}).get("accuracy") or {}
-    if serving.get("tta") and tta_real:  # answers are TTA means: so are the figures shown
-        m = (meta.get("spec") or {}).get("name")
-        if m in tta_real:
-            card["real_samples_accuracy"] = tta_real[m]
-        card["ensemble_comparison"] = {**run_report, "real_samples_accuracy": {
-            **(run_report.get("real_samples_accuracy") or {}),
-            **{k: v for k, v in tta_real.items() if k in ("b0", "b2", "ensemble")}}}
+    # The 100 real samples, measured the way this archive answers (with TTA or not): a report's
+    # figures count only when its "tta" is the archive's; training.demo adds "real_samples_tta".
+    tta = bool(serving.get("tta"))
+    tta_table = ((run_report or {}).get("real_samples_tta") or {}).get("accuracy") if tta else None
+    m = (meta.get("spec") or {}).get("name")
+    real = (tta_table.get(m) if tta_table else
+            report.get("real_samples_accuracy") if report and bool(report.get("tta")) == tta else None)
+    if real is not None:
+        card["real_samples_accuracy"] = real
+    if run_report:
+        run_real = ({k: v for k, v in tta_table.items() if k in ("b0", "b2", "convnext", "ensemble")}
+                    if tta_table else run_report.get("real_samples_accuracy")
+                    if bool(run_report.get("tta")) == tta else None)
+        card["ensemble_comparison"] = {k: v for k, v in run_report.items() if k != "real_samples_accuracy"}
+        if run_real:
+            card["ensemble_comparison"]["real_samples_accuracy"] = run_real
     return card
 
 
@@ -221,9 +225,18 @@ def build_workflow_archive(store: Path, urls: dict, f1: dict | None = None,
 BUILT_FROM = ".built_from"
 
 
-def built_from(run, device: str = "cpu", tta: bool = False) -> str:
-    """What a store was built from: the checkpoints' real path and the serving options."""
-    return f"{Path(run).resolve()} device={device} tta={int(bool(tta))}"
+def workflow_config_for(device: str = "cpu", overrides: dict | None = None) -> dict:
+    """The workflow's per-model settings over WORKFLOW_MODELS: its own copies of the models batch
+    as the device's archives do; then `overrides`."""
+    dev = DEVICE_CONFIG[device]
+    return {"batch-size": dev.get("batchSize", WORKFLOW_MODELS["batch-size"]),
+            "max-batch-delay": dev.get("maxBatchDelay", WORKFLOW_MODELS["max-batch-delay"]),
+            **(overrides or {})}
+
+
+def built_from(run, models, device: str = "cpu", tta: bool = False) -> str:
+    """What a store was built from: the checkpoints' real path, the models and the serving options."""
+    return f"{Path(run).resolve()} models={','.join(models)} device={device} tta={int(bool(tta))}"
 
 
 def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_name=False,
@@ -235,6 +248,8 @@ def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_
     if workflow and len(models) < 2:
         raise SystemExit(f"the ensemble workflow needs two or more models, got {', '.join(models)}: "
                          f"add more with --models, or --no-workflow")
+    (store / BUILT_FROM).unlink(missing_ok=True)  # a build that fails half way must not look done
+    workflow_models = workflow_config_for(device, workflow_models)
     built = [build_model_archive(run, m, store, version, versioned_name, model_config, device, tta)
              for m in models]
     if workflow:
@@ -247,7 +262,7 @@ def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_
             versions={m: str(version or metas[m].get("version") or "1.0") for m in members},
             workflow_models=workflow_models))
     # what the store now serves: `make serve` rebuilds for other checkpoints or options
-    (store / BUILT_FROM).write_text(built_from(run, device, tta) + "\n")
+    (store / BUILT_FROM).write_text(built_from(run, models, device, tta) + "\n")
     return built
 
 
@@ -273,9 +288,6 @@ def main(argv=None):
     ap.add_argument("--print-built-from", action="store_true",
                     help="print what the store would be stamped with, build nothing")
     args = ap.parse_args(argv)
-    if args.print_built_from:
-        print(built_from(args.run, args.device, args.tta))
-        return
     if args.models is None:
         models = checkpoints_in(Path(args.run))
         if not models:
@@ -288,6 +300,9 @@ def main(argv=None):
             ap.error(f"unknown model {m!r}: choose from {', '.join(ALL_SPECS)}")
     if len(set(models)) != len(models):
         ap.error(f"--models {args.models!r} names a model twice")
+    if args.print_built_from:
+        print(built_from(args.run, models, args.device, args.tta))
+        return
     for p in build_all(args.run, args.store, args.version, models, not args.no_workflow,
                        args.versioned_name, device=args.device, tta=args.tta):
         print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")

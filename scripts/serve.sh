@@ -40,11 +40,12 @@ else
     options=(--device "$DEVICE")
     [[ -n "$TTA" && "$TTA" != 0 ]] && options+=(--tta)
     # handlers.archive stamps the store with the checkpoints and options it was built from
-    built_from="$("$PY" -m handlers.archive --run "$RUN" "${options[@]}" --print-built-from)"
+    model_list="$(IFS=,; echo "${models[*]}")"
+    built_from="$("$PY" -m handlers.archive --run "$RUN" --models "$model_list" "${options[@]}" --print-built-from)"
     [[ "$(cat "$STORE/.built_from" 2>/dev/null)" == "$built_from" ]] || stale=1
     if (( stale )); then
         echo "building archives from $RUN (${options[*]})"
-        "$PY" -m handlers.archive --run "$RUN" --store "$STORE" --models "$(IFS=,; echo "${models[*]}")" \
+        "$PY" -m handlers.archive --run "$RUN" --store "$STORE" --models "$model_list" \
             "${options[@]}" $( [[ -n "${VERSION:-}" ]] && echo --version "$VERSION" )
     fi
     echo "starting TorchServe (log: logs/ts_log.log, logs/torchserve.out)"

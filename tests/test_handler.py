@@ -338,7 +338,14 @@ def test_model_card_with_and_without_report(b0_dir, tmp_path):
     tta = model_card("galaxy-b0", "1.0", run / "b0", meta, run, {"spec": "b0", "tta": True})
     assert plain["real_samples_accuracy"] == 0.53 and plain["serving"] == {"tta": False}
     assert tta["real_samples_accuracy"] == 0.55 and tta["serving"] == {"tta": True}
-    assert tta["ensemble_comparison"]["real_samples_accuracy"] == {"b0": 0.55, "b2": 0.52, "ensemble": 0.55, "n": 100}
+    assert tta["ensemble_comparison"]["real_samples_accuracy"] == {"b0": 0.55, "b2": 0.52, "ensemble": 0.55}
+    # figures measured with TTA (make models evaluates with it) are not shown for a plain archive
+    (run / "b0" / "report.json").write_text(json.dumps({**report, "tta": True, "real_samples_accuracy": 0.6}))
+    (run / "report.json").write_text(json.dumps({"tta": True, "real_samples_accuracy": {"b0": 0.6, "n": 100}}))
+    plain = model_card("galaxy-b0", "1.0", run / "b0", meta, run, {"spec": "b0", "tta": False})
+    assert "real_samples_accuracy" not in plain and "real_samples_accuracy" not in plain["ensemble_comparison"]
+    tta = model_card("galaxy-b0", "1.0", run / "b0", meta, run, {"spec": "b0", "tta": True})
+    assert tta["real_samples_accuracy"] == 0.6 and tta["ensemble_comparison"]["real_samples_accuracy"]["b0"] == 0.6
 
 
 def test_archive_models_come_from_the_run(tmp_path, capsys):
@@ -473,4 +480,6 @@ def test_archive_settings_per_device():
     assert cuda["handler"] == {"spec": "b2", "precision": "bf16", "decode": "device", "tta": True}
     with pytest.raises(ValueError, match="unknown serving device 'tpu'"):
         archive.model_config_for("b0", "b0", "tpu")
-    assert archive.built_from("x", "cuda", True).endswith("/x device=cuda tta=1")
+    assert archive.workflow_config_for("cpu") == {"batch-size": 8, "max-batch-delay": 10}
+    assert archive.workflow_config_for("cuda", {"batch-size": 4}) == {"batch-size": 4, "max-batch-delay": 5}
+    assert archive.built_from("x", ["b0", "b2"], "cuda", True).endswith("/x models=b0,b2 device=cuda tta=1")

@@ -45,16 +45,22 @@ def recipe_args(variant: str) -> list[str]:
 def run_variant(variant: str, args, split: Path | None) -> dict:
     run = Path(args.out) / variant
     ckpt = run / args.model
-    t0 = time.time()
-    if not (ckpt / "model.pt").is_file():
+    t0, trained = time.time(), False
+    if (ckpt / "model.pt").is_file():  # trained before: only if on this protocol
+        hp = json.loads((ckpt / "meta.json").read_text())["hparams"]
+        wanted = {"epochs": args.epochs, "limit_train": args.limit_train, "seed": args.seed}
+        found = {k: hp.get(k) for k in wanted}
+        if found != wanted:
+            raise SystemExit(f"error: {ckpt} was trained with {found}, not {wanted}: choose another --out")
+    else:
         tr.train(tr.parse_args([
             "--model", args.model, "--data", args.data, "--out", str(ckpt), "--seed", str(args.seed),
             "--epochs", str(args.epochs), "--t-max", str(args.epochs), *recipe_args(variant),
             *(["--limit-train", str(args.limit_train)] if args.limit_train else []),
             *(["--device", args.device] if args.device else []),
             *(["--split", str(split)] if split else [])]))
-    train_s = time.time() - t0
-    row = {"variant": variant, "train_s": round(train_s), "epochs": args.epochs}
+        trained = True
+    row = {"variant": variant, "train_s": round(time.time() - t0) if trained else None, "epochs": args.epochs}
     for tta in (False, True):
         top = ev.evaluate(run, tta=tta, device=args.device, models=[args.model])
         key = "tta" if tta else "plain"
@@ -74,7 +80,7 @@ def write_md(path: Path, rows: list[dict], args) -> None:
     for r in rows:
         cells = [r["test_plain"], r["test_tta"], r["real_plain"], r["real_tta"]]
         lines.append(f"| {r['variant']} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells)
-                     + f" | {r['train_s']} |")
+                     + f" | {'-' if r['train_s'] is None else r['train_s']} |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -90,17 +90,21 @@ def train_one(name, args, out, split=None):
 
 
 def real_sample_tables(run, samples=ev.SAMPLES, device="cpu", tta=False) -> dict:
-    """Accuracy, per-class accuracy and confusion matrices of b0, b2 and the ensemble rules (seed:
-    what the workflow serves) on the real samples; `tta`: as served with the 8 dihedral views."""
+    """Accuracy, per-class accuracy and confusion matrices of b0, b2 (those in RUN) and, with both,
+    the ensemble rules (seed: what the workflow serves) on the real samples; `tta`: as served with
+    the 8 dihedral views. None when the folder holds no samples."""
     models = {}
-    for name in ("b0", "b2"):
-        model, meta = load_checkpoint(Path(run) / name)
-        models[name] = (model, ModelSpec.from_dict(meta["spec"]), meta)
+    for name in DEMO:
+        if (Path(run) / name / "model.pt").is_file():
+            model, meta = load_checkpoint(Path(run) / name)
+            models[name] = (model, ModelSpec.from_dict(meta["spec"]), meta)
     probs, y = ev.sample_probabilities(models, samples, torch.device(device), tta)
+    if probs is None:
+        return None
     f1 = {n: (json.loads((Path(run) / n / "report.json").read_text()).get("val_per_class_f1")
               if (Path(run) / n / "report.json").is_file() else None) for n in models}
     preds = {n: p.argmax(1) for n, p in probs.items()}
-    for rule in ("seed", "mean", "weighted"):
+    for rule in ("seed", "mean", "weighted") if len(probs) == 2 else ():
         if rule != "weighted" or all(f1.values()):
             preds["ensemble" if rule == "seed" else f"ensemble_{rule}"] = \
                 ev.ensemble_probs(rule, probs, f1).argmax(1)

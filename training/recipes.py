@@ -51,7 +51,8 @@ RECIPES = {
 
 
 # The training switches of a recipe that `--without` turns off, for ablations (training.ablate).
-# "schedule" keeps the length but drops the warm-up and the per-batch cosine (the seed's per-epoch one).
+# "schedule" keeps the length but drops the warm-up and the per-batch cosine: a per-epoch cosine
+# over the whole run instead.
 SWITCHES = {
     "schedule": {"warmup_epochs": 0.0},
     "ema": {"ema_decay": None},

@@ -253,7 +253,8 @@ def train(args) -> dict:
     hp = {
         "model": spec.name, "epochs": epochs, "batch_size": args.batch_size or spec.batch_size,
         "lr": args.lr or spec.lr, "weight_decay": spec.weight_decay,
-        "t_max": args.t_max or (epochs if per_batch_schedule else spec.t_max),
+        # a recipe longer than the spec's T_max decays over its whole run, warm-up or not
+        "t_max": args.t_max or (epochs if per_batch_schedule or recipe.epochs_per_t_max != 1 else spec.t_max),
         "label_smoothing": spec.label_smoothing, "seed": args.seed, "limit_train": args.limit_train,
         "weights": args.weights, "pretrained": bool(args.pretrained), "recipe": recipe.name,
         "recipe_settings": recipe.to_dict(), "gpu_augment": bool(args.gpu_augment),
