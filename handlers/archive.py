@@ -123,19 +123,19 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, servi
         card["note"] = "no evaluation report (RUN/M/report.json) when this archive was built"
     serving = {k: v for k, v in (serving or {}).items() if k != "spec"}
     card["serving"] = serving
-    # The 100 real samples, measured the way this archive answers (with TTA or not): a report's
-    # figures count only when its "tta" is the archive's; training.demo adds "real_samples_tta".
+    # The 100 real samples, measured the way this archive answers: with TTA, training.demo's
+    # "real_samples_tta" table; else a report's own figures, if that report was evaluated likewise.
     tta = bool(serving.get("tta"))
+    measured_alike = lambda r: r.get("real_samples_accuracy") if r and bool(r.get("tta")) == tta else None  # noqa: E731
     tta_table = ((run_report or {}).get("real_samples_tta") or {}).get("accuracy") if tta else None
-    m = (meta.get("spec") or {}).get("name")
-    real = (tta_table.get(m) if tta_table else
-            report.get("real_samples_accuracy") if report and bool(report.get("tta")) == tta else None)
+    if tta_table:
+        real = tta_table.get((meta.get("spec") or {}).get("name"))
+        run_real = {k: v for k, v in tta_table.items() if not k.startswith("ensemble_")}
+    else:
+        real, run_real = measured_alike(report), measured_alike(run_report)
     if real is not None:
         card["real_samples_accuracy"] = real
     if run_report:
-        run_real = ({k: v for k, v in tta_table.items() if k in ("b0", "b2", "convnext", "ensemble")}
-                    if tta_table else run_report.get("real_samples_accuracy")
-                    if bool(run_report.get("tta")) == tta else None)
         card["ensemble_comparison"] = {k: v for k, v in run_report.items() if k != "real_samples_accuracy"}
         if run_real:
             card["ensemble_comparison"]["real_samples_accuracy"] = run_real
