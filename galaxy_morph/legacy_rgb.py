@@ -18,14 +18,12 @@ SOFTENING_M = 0.03
 Q = 20.0
 
 
-def sdss_rgb(imgs, bands=BANDS, scales=None, m: float = SOFTENING_M, q: float = Q,
-             keep_hue: bool = False) -> np.ndarray:
+def sdss_rgb(imgs, bands=BANDS, scales=None, m: float = SOFTENING_M, q: float = Q) -> np.ndarray:
     """(3, H, W) band images (nanomaggies for survey data) -> (H, W, 3) float32 RGB in [0, 1].
 
     I = mean over bands of max(0, img * s + m); each plane = (img * s + m) * asinh(q I) / sqrt(q) / I.
-    `scales` maps band -> (plane, scale) like RGB_SCALES. With keep_hue, a pixel whose brightest
-    plane would pass 1 is scaled down as a whole instead of clipped per plane, so bright cores keep
-    their colour instead of turning white.
+    `scales` maps band -> (plane, scale) like RGB_SCALES. Each plane clips at 1 on its own, so
+    saturated cores turn white, as in the survey's images.
     """
     imgs = np.asarray(imgs, np.float32)
     if imgs.ndim != 3 or imgs.shape[0] != len(bands):
@@ -39,8 +37,6 @@ def sdss_rgb(imgs, bands=BANDS, scales=None, m: float = SOFTENING_M, q: float = 
     np.maximum(planes, 0, out=planes)
     inten = planes.mean(0) + np.float32(1e-8)
     gain = np.arcsinh(np.float32(q) * inten) / np.float32(np.sqrt(q)) / inten
-    if keep_hue:
-        gain *= np.minimum(1.0 / np.maximum(planes.max(0) * gain, np.float32(1e-8)), np.float32(1.0))
     out = planes * gain
     np.clip(out, 0.0, 1.0, out=out)
     return np.ascontiguousarray(out.transpose(1, 2, 0))

@@ -121,7 +121,7 @@ def _bulge(cv, rng, x0, y0, re, n, q, pa, amp, rgb=None):
 
 
 def _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, pitch_deg, arms, contrast, r_in=None,
-                 phase=None, sharp=None):
+                 phase=None, sharp=None, arm_rgb=ARM_RGB):
     """Exponential disk with logarithmic spiral arms, seen at axis ratio q."""
     u, v = _rotated(cv.size, x0, y0, pa)
     v = v / np.float32(q)
@@ -136,7 +136,7 @@ def _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, pitch_deg, arms, contrast, r_in
     arm *= np.float32(contrast) * (1.0 - np.exp(-(r / np.float32(r_in)) ** 2))
     disk = np.exp(-r / np.float32(h)) * _texture(cv.size, rng, rng.uniform(0.1, 0.3))
     cv.add(disk * (1.0 - np.float32(contrast) * 0.5), amp, _jitter(DISK_RGB, rng))
-    cv.add(disk * arm, amp * 1.6, _jitter(ARM_RGB, rng))
+    cv.add(disk * arm, amp * 1.6, _jitter(arm_rgb, rng))
 
 
 def _clumps(cv, rng, x0, y0, spread, count, amp, rgb, width=(0.8, 2.0)):
@@ -187,16 +187,15 @@ def _texture(size, rng, amount):
 
 # ---- the ten classes; sizes are in pixels of a 256 px frame, flux in units of the sky noise ----
 
-def _smooth_rgb(rng, blue=1.0):
-    # Galaxy Zoo's smooth classes hold many bluer, disk-like galaxies, not only red ellipticals;
-    # the real cigars are the bluest of them (blue > 1 moves the mix towards disk colours)
-    t = rng.uniform(0.0, 1.0) ** (1.0 / blue)
+def _smooth_rgb(rng):
+    # Galaxy Zoo's smooth classes hold many bluer, disk-like galaxies, not only red ellipticals
+    t = rng.uniform(0.0, 1.0)
     return _jitter((1 - t) * BULGE_RGB + t * DISK_RGB, rng)
 
 
 def _round_smooth(cv, rng, s):
     x0, y0 = _centre(cv.size, rng)
-    re = _log_uniform(rng, 5.0, 14.0 if rng.random() < 0.85 else 30.0) * s
+    re = _log_uniform(rng, 4.0, 11.0 if rng.random() < 0.85 else 25.0) * s
     _bulge(cv, rng, x0, y0, re, rng.uniform(1.5, 4.0), rng.uniform(0.78, 1.0), rng.uniform(0, math.pi),
            _log_uniform(rng, 20, 160), _smooth_rgb(rng))
 
@@ -204,7 +203,7 @@ def _round_smooth(cv, rng, s):
 def _in_between_smooth(cv, rng, s):
     x0, y0 = _centre(cv.size, rng)
     re = _log_uniform(rng, 5.0, 12.0) * s
-    _bulge(cv, rng, x0, y0, re, rng.uniform(1.0, 3.0), rng.uniform(0.5, 0.78), rng.uniform(0, math.pi),
+    _bulge(cv, rng, x0, y0, re, rng.uniform(0.8, 2.5), rng.uniform(0.5, 0.78), rng.uniform(0, math.pi),
            _log_uniform(rng, 60, 240), _smooth_rgb(rng))
 
 
@@ -212,7 +211,8 @@ def _cigar(cv, rng, s):
     x0, y0 = _centre(cv.size, rng)
     re = _log_uniform(rng, 7.0, 16.0) * s
     _bulge(cv, rng, x0, y0, re, rng.uniform(0.8, 2.2), rng.uniform(0.25, 0.5), rng.uniform(0, math.pi),
-           _log_uniform(rng, 60, 220), _smooth_rgb(rng, blue=2.0))
+           # the real cigars are the bluest smooth galaxies (measured colour ~0): disk to arm colours
+           _log_uniform(rng, 60, 220), _jitter(DISK_RGB + rng.uniform(0.0, 0.6) * (ARM_RGB - DISK_RGB), rng))
 
 
 def _edge_on(cv, rng, s, bulge):
@@ -221,14 +221,14 @@ def _edge_on(cv, rng, s, bulge):
     # their bulge is modest and red rather than a dominant round core.
     x0, y0 = _centre(cv.size, rng)
     pa = rng.uniform(0, math.pi)
-    h = (_log_uniform(rng, 20.0, 50.0) if not bulge else _log_uniform(rng, 13.0, 24.0)) * s
+    h = (_log_uniform(rng, 20.0, 50.0) if not bulge else _log_uniform(rng, 15.0, 28.0)) * s
     z = h * rng.uniform(0.1, 0.26) if not bulge else h * rng.uniform(0.14, 0.3)
     u, v = _rotated(cv.size, x0, y0, pa)
     r = np.sqrt(u * u + np.float32(1.0))
     # flatter than exponential along the disk: the real edge-ons' light is less centrally concentrated
     disk = np.exp(-(r / np.float32(h)) ** np.float32(rng.uniform(1.0, 1.8))) / np.cosh(np.minimum(np.abs(v) / np.float32(z + 0.8), 30)) ** 2
     disk *= _texture(cv.size, rng, rng.uniform(0.1, 0.4))
-    amp = _log_uniform(rng, 120, 450)
+    amp = _log_uniform(rng, 120, 450) * (0.6 if bulge else 1.0)
     colour = _jitter(0.7 * DISK_RGB + 0.3 * ARM_RGB if not bulge else BULGE_RGB, rng)
     if rng.random() < 0.3:  # a dust lane along the midplane
         disk *= 1.0 - 0.6 * np.exp(-(v / np.float32(z * 0.5 + 0.5)) ** 2) * np.exp(-r / np.float32(3 * h))
@@ -236,7 +236,7 @@ def _edge_on(cv, rng, s, bulge):
     if bulge:
         re = h * rng.uniform(0.18, 0.35)
         _bulge(cv, rng, x0, y0, re, rng.uniform(1.0, 2.5), rng.uniform(0.45, 0.8), pa,
-               amp * rng.uniform(0.15, 0.6))
+               amp * rng.uniform(0.08, 0.3))
     else:
         _bulge(cv, rng, x0, y0, h * rng.uniform(0.1, 0.2), 1.0, 0.5, pa, amp * rng.uniform(0.0, 0.2))
 
@@ -244,8 +244,10 @@ def _edge_on(cv, rng, s, bulge):
 def _spiral(cv, rng, s, kind):
     x0, y0 = _centre(cv.size, rng)
     pa = rng.uniform(0, math.pi)
-    # real barred spirals are the largest and most face-on of the spirals, loose ones smaller
-    q = rng.uniform(0.55 if kind == "barred" else 0.45, 1.0)
+    # real barred spirals are the largest and most face-on of the spirals, loose ones smaller;
+    # their bars, arms and bulges are weaker than drawn before (measured: light concentration
+    # 0.26, axis ratio 0.81), and no spiral's core saturates as often as a smooth galaxy's
+    q = rng.uniform(0.7 if kind == "barred" else 0.45, 1.0)
     h = _log_uniform(rng, 11.0, 26.0) * s
     amp = _log_uniform(rng, 35, 120)
     if kind == "barred":
@@ -256,28 +258,28 @@ def _spiral(cv, rng, s, kind):
         pitch = rng.uniform(12, 28)
         k = 2 / math.tan(math.radians(pitch))
         phase = -2 * (bar_pa - pa) + k * math.log(bar_len)
-        _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, pitch, 2, rng.uniform(0.6, 0.95),
+        _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, pitch, 2, rng.uniform(0.4, 0.8),
                      r_in=bar_len * 0.9, phase=phase)
         u, v = _rotated(cv.size, x0, y0, bar_pa)
         bar_q = rng.uniform(0.2, 0.32)
         cv.add(_sersic(_radius(u, v, bar_q, 1.0), bar_len * 0.55, rng.uniform(0.4, 0.8)),
-               amp * rng.uniform(1.0, 2.2), _jitter((BULGE_RGB + DISK_RGB) / 2, rng))
+               amp * rng.uniform(0.5, 1.4), _jitter((BULGE_RGB + DISK_RGB) / 2, rng))
         if rng.random() < 0.4:  # inner ring at the bar ends
             u, v = _rotated(cv.size, x0, y0, pa)
             rr = np.sqrt(u * u + (v / np.float32(q)) ** 2)
             cv.add(np.exp(-((rr - bar_len) / np.float32(0.15 * bar_len + 1)) ** 2),
                    amp * rng.uniform(0.3, 0.8), _jitter(DISK_RGB, rng))
-        bulge_amp = amp * rng.uniform(3, 10)
+        bulge_amp = amp * rng.uniform(0.9, 3)
     elif kind == "tight":
         h *= 0.85
         _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, rng.uniform(7, 14), rng.choice([2, 2, 3]),
                      rng.uniform(0.35, 0.85))
-        bulge_amp = amp * rng.uniform(6, 20)
+        bulge_amp = amp * rng.uniform(0.9, 3.6)
     else:
         h *= 0.95
         _spiral_disk(cv, rng, x0, y0, h, q, pa, amp, rng.uniform(20, 34), rng.choice([2, 2, 3]),
                      rng.uniform(0.55, 1.0), r_in=0.35 * h)
-        bulge_amp = amp * rng.uniform(2, 10)
+        bulge_amp = amp * rng.uniform(1.2, 6)
     _bulge(cv, rng, x0, y0, h * rng.uniform(0.12, 0.25), rng.uniform(1.5, 3.0), rng.uniform(0.75, 1.0),
            pa, bulge_amp)
     if rng.random() < 0.5:
@@ -299,12 +301,14 @@ def _merging(cv, rng, s):
             u, v = _rotated(cv.size, cx, cy, rng.uniform(0, math.pi))
             r = np.sqrt(u * u + (v / np.float32(rng.uniform(0.4, 1.0))) ** 2 + np.float32(1.0))
             cv.add(np.exp(-r / np.float32(re * rng.uniform(1.5, 3.0))) * _texture(cv.size, rng, 0.3),
-                   amp * f * rng.uniform(0.05, 0.2), _jitter(0.5 * DISK_RGB + 0.5 * ARM_RGB, rng))
+                   amp * f * rng.uniform(0.05, 0.2), _jitter(DISK_RGB, rng))
     # shared envelope and tidal tails: a faint, loose m=2 spiral around the pair
-    h = sep * rng.uniform(0.7, 1.3) + 4 * s
+    # (real mergers' light 40-70 px out is ~0.6 sigma: the envelope stays small and faint)
+    h = sep * rng.uniform(0.4, 0.8) + 3 * s
     _spiral_disk(cv, rng, x0, y0, h, rng.uniform(0.5, 1.0), rng.uniform(0, math.pi),
-                 amp * rng.uniform(0.05, 0.16), rng.uniform(25, 45), 2 if rng.random() < 0.6 else 1,
-                 rng.uniform(0.8, 1.0), r_in=0.6 * sep, sharp=rng.uniform(3.0, 6.0))
+                 amp * rng.uniform(0.03, 0.1), rng.uniform(25, 45), 2 if rng.random() < 0.6 else 1,
+                 rng.uniform(0.5, 0.9), r_in=0.6 * sep, sharp=rng.uniform(1.5, 3.0),
+                 arm_rgb=(BULGE_RGB + DISK_RGB) / 2)
 
 
 def _patchy(size, rng, scale, waves=3):
@@ -339,7 +343,7 @@ def _disturbed(cv, rng, s):
     _clumps(cv, rng, x0, y0, h * 1.0, int(rng.integers(1, 6)), amp * rng.uniform(0.5, 1.5), ARM_RGB,
             width=(1.5, 3.5))
     if rng.random() < 0.75:  # most real disturbed galaxies keep a bright core
-        _bulge(cv, rng, x0, y0, h * 0.25, 1.5, rng.uniform(0.6, 1.0), pa, amp * rng.uniform(1, 4))
+        _bulge(cv, rng, x0, y0, h * 0.25, 1.5, rng.uniform(0.6, 1.0), pa, amp * rng.uniform(0.6, 2.4))
     if rng.random() < 0.4:  # a faint plume
         _spiral_disk(cv, rng, x0, y0, 2 * h, q, pa, amp * 0.15, rng.uniform(25, 40), 1, 1.0, r_in=h)
 
@@ -463,9 +467,9 @@ def _stretch(flux, offset):
     """Band-first (R, G, B) = (z, r, g) flux in sky-noise units plus a sky offset -> HxWx3 uint8."""
     flux += offset[:, None, None]
     k = STRETCH_SCALE
-    # where the brightest band would clip, all three are scaled down: saturated cores keep their hue
-    rgb = sdss_rgb(flux[::-1], scales={"g": (2, k), "r": (1, k), "z": (0, k)}, m=0.0, q=STRETCH_Q,
-                   keep_hue=True)
+    # each plane clips on its own, as the survey's: saturated cores turn white (the real samples'
+    # brightest pixels are near-white, median RGB ~(245, 253, 249) for round smooth galaxies)
+    rgb = sdss_rgb(flux[::-1], scales={"g": (2, k), "r": (1, k), "z": (0, k)}, m=0.0, q=STRETCH_Q)
     return to_uint8(rgb)
 
 

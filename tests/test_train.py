@@ -39,6 +39,7 @@ def test_one_epoch_smoke_and_resume(tiny, tmp_path):
     assert (b / "history.csv").read_text().splitlines()[0] == "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds"
 
     assert run("--model", "b0", "--data", tiny, "--out", b, "--epochs", "2", "--limit-train", "16", "--resume") == 0
+    assert run("--model", "b0", "--data", tiny, "--out", b, "--epochs", "3", "--resume", "--input-size", "32") == 2
     hist_a, hist_b = (json.loads((d / "history.json").read_text()) for d in (a, b))
     assert [h["epoch"] for h in hist_b] == [1, 2]
     # A resumed run is the uninterrupted run: same shuffles, augmentations, optimizer and schedule.
@@ -96,6 +97,9 @@ def test_bad_input_clear_message_and_nothing_written(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run("--model", "b7", "--data", tiny, "--out", out)
     assert e.value.code == 2 and "invalid choice: 'b7'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        run("--model", "b0", "--data", tiny, "--out", out, "--input-size", "8")
+    assert e.value.code == 2 and "--input-size 8: choose 16 to 1024 px" in capsys.readouterr().err
     assert not out.exists()
 
 

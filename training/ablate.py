@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from galaxy_morph.specs import get_spec
 from training import evaluate as ev
 from training import train as tr
 from training.recipes import SWITCHES
@@ -34,6 +35,10 @@ def parse_args(argv=None):
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="train and evaluate at N px instead of the spec's: a cheaper protocol for CPU")
+    p.add_argument("--lr", type=float, default=None, help="default: the spec's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the spec's")
     return p.parse_args(argv)
 
 
@@ -48,7 +53,10 @@ def run_variant(variant: str, args, split: Path | None) -> dict:
     t0, trained = time.time(), False
     if (ckpt / "model.pt").is_file():  # trained before: only if on this protocol
         hp = json.loads((ckpt / "meta.json").read_text())["hparams"]
-        wanted = {"epochs": args.epochs, "limit_train": args.limit_train, "seed": args.seed}
+        spec = get_spec(args.model)
+        wanted = {"epochs": args.epochs, "limit_train": args.limit_train, "seed": args.seed,
+                  "input_size": args.input_size, "lr": args.lr or spec.lr,
+                  "batch_size": args.batch_size or spec.batch_size}
         found = {k: hp.get(k) for k in wanted}
         if found != wanted:
             raise SystemExit(f"error: {ckpt} was trained with {found}, not {wanted}: choose another --out")
@@ -57,6 +65,8 @@ def run_variant(variant: str, args, split: Path | None) -> dict:
             "--model", args.model, "--data", args.data, "--out", str(ckpt), "--seed", str(args.seed),
             "--epochs", str(args.epochs), "--t-max", str(args.epochs), *recipe_args(variant),
             *(["--limit-train", str(args.limit_train)] if args.limit_train else []),
+            *[a for flag, v in (("--input-size", args.input_size), ("--lr", args.lr),
+                                ("--batch-size", args.batch_size)) if v is not None for a in (flag, str(v))],
             *(["--device", args.device] if args.device else []),
             *(["--split", str(split)] if split else [])]))
         trained = True
@@ -72,7 +82,8 @@ def run_variant(variant: str, args, split: Path | None) -> dict:
 
 
 def write_md(path: Path, rows: list[dict], args) -> None:
-    lines = [f"# Recipe ablation: {args.model}, {args.epochs} epochs, "
+    size = f" at {args.input_size} px" if args.input_size else ""
+    lines = [f"# Recipe ablation: {args.model}{size}, {args.epochs} epochs, "
              f"{args.limit_train or 'all'} training rows of `{args.data}`", "",
              "Test = the held-out synthetic test split; real = the 100 real Galaxy10 DECaLS samples "
              "(about +-5 points is noise there). `python -m training.ablate` wrote this.", "",

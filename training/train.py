@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -73,7 +74,13 @@ def parse_args(argv=None):
     p.add_argument("--split", default=None, help="split JSON to use (default: DIR/split.json or a new one)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--version", default=VERSION, help="model version string recorded in meta.json")
-    return p.parse_args(argv)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="resize and crop to N px instead of the spec's (quick experiments on CPU); "
+                        "recorded in the checkpoint's spec, so evaluation and serving follow it")
+    args = p.parse_args(argv)
+    if args.input_size is not None and not 16 <= args.input_size <= 1024:
+        p.error(f"--input-size {args.input_size}: choose 16 to 1024 px")
+    return args
 
 
 def log(*a):
@@ -240,6 +247,8 @@ def train(args) -> dict:
 
     # Everything is checked before anything is written.
     spec = get_spec(args.model)
+    if args.input_size:
+        spec = dataclasses.replace(spec, resize=args.input_size, crop=args.input_size)
     out = Path(args.out)
     info = inspect_h5(args.data)
     sha = file_sha256(args.data)
@@ -256,6 +265,7 @@ def train(args) -> dict:
         # a recipe longer than the spec's T_max decays over its whole run, warm-up or not
         "t_max": args.t_max or (epochs if per_batch_schedule or recipe.epochs_per_t_max != 1 else spec.t_max),
         "label_smoothing": spec.label_smoothing, "seed": args.seed, "limit_train": args.limit_train,
+        "input_size": args.input_size,
         "weights": args.weights, "pretrained": bool(args.pretrained), "recipe": recipe.name,
         "recipe_settings": recipe.to_dict(), "gpu_augment": bool(args.gpu_augment),
         "world_size": world(), "device": device.type, "amp": "bf16" if cuda else None,
@@ -270,6 +280,9 @@ def train(args) -> dict:
             raise DataError(f"--resume: {last} was trained on another data file (sha256 differs)")
         if resume_state["hparams"]["model"] != spec.name:
             raise DataError(f"--resume: {last} is a {resume_state['hparams']['model']} run, not {spec.name}")
+        if resume_state["hparams"].get("input_size") != args.input_size:
+            raise DataError(f"--resume: {last} was trained with --input-size "
+                            f"{resume_state['hparams'].get('input_size')}, not {args.input_size}")
         was = resume_state["hparams"].get("recipe", "seed")
         if was != recipe.name:
             raise DataError(f"--resume: {last} was trained with --recipe {was}, not {recipe.name}")
