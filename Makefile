@@ -36,7 +36,7 @@ help:
 	@echo "make data         download Galaxy10_DECals.h5 (2.54 GB) into data/"
 	@echo "make demo-data    generate data/synthetic.h5"
 	@echo "make demo-models  rebuild the shipped demo models (runs/demo -> checkpoints/demo; minutes on a GPU)"
-	@echo "make models DATA=path [RUN=runs/NAME] [EPOCHS=n] [PRETRAINED=1|0] [RECIPE=seed|strong] [MODELS=b0,b2]"
+	@echo "make models DATA=path [RUN=runs/NAME] [EPOCHS=n] [PRETRAINED=1|0] [RECIPE=seed|strong|augmented] [MODELS=b0,b2]"
 	@echo "                  train, evaluate (TTA) and archive every model; finished stages are skipped"
 	@echo "make train MODEL=b0|b2|convnext DATA=path [EPOCHS=n] [OUT=dir]"
 	@echo "make evaluate RUN=dir [DATA=path] [TTA=1]"

@@ -1,9 +1,9 @@
 """Training throughput: the real input path vs the raw model step, per spec, recipe and augmentation place.
 
     python -m bench.training [--data PATH] [--device cpu|cuda] [--batch-size N] [--steps N] [--models b0,b2]
-           [--recipes seed,strong] [--augment loader,device]
+           [--recipes seed,strong,augmented] [--augment loader,device]
     # the GPU run of issue 9, all side by side:
-    python -m bench.training --models b0,b2,convnext --recipes seed,strong --augment loader,device
+    python -m bench.training --models b0,b2,convnext --recipes seed,strong,augmented --augment loader,device
 
 "real input" times training steps fed by the DataLoader (HDF5 rows -> train transform, the workers
 training.train would use); "raw step" times the same steps on random tensors already on the device.
@@ -125,7 +125,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 2 on CPU, 10 on CUDA)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: as training)")
     p.add_argument("--models", default="b0,b2", help="comma-separated specs: b0, b2, convnext")
-    p.add_argument("--recipes", default="seed", help="comma-separated: seed, strong (training/recipes.py)")
+    p.add_argument("--recipes", default="seed", help="comma-separated: seed, strong, augmented (training/recipes.py)")
     p.add_argument("--augment", default="loader",
                    help="comma-separated: loader (PIL transforms in the DataLoader), device (DeviceAugment)")
     args = p.parse_args(argv)

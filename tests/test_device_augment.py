@@ -1,5 +1,6 @@
 """Device-side augmentation (galaxy_morph.transforms.DeviceAugment), checked on CPU against the
 PIL path and torch.rot90; the strong recipe and --gpu-augment through training.train, resumed."""
+import dataclasses
 import json
 
 import numpy as np
@@ -73,7 +74,7 @@ def test_train_mode_keeps_the_centre_and_normalises():
 def test_strong_recipe_with_device_augmentation_resumes_exactly(tmp_path):
     data = make_h5(tmp_path / "tiny.h5", n=50, size=48)
     common = ["--model", "b0", "--data", str(data), "--limit-train", "16", "--batch-size", "8",
-              "--workers", "0", "--device", "cpu", "--recipe", "strong", "--gpu-augment"]
+              "--workers", "0", "--device", "cpu", "--recipe", "augmented", "--gpu-augment"]
     a, b = tmp_path / "a", tmp_path / "b"
     assert train.main([*common, "--out", str(a), "--epochs", "2"]) == 0
     assert train.main([*common, "--out", str(b), "--epochs", "1", "--t-max", "2"]) == 0
@@ -83,15 +84,15 @@ def test_strong_recipe_with_device_augmentation_resumes_exactly(tmp_path):
         for k in ("train_loss", "val_loss", "lr"):
             assert ha[k] == pytest.approx(hb[k], rel=1e-4, abs=1e-6), k
     hp = json.loads((a / "meta.json").read_text())["hparams"]
-    assert hp["recipe"] == "strong" and hp["gpu_augment"] is True and hp["t_max"] == 2
-    assert hp["recipe_settings"]["ema_decay"] == 0.999
+    assert hp["recipe"] == "augmented" and hp["gpu_augment"] is True and hp["t_max"] == 2
+    assert hp["recipe_settings"]["ema_decay"] == 0.999 and hp["recipe_settings"]["mixup_alpha"] == 0.2
     assert hist_a[1]["lr"] < hist_a[0]["lr"]  # cosine over the run, stepped per batch
     last = torch.load(a / "last.pt", weights_only=False)
     assert last["ema"]["updates"] == 4  # two steps per epoch, two epochs
     # The saved checkpoint is the EMA of the weights, not the last weights.
     saved = torch.load(a / "model.pt", weights_only=True)
     assert any(not torch.equal(saved[k], v) for k, v in last["model"].items() if v.dtype.is_floating_point)
-    # A strong run does not resume as a seed run.
+    # An augmented run does not resume as a seed run.
     assert train.main([*common[:-3], "--out", str(a), "--epochs", "3", "--resume"]) == 2
 
 
@@ -112,17 +113,20 @@ def test_recipe_switches_turn_off_one_at_a_time(capsys):
     from training import ablate
     from training.recipes import RECIPES, SWITCHES, get_recipe
 
-    strong = RECIPES["strong"]
-    no_ema = get_recipe("strong", ["ema"])
-    assert no_ema.name == "strong-no-ema" and no_ema.ema_decay is None
-    assert no_ema.mixup_alpha == strong.mixup_alpha and no_ema.scale_jitter == strong.scale_jitter
-    bare = get_recipe("strong", list(SWITCHES))
+    full = RECIPES["augmented"]
+    no_ema = get_recipe("augmented", ["ema"])
+    assert no_ema.name == "augmented-no-ema" and no_ema.ema_decay is None
+    assert no_ema.mixup_alpha == full.mixup_alpha > 0 and no_ema.scale_jitter == full.scale_jitter
+    # strong is augmented without the two switches that measured harmful
+    assert get_recipe("augmented", ["jitter", "mix"]) == dataclasses.replace(RECIPES["strong"], name="augmented-no-jitter-no-mix")
+    bare = get_recipe("augmented", list(SWITCHES))
     assert (bare.warmup_epochs, bare.ema_decay, bare.scale_jitter, bare.translate, bare.mixup_alpha,
             bare.cutmix_alpha) == (0.0, None, None, 0.0, 0.0, 0.0)
-    assert bare.epochs_per_t_max == strong.epochs_per_t_max  # the same length: only switches go
+    assert bare.epochs_per_t_max == full.epochs_per_t_max  # the same length: only switches go
     with pytest.raises(ValueError, match="unknown switch dropout: choose from schedule, ema, jitter, mix"):
         get_recipe("strong", ["dropout"])
-    assert ablate.recipe_args("strong-no-ema") == ["--recipe", "strong", "--without", "ema"]
+    assert ablate.recipe_args("augmented-no-ema") == ["--recipe", "augmented", "--without", "ema"]
+    assert ablate.recipe_args("strong") == ["--recipe", "strong"]
     assert ablate.recipe_args("seed") == ["--recipe", "seed"]
     assert ablate.main(["--data", "x.h5", "--epochs", "1", "--variants", "strong-no-tta"]) == 2
     assert "unknown variant(s) strong-no-tta" in capsys.readouterr().err

@@ -1,7 +1,7 @@
-"""Recipe ablation: `seed`, `strong`, and `strong` without each of its switches, on one protocol.
+"""Recipe ablation: `seed`, `strong`, `augmented`, and `augmented` without each switch, on one protocol.
 
     python -m training.ablate --data data/synthetic.h5 --model b0 --epochs 6 --limit-train 2000 \
-        --out runs/ablate [--variants seed,strong,strong-no-ema] [--device cuda]
+        --out runs/ablate [--variants seed,strong,augmented-no-ema] [--device cuda] [--input-size 64]
 
 Every variant trains with training.train on the same split, rows, epochs and schedule length
 (--t-max = --epochs) and seed, and is evaluated by training.evaluate on the held-out test split and
@@ -22,7 +22,7 @@ from training import evaluate as ev
 from training import train as tr
 from training.recipes import SWITCHES
 
-VARIANTS = ("seed", "strong", *(f"strong-no-{s}" for s in SWITCHES))
+VARIANTS = ("seed", "strong", "augmented", *(f"augmented-no-{s}" for s in SWITCHES))
 
 
 def parse_args(argv=None):

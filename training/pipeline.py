@@ -1,9 +1,9 @@
 """From a Galaxy10-schema file to evaluated, archived models in one command (`make models`).
 
     python -m training.pipeline --data data/Galaxy10_DECals.h5 [--run runs/NAME] [--epochs N]
-           [--pretrained 1|0] [--recipe seed|strong] [--models b0,b2] [--version V] [--store model_store]
+           [--pretrained 1|0] [--recipe seed|strong|augmented] [--models b0,b2] [--version V] [--store model_store]
            [--versioned-name] [--no-archive]
-    make models DATA=data/Galaxy10_DECals.h5 [RUN=runs/NAME] [EPOCHS=n] [PRETRAINED=1|0] [RECIPE=seed|strong] [MODELS=b0,b2]
+    make models DATA=data/Galaxy10_DECals.h5 [RUN=runs/NAME] [EPOCHS=n] [PRETRAINED=1|0] [RECIPE=seed|strong|augmented] [MODELS=b0,b2]
 
 Stages, one progress line each: check the data (and fetch the ImageNet weights into the libraries'
 caches when --pretrained 1, the default: without network it stops here, before any training), train
@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="Galaxy10-schema HDF5 file")
     p.add_argument("--run", default=None, help="run folder (default: runs/<data file stem>-<recipe>)")
     p.add_argument("--models", default=",".join(SPECS), help=f"comma-separated, from {', '.join(ALL_SPECS)}")
-    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's (seed: 30, strong: 60)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's (seed: 30, strong and augmented: 60)")
     p.add_argument("--pretrained", type=int, choices=(0, 1), default=1,
                    help="1 (default, as the seed): start from ImageNet weights; 0: random initialisation")
     p.add_argument("--recipe", default="seed", choices=sorted(RECIPES))
