@@ -126,13 +126,13 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, servi
     # The 100 real samples, measured the way this archive answers: with TTA, training.demo's
     # "real_samples_tta" table; else a report's own figures, if that report was evaluated likewise.
     tta = bool(serving.get("tta"))
-    measured_alike = lambda r: r.get("real_samples_accuracy") if r and bool(r.get("tta")) == tta else None  # noqa: E731
     tta_table = ((run_report or {}).get("real_samples_tta") or {}).get("accuracy") if tta else None
     if tta_table:
         real = tta_table.get((meta.get("spec") or {}).get("name"))
         run_real = {k: v for k, v in tta_table.items() if not k.startswith("ensemble_")}
     else:
-        real, run_real = measured_alike(report), measured_alike(run_report)
+        real, run_real = (r.get("real_samples_accuracy") if r and bool(r.get("tta")) == tta else None
+                          for r in (report, run_report))
     if real is not None:
         card["real_samples_accuracy"] = real
     if run_report:

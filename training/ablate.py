@@ -61,14 +61,12 @@ def run_variant(variant: str, args, split: Path | None) -> dict:
         if found != wanted:
             raise SystemExit(f"error: {ckpt} was trained with {found}, not {wanted}: choose another --out")
     else:
+        optional = {"--limit-train": args.limit_train, "--input-size": args.input_size, "--lr": args.lr,
+                    "--batch-size": args.batch_size, "--device": args.device, "--split": split}
         tr.train(tr.parse_args([
             "--model", args.model, "--data", args.data, "--out", str(ckpt), "--seed", str(args.seed),
             "--epochs", str(args.epochs), "--t-max", str(args.epochs), *recipe_args(variant),
-            *(["--limit-train", str(args.limit_train)] if args.limit_train else []),
-            *[a for flag, v in (("--input-size", args.input_size), ("--lr", args.lr),
-                                ("--batch-size", args.batch_size)) if v is not None for a in (flag, str(v))],
-            *(["--device", args.device] if args.device else []),
-            *(["--split", str(split)] if split else [])]))
+            *(a for flag, v in optional.items() if v for a in (flag, str(v)))]))
         trained = True
     row = {"variant": variant, "train_s": round(time.time() - t0) if trained else None, "epochs": args.epochs}
     for tta in (False, True):
