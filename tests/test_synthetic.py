@@ -158,3 +158,21 @@ def test_sim_stats_measure_what_the_generator_draws():
     assert edge_on["axis_ratio"][0] < 0.4 < 0.75 < round_["axis_ratio"][0]
     blank = np.full((128, 128, 3), 30, np.uint8)
     assert central_source_stats(blank) is None
+
+
+def test_cas_asymmetry_and_clumpiness_separate_what_they_should():
+    # A smooth round source is its own 180-degree turn and has nothing above its smoothed copy; the
+    # same source with a companion on one side is asymmetric, and knots on it make it clumpy.
+    from training.sim_stats import cas_asymmetry_clumpiness
+
+    yy, xx = np.indices((96, 96), dtype=np.float32)
+    smooth = 100 * np.exp(-np.hypot(yy - 47.5, xx - 47.5) / 6)
+    lopsided = smooth + 60 * np.exp(-np.hypot(yy - 47.5, xx - 62) ** 2 / 18)
+    knots = smooth.copy()
+    for y, x in ((40, 52), (55, 44), (50, 56), (42, 41)):
+        knots += 80 * np.exp(-np.hypot(yy - y, xx - x) ** 2 / 2)
+    a_smooth, s_smooth = cas_asymmetry_clumpiness(smooth, 47.5, 47.5, 15, noise=0.0)
+    a_lopsided, _ = cas_asymmetry_clumpiness(lopsided, 47.5, 47.5, 15, noise=0.0)
+    _, s_knots = cas_asymmetry_clumpiness(knots, 47.5, 47.5, 15, noise=0.0)
+    assert abs(a_smooth) < 0.01 and a_lopsided > 0.1
+    assert s_knots > 2 * s_smooth
