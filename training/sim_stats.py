@@ -74,7 +74,8 @@ def cas_asymmetry_clumpiness(light, cy, cx, radius, noise) -> tuple[float, float
     aperture = r < 1.5 * radius
     total = np.abs(centred[aperture]).sum()
     # Two independent noises differ by 2/sqrt(pi) sigma on average.
-    asym = (np.abs(centred - centred[::-1, ::-1])[aperture].sum() - aperture.sum() * 1.128 * noise) / (2 * total)
+    noise_share = aperture.sum() * 2 / np.sqrt(np.pi) * noise
+    asym = (np.abs(centred - centred[::-1, ::-1])[aperture].sum() - noise_share) / (2 * total)
     residual = centred - ndimage.gaussian_filter(centred, 0.25 * radius)
     clumps = residual[aperture & (r > 0.25 * radius)].clip(0).sum() / total
     return float(asym), float(clumps)
