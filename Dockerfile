@@ -33,7 +33,9 @@ WORKDIR /app
 # Dependencies first (a layer that changes only with requirements.txt), then the code.
 COPY Makefile requirements.txt pyproject.toml ./
 COPY galaxy_morph galaxy_morph
-COPY galaxy_service galaxy_service
+COPY handlers handlers
+COPY torchserve_ops torchserve_ops
+COPY survey survey
 COPY prediction prediction
 RUN case "$DEVICE" in \
       cpu) export PIP_EXTRA_INDEX_URL="$TORCH_CPU_INDEX" ;; \
@@ -44,7 +46,6 @@ RUN case "$DEVICE" in \
  && rm -rf /var/lib/apt/lists/* /root/.cache
 
 COPY config.properties ./
-COPY handlers handlers
 COPY deploy deploy
 COPY ${RUN} ${RUN}
 RUN mkdir -p model_store \

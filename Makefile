@@ -78,7 +78,7 @@ data: setup
 
 demo-data: setup data/synthetic.h5
 data/synthetic.h5:
-	$(PY) -m galaxy_morph.synthetic --out $@
+	$(PY) -m simulation.synthetic --out $@
 
 demo-models: setup
 	$(PY) -m training.demo --data data/synthetic_demo.h5 --out runs/demo --ship checkpoints/demo
@@ -97,7 +97,7 @@ evaluate: setup
 	$(PY) -m training.evaluate --run $(RUN) $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(filter-out 0,$(TTA)),--tta)
 
 archive: setup
-	$(PY) -m handlers.archive --run $(RUN) --store model_store $(if $(VERSION),--version $(VERSION)) \
+	$(PY) -m torchserve_ops.archive --run $(RUN) --store model_store $(if $(VERSION),--version $(VERSION)) \
 		--device $(or $(DEVICE),cpu) $(if $(filter-out 0,$(TTA)),--tta)
 
 serve: setup java
@@ -126,7 +126,7 @@ bench-gpu: setup java
 INPUT ?=
 CATALOG ?= catalog.csv
 classify: setup
-	$(PY) -m galaxy_service.bulk --input "$(INPUT)" --out "$(if $(filter command line,$(origin OUT)),$(OUT),$(CATALOG))" \
+	$(PY) -m torchserve_ops.bulk --input "$(INPUT)" --out "$(if $(filter command line,$(origin OUT)),$(OUT),$(CATALOG))" \
 		--model $(if $(filter command line,$(origin MODEL)),$(MODEL),galaxy-ensemble) $(if $(SERVERS),--servers $(SERVERS)) \
 		$(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(if $(RULE),--rule $(RULE)) \
 		$(if $(CUTOUT_URL),--cutout-url "$(CUTOUT_URL)") $(if $(CUTOUT_LAYER),--layer $(CUTOUT_LAYER)) \

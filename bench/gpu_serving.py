@@ -2,7 +2,7 @@
 
     python -m bench.gpu_serving [--device cuda] [--seconds 10] [--out docs]     # make bench-gpu
 
-Builds the archives with the device's serving settings (handlers.archive DEVICE_CONFIG; cuda: bf16
+Builds the archives with the device's serving settings (torchserve_ops.archive DEVICE_CONFIG; cuda: bf16
 autocast, batches of up to 32, JPEGs decoded on the GPU), starts TorchServe (token auth on) and,
 per model, measures side by side in this one run:
 
@@ -35,7 +35,7 @@ from galaxy_morph.imaging import decode_image, decode_to_tensor  # noqa: E402
 from galaxy_morph.models import class_probabilities, load_checkpoint  # noqa: E402
 from galaxy_morph.specs import ModelSpec  # noqa: E402
 from galaxy_morph.transforms import eval_tensor_transform, eval_transform  # noqa: E402
-from handlers.archive import DEVICE_CONFIG, build_all, model_config_for  # noqa: E402
+from torchserve_ops.archive import DEVICE_CONFIG, build_all, model_config_for  # noqa: E402
 from handlers.galaxy_handler import PRECISIONS  # noqa: E402
 
 MODELS = ("b0", "b2")

@@ -24,7 +24,7 @@ from ts.context import Context, RequestProcessor  # noqa: E402
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl  # noqa: E402
 
 from bench import serving  # noqa: E402
-from handlers.archive import model_config_for  # noqa: E402
+from torchserve_ops.archive import model_config_for  # noqa: E402
 from handlers.galaxy_handler import GalaxyHandler  # noqa: E402
 
 METRICS_YAML = str(Path(ts.__file__).parent / "configs" / "metrics.yaml")

@@ -14,7 +14,7 @@ For b0, b2 and the ensemble, measured in the same run on this machine:
                    models (the workflow's work). The goals judge the server against this one;
   flask            bench/flask_baseline.py, one Flask process that decodes, transforms and runs the
                    model(s) per request (the seed's architecture), at concurrency 1 and 8;
-  served           TorchServe (handlers/server.py, token auth on, free ports) with the galaxy-b0/b2
+  served           TorchServe (torchserve_ops/server.py, token auth on, free ports) with the galaxy-b0/b2
                    handlers and the galaxy-ensemble workflow, at concurrency 1 and 8;
   ray              `make predict`'s command (prediction.ray_predict, local Ray) on --ray-images
                    copies of the samples, against raw from bytes measured right after it.
@@ -346,8 +346,8 @@ def ok_answer(r: requests.Response) -> bool:
 
 @contextlib.contextmanager
 def flask_server(run: Path, log: Path):
-    from handlers.server import free_port
-    from galaxy_service.client import wait_for
+    from torchserve_ops.server import free_port
+    from torchserve_ops.client import wait_for
 
     port = free_port()
     cmd = [sys.executable, "-m", "bench.flask_baseline", "--port", str(port),
@@ -371,7 +371,7 @@ def flask_server(run: Path, log: Path):
 def build_store(run: Path, store: Path, model_config: dict | None = None,
                 workflow_models: dict | None = None) -> Path:
     """Archives for this run; `model_config` / `workflow_models` override the archive defaults."""
-    from handlers.archive import build_all
+    from torchserve_ops.archive import build_all
 
     with contextlib.redirect_stdout(sys.stderr):
         build_all(run, store, model_config=model_config, workflow_models=workflow_models)
@@ -381,7 +381,7 @@ def build_store(run: Path, store: Path, model_config: dict | None = None,
 @contextlib.contextmanager
 def torchserve(store: Path, workdir: Path, env: dict | None = None):
     """A TorchServe of our own on free ports (token auth on), stopped on exit."""
-    from handlers import server as ts_server
+    from torchserve_ops import server as ts_server
 
     ports = ts_server.free_ports()
     saved = {k: os.environ.get(k) for k in (env or {})}
@@ -513,7 +513,7 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# What the benchmark serves with on top of the archive defaults (handlers/archive.py: batches of
+# What the benchmark serves with on top of the archive defaults (torchserve_ops/archive.py: batches of
 # up to 8 images, 10 ms delay, one worker per model, workflow nodes timeout-ms 5000 x 3 attempts
 # against TorchServe 0.12's lost-answer race): nothing, so the table is what `make serve` runs.
 CHOSEN_WORKFLOW = {}
@@ -524,7 +524,7 @@ CHOSEN_ENV = {}
 CHOSEN_LABEL = ("archive defaults: 1 worker per model, batch 8 / 10 ms, torch default threads (2), "
                 "passive OpenMP waiting")
 
-# What TorchServe offers through configuration (handlers.archive.build_all(model_config=...,
+# What TorchServe offers through configuration (torchserve_ops.archive.build_all(model_config=...,
 # workflow_models=...) and the workers' environment), each measured at c=8 next to raw-from-bytes.
 TUNING = [
     # (label, env for the workers, model-config overrides, workflow overrides)
@@ -776,7 +776,7 @@ def workflow_facts() -> dict:
 
         facts["race_guard_ms"] = round(1000 * wf.RACE_GUARD_S, 1)
     with contextlib.suppress(Exception):
-        from handlers import archive
+        from torchserve_ops import archive
 
         facts["workflow_models"] = archive.WORKFLOW_MODELS
         facts["model_config"] = archive.MODEL_CONFIG
@@ -928,7 +928,7 @@ def write_md(path, results, summary, goals, ray, info, memory, flask_rss, settin
              f"whole bench {info['bench_wall_s']} s")
     L.append("")
     L.append("## TorchServe settings measured\n")
-    L.append("The archives' `model-config.yaml` and workflow spec (handlers/archive.py) and "
+    L.append("The archives' `model-config.yaml` and workflow spec (torchserve_ops/archive.py) and "
              "config.properties, as the describe API reports them:\n")
     L.append("| model | workers | batch size | max batch delay ms |")
     L.append("|---|---:|---:|---:|")

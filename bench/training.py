@@ -23,13 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import RandomSampler
 
-from galaxy_morph.data import GalaxyH5Dataset, inspect_h5
+from galaxy_morph.data import GalaxyH5Dataset, create_h5, inspect_h5
 from galaxy_morph.models import build_model
 from galaxy_morph.specs import get_spec
 from galaxy_morph.transforms import DeviceAugment, train_transform, uint8_transform
@@ -42,9 +41,9 @@ GALAXY10_TRAIN_ROWS = int(0.8 * 17736)
 
 def random_h5(path, n, size=256, num_classes=10, seed=0):
     rng = np.random.default_rng(seed)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("images", data=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
-        f.create_dataset("ans", data=np.arange(n) % num_classes)
+    with create_h5(path, np.arange(n) % num_classes, size,
+                   images=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)):
+        pass
     return path
 
 

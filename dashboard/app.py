@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from dashboard import common  # noqa: E402
-from galaxy_service.client import TorchServeError  # noqa: E402
+from torchserve_ops.client import TorchServeError  # noqa: E402
 
 st.set_page_config(page_title="Galaxy morphology", page_icon=":material/blur_on:", layout="wide")
 

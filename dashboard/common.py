@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboard import views
 
-from galaxy_service.client import (AuthError, ServerError, ServerTimeout, ServerUnavailable,
+from torchserve_ops.client import (AuthError, ServerError, ServerTimeout, ServerUnavailable,
                                    TorchServeClient, TorchServeError, server_settings)
 
 

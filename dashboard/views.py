@@ -5,7 +5,6 @@ The dashboard pages call these and only render the result; the tests call them d
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import socket
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image
 
 from galaxy_morph.answers import MODEL_NAMES, WORKFLOW_NAME
 from galaxy_morph.specs import ALL_SPECS, GALAXY10_CLASSES, SPECS
-from galaxy_service.client import Sample, metric_total
+from torchserve_ops.client import Sample, metric_total
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = REPO_ROOT / "samples" / "galaxy10_decals"
@@ -302,7 +301,7 @@ def confusion_frame(matrix, class_names=GALAXY10_CLASSES) -> pd.DataFrame:
 
 
 def card_summary(card: dict) -> dict:
-    """The parts of a model card (handlers/archive.py model_card) the page shows."""
+    """The parts of a model card (torchserve_ops/archive.py model_card) the page shows."""
     test = card.get("test") or {}
     return {
         "accuracy": test.get("accuracy", (card.get("metrics") or {}).get("val_accuracy")),
@@ -337,7 +336,7 @@ def provenance(card: dict, model: str = "") -> dict:
 def provenance_text(p: dict) -> str:
     """One sentence for a page: trained on what, and the measured real-sample accuracy."""
     if p["synthetic"]:
-        trained = "**trained only on synthetic galaxies** (`galaxy_morph.synthetic`)"
+        trained = "**trained only on synthetic galaxies** (`simulation.synthetic`)"
     elif p["synthetic"] is False:
         trained = f"trained on `{p['data_path']}`"
     else:

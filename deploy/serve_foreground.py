@@ -3,12 +3,12 @@
     python -m deploy.serve_foreground --config deploy/k8s/base/config.properties \
         [--log-dir logs] [--ready-file /tmp/galaxy-morph-ready] [--no-workflow] [--timeout 600]
 
-`python -m handlers.server start` is made for one host: it rewrites the addresses to 127.0.0.1,
+`python -m torchserve_ops.server start` is made for one host: it rewrites the addresses to 127.0.0.1,
 relies on token authorisation (key_file.json) and returns once TorchServe runs in the background.
 A container needs the opposite: the config used unchanged (0.0.0.0, tokens off: see
 deploy/k8s/base/config.properties), the server as the container's main process with its logs on
 stdout, and SIGTERM from Kubernetes stopping it cleanly. This module starts the same Java command
-as the launcher (handlers.server.java_command), waits until /ping answers and the start-up models
+as the launcher (torchserve_ops.server.java_command), waits until /ping answers and the start-up models
 are READY, registers the galaxy-ensemble workflow (TorchServe cannot load workflows at start),
 writes the ready file that the pod's startupProbe checks, and then waits: its exit status is
 TorchServe's. SIGTERM or SIGINT stop TorchServe and its workers. Exit 1: bad config or archives
@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from handlers.server import WORKFLOW, java_command, workflow_members, workflow_model_names
+from torchserve_ops.server import WORKFLOW, java_command, workflow_members, workflow_model_names
 
 
 class StartError(RuntimeError):

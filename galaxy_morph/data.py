@@ -20,6 +20,9 @@ from galaxy_morph.specs import GALAXY10_CLASSES
 from galaxy_morph.transforms import to_pil
 
 SPLITS = ("train", "val", "test")
+# The `source` attribute of the files simulation.synthetic writes; checkpoints record it, so the
+# value stays what it was when the generator lived in this package.
+SYNTHETIC_SOURCE = "galaxy_morph.synthetic"
 
 
 class DataError(ValueError):
@@ -38,24 +41,37 @@ def class_names_of(f: h5py.File) -> list[str]:
     return names
 
 
-def inspect_h5(path: str | os.PathLike) -> dict:
-    """Validate the schema and return {n, size, class_names, labels, ra, dec}; raise DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
+def images_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The shape of the file's `images` dataset, (N, H, W, C) uint8 with C 1, 3 or 4; DataError
+    when the file cannot be read or holds no such dataset. Readers of images only (classifying a
+    survey file) need no more than this; training needs `inspect_h5`."""
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise DataError(f"{path} is not a readable HDF5 file ({e})") from None
     with f:
-        for key in ("images", "ans"):
-            if key not in f:
-                raise DataError(f"{path}: missing dataset {key!r} (have: {', '.join(f.keys()) or 'none'})")
+        if "images" not in f:
+            raise DataError(f"{path}: missing dataset 'images' (have: {', '.join(f.keys()) or 'none'})")
+        shape, dtype = f["images"].shape, f["images"].dtype
+    if len(shape) != 4 or shape[3] not in (1, 3, 4):
+        raise DataError(f"{path}: 'images' must be (N, S, S, 3), got {shape}")
+    if dtype != np.uint8:
+        raise DataError(f"{path}: 'images' must be uint8, got {dtype}")
+    return tuple(int(d) for d in shape)
+
+
+def inspect_h5(path: str | os.PathLike) -> dict:
+    """Validate the schema and return {n, size, class_names, labels, ra, dec}; raise DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    shape = images_shape(path)
+    if shape[3] != 3 or shape[1] != shape[2]:
+        raise DataError(f"{path}: 'images' must be (N, S, S, 3), got {shape}")
+    with h5py.File(path, "r") as f:
+        if "ans" not in f:
+            raise DataError(f"{path}: missing dataset 'ans' (have: {', '.join(f.keys()) or 'none'})")
         images, ans = f["images"], f["ans"]
-        if images.ndim != 4 or images.shape[3] != 3 or images.shape[1] != images.shape[2]:
-            raise DataError(f"{path}: 'images' must be (N, S, S, 3), got {images.shape}")
-        if images.dtype != np.uint8:
-            raise DataError(f"{path}: 'images' must be uint8, got {images.dtype}")
         if ans.shape != (images.shape[0],):
             raise DataError(f"{path}: 'ans' must be ({images.shape[0]},), got {ans.shape}")
         if not np.issubdtype(ans.dtype, np.integer):
@@ -70,6 +86,37 @@ def inspect_h5(path: str | os.PathLike) -> dict:
         dec = f["dec"][:].astype(np.float64) if "dec" in f else None
         return {"n": int(images.shape[0]), "size": int(images.shape[1]), "class_names": names,
                 "labels": labels, "ra": ra, "dec": dec}
+
+
+def create_h5(path: str | os.PathLike, labels, size: int, *, images=None, ra=None, dec=None,
+              redshift=None, pxscale=None, class_names=None, **attrs) -> h5py.File:
+    """The one writer of the schema: an open file with `ans` and the optional columns written and
+    `images` (N, size, size, 3) uint8 either filled from `images` or allocated for the caller to
+    fill row by row (chunked one image a row). Use as a context manager."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    f = h5py.File(path, "w")
+    try:
+        if images is None:
+            f.create_dataset("images", (n, size, size, 3), np.uint8, chunks=(1, size, size, 3))
+        else:
+            images = np.asarray(images, np.uint8)
+            if images.shape != (n, size, size, 3):
+                raise DataError(f"images must be ({n}, {size}, {size}, 3), got {images.shape}")
+            f.create_dataset("images", data=images, chunks=(1, size, size, 3))
+        f.create_dataset("ans", data=labels.astype(np.uint8))  # as Galaxy10 DECaLS stores it
+        for key, column, dtype in (("ra", ra, np.float64), ("dec", dec, np.float64),
+                                   ("redshift", redshift, np.float32), ("pxscale", pxscale, np.float32)):
+            if column is not None:
+                f.create_dataset(key, data=np.asarray(column, dtype))
+        if class_names is not None:
+            f.attrs["class_names"] = json.dumps(list(class_names))
+        for key, value in attrs.items():
+            f.attrs[key] = value
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 class GalaxyH5Dataset(Dataset):

@@ -67,7 +67,7 @@ SPECS = {
 
 # Opt-in specs (`make models MODELS=b0,b2,convnext`, `training.train --model convnext`), kept apart
 # from SPECS, the default pair. A run that has them serves them like B0 and B2: an archive each and
-# a place in the ensemble workflow (handlers.archive builds it over every model of the run).
+# a place in the ensemble workflow (torchserve_ops.archive builds it over every model of the run).
 EXTRA_SPECS = {
     # The seed's future work: a larger, more modern backbone. convnext_nano (15.6 M parameters)
     # over convnext_tiny (28.6 M): on the 2-core CPU it trains at 3.6 vs 1.9 img/s at 224 px

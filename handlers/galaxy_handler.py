@@ -13,11 +13,11 @@ so preprocess() decides per request. `model-config.yaml` may add a `handler:` se
       precision: fp32            # bf16: the forward under bf16 autocast (what a GPU archive sets)
       decode: pil                # device: JPEGs decoded on the model's device (nvJPEG on a GPU)
 
-`python -m handlers.archive --device cuda` writes the GPU settings (handlers/archive.py DEVICE_CONFIG).
+`python -m torchserve_ops.archive --device cuda` writes the GPU settings (torchserve_ops/archive.py DEVICE_CONFIG).
 
-Bodies: galaxy_morph.payload; answers: galaxy_morph.answers.prediction(); a refused request gets
+Bodies: handlers.payload; answers: galaxy_morph.answers.prediction(); a refused request gets
 {"error", "code"} with the status its error type carries (docs/api.md). Built by
-`python -m handlers.archive`; tests/test_handler.py drives handle() with a real ts Context.
+`python -m torchserve_ops.archive`; tests/test_handler.py drives handle() with a real ts Context.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from galaxy_morph.answers import prediction
 from galaxy_morph.imaging import MAX_PIXELS, ImageError, decode_image, decode_to_tensor
 from galaxy_morph.models import class_probabilities, classifier_layer, load_checkpoint
-from galaxy_morph.payload import RequestError, class_index, error_body, header, read_request
+from handlers.payload import RequestError, class_index, error_body, header, read_request
 from galaxy_morph.specs import ModelSpec
 from galaxy_morph.transforms import eval_tensor_transform, eval_transform
 

@@ -7,7 +7,7 @@ model node JSON {"image": base64}, or an {"error", "code"} that the model handle
 forward unchanged (a workflow answer is always HTTP 200 in TorchServe 0.12: see docs/api.md).
 
 The members (the model nodes, B0 first) and their per-class validation F1 come from ensemble.json,
-which `python -m handlers.archive` packs into the .war next to this file; an archive without a
+which `python -m torchserve_ops.archive` packs into the .war next to this file; an archive without a
 member list is the B0 + B2 pair. The rule comes from the `X-Ensemble-Rule` header: seed, mean or
 weighted; by default seed for two members and mean for more. `seed` is a two-model rule: a
 workflow of three or more members refuses it in `pre` with a 400 body, before any model runs.
@@ -22,14 +22,14 @@ import time
 from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, ensemble_prediction
 from galaxy_morph.ensemble import RULES, check_rule, combine_models, default_rule
 from galaxy_morph.imaging import ImageError, decode_image
-from galaxy_morph.payload import RequestError, error_body, header, read_request
+from handlers.payload import RequestError, error_body, header, read_request
 
 RULE_HEADER = "X-Ensemble-Rule"
 SETTINGS_FILE = WORKFLOW_SETTINGS
 PAIR = ("b0", "b2")  # the members of an ensemble.json without a "models" entry
 # TorchServe 0.12 attaches the promise for a node's answer only after queueing its job; an answer
 # that comes back sooner is lost and the request stalls until the node's timeout-ms. Function
-# nodes answer in ~1 ms, so they wait this long first (see WORKFLOW_MODELS in handlers/archive.py).
+# nodes answer in ~1 ms, so they wait this long first (see WORKFLOW_MODELS in torchserve_ops/archive.py).
 # Measured side by side (ensemble, 12 s per point, two rounds): 20 ms -> 5 ms raised c=8 from 19-20
 # to 22 img/s and c=1 from 7.5 to 9-10 img/s; no request stalled at 5 ms or at 0 ms.
 RACE_GUARD_S = float(os.environ.get("GALAXY_RACE_GUARD_S", "0.005"))

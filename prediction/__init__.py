@@ -9,5 +9,5 @@
     prediction.ray_predict  the CLI and the Ray Data pipeline
 
 It depends one way on the core (galaxy_morph) and on the bulk classifier's columns
-(galaxy_service.bulk); nothing imports it.
+(torchserve_ops.bulk); nothing imports it.
 """

@@ -17,15 +17,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from galaxy_service.bulk import iter_folder
+from survey.inputs import H5_SUFFIXES, InputError, h5_size, iter_folder
 
-H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 PARQUET_SUFFIX = ".parquet"
 DEFAULT_SHARD_SIZE = 1024
-
-
-class InputError(ValueError):
-    """The input cannot be classified; the message says why."""
 
 
 @dataclass
@@ -50,19 +45,6 @@ def list_images(folder: Path) -> list[str]:
     return [item.id for item in iter_folder(Path(folder))]
 
 
-def _h5_rows(path: Path) -> int:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "images" not in f:
-                raise InputError(f"{path}: no 'images' dataset (keys: {', '.join(f.keys()) or 'none'})")
-            shape, dtype = f["images"].shape, f["images"].dtype
-    except OSError as e:
-        raise InputError(f"{path} is not a readable HDF5 file ({e})") from None
-    if len(shape) != 4 or shape[3] not in (1, 3, 4) or dtype.kind != "u" or dtype.itemsize != 1:
-        raise InputError(f"{path}: 'images' must be (N, H, W, 3) uint8, got {shape} {dtype}")
-    return int(shape[0])
 
 
 def _parquet_rows(path: Path) -> int:
@@ -89,7 +71,7 @@ def plan_shards(path: str | os.PathLike, shard_size: int = DEFAULT_SHARD_SIZE) -
         raise InputError(f"input not found: {path} (give a folder of JPEG/PNG images, an HDF5 file "
                          f"or Parquet shards)")
     if path.is_file() and path.suffix.lower() in H5_SUFFIXES:
-        n = _h5_rows(path)
+        n = h5_size(path)
         if n == 0:
             raise InputError(f"{path}: 'images' has no rows")
         return [Shard(i, "h5", str(path), min(shard_size, n - s), start=s)

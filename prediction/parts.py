@@ -4,7 +4,7 @@
     store.write(shard.key, rows)                     # atomic: a killed run never leaves half a part
     store.merge(all_shard_keys)                      # -> out.csv (or out.parquet), parts removed
 
-Rows are the bulk classifier's CSV rows (galaxy_service.bulk.header_for / row_for), so both tools
+Rows are the bulk classifier's CSV rows (survey.rows.header_for / row_for), so both tools
 write the same columns with the same number formatting. Parquet output keeps those columns, with
 `label` an integer and the confidence and class probabilities floats (empty -> null).
 """

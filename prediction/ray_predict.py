@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galaxy_service.bulk import header_for, row_for
+from survey.rows import header_for, row_for
 from prediction.classifier import (ENSEMBLE, MEMBERS, BatchClassifier, CheckpointBundle,
                                    CheckpointError)
 from prediction.inputs import DEFAULT_SHARD_SIZE, InputError, Shard, plan_shards, read_shard
@@ -96,10 +96,10 @@ def start_ray(address: str | None, num_cpus: int | None):
         return False
     if address:
         import galaxy_morph
-        import galaxy_service
         import prediction
+        import survey
 
-        ray.init(address=address, runtime_env={"py_modules": [galaxy_morph, galaxy_service, prediction]},
+        ray.init(address=address, runtime_env={"py_modules": [galaxy_morph, survey, prediction]},
                  log_to_driver=False)
     else:
         os.environ.pop("RAY_ADDRESS", None)  # an empty RAY_ADDRESS= from make means local

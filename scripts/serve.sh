@@ -5,7 +5,7 @@
 #
 #   scripts/serve.sh            # RUN=checkpoints/demo (the shipped demo models) by default;
 #                               # ports from TS_*_PORT (8080/8081/8082)
-#   DEVICE=cuda scripts/serve.sh   # GPU serving settings (handlers/archive.py DEVICE_CONFIG)
+#   DEVICE=cuda scripts/serve.sh   # GPU serving settings (torchserve_ops/archive.py DEVICE_CONFIG)
 #   TTA=1 scripts/serve.sh         # every answer the mean over the 8 flips/quarter turns
 #
 # Logs and the pid file go to logs/; key_file.json (the API tokens) to the repository root.
@@ -20,8 +20,8 @@ TTA="${TTA:-}"
 STORE="$ROOT/model_store"
 mkdir -p logs "$STORE"
 
-if "$PY" -m handlers.server status >/dev/null 2>&1; then
-    echo "TorchServe is already running: $("$PY" -m handlers.server status) (make stop first to serve other checkpoints or options)"
+if "$PY" -m torchserve_ops.server status >/dev/null 2>&1; then
+    echo "TorchServe is already running: $("$PY" -m torchserve_ops.server status) (make stop first to serve other checkpoints or options)"
 else
     models=()  # every checkpoint folder in RUN (b0, b2, convnext...): one archive each, one workflow
     for ckpt in "$RUN"/*/model.pt; do
@@ -39,17 +39,17 @@ else
     done
     options=(--device "$DEVICE")
     [[ -n "$TTA" && "$TTA" != 0 ]] && options+=(--tta)
-    # handlers.archive stamps the store with the checkpoints and options it was built from
+    # torchserve_ops.archive stamps the store with the checkpoints and options it was built from
     model_list="$(IFS=,; echo "${models[*]}")"
-    built_from="$("$PY" -m handlers.archive --run "$RUN" --models "$model_list" "${options[@]}" --print-built-from)"
+    built_from="$("$PY" -m torchserve_ops.archive --run "$RUN" --models "$model_list" "${options[@]}" --print-built-from)"
     [[ "$(cat "$STORE/.built_from" 2>/dev/null)" == "$built_from" ]] || stale=1
     if (( stale )); then
         echo "building archives from $RUN (${options[*]})"
-        "$PY" -m handlers.archive --run "$RUN" --store "$STORE" --models "$model_list" \
+        "$PY" -m torchserve_ops.archive --run "$RUN" --store "$STORE" --models "$model_list" \
             "${options[@]}" $( [[ -n "${VERSION:-}" ]] && echo --version "$VERSION" )
     fi
     echo "starting TorchServe (log: logs/ts_log.log, logs/torchserve.out)"
-    "$PY" -m handlers.server start --store "$STORE" --workdir "$ROOT"
+    "$PY" -m torchserve_ops.server start --store "$STORE" --workdir "$ROOT"
 fi
 
 if [[ -f dashboard/app.py && -x scripts/dashboard.sh ]]; then

@@ -9,4 +9,4 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 if [[ -x scripts/dashboard.sh ]]; then
     scripts/dashboard.sh stop || true
 fi
-"$PY" -m handlers.server stop --workdir "$ROOT"
+"$PY" -m torchserve_ops.server stop --workdir "$ROOT"

@@ -8,9 +8,9 @@
 #   scripts/versions.sh unregister galaxy-b0 2.0
 #   scripts/versions.sh refresh-workflow                 # ensemble onto the current defaults
 #
-# Build a new version first: .venv/bin/python -m handlers.archive --run DIR --store model_store \
+# Build a new version first: .venv/bin/python -m torchserve_ops.archive --run DIR --store model_store \
 #     --models b0 --version 2.0 --versioned-name --no-workflow
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-exec "${PYTHON:-$ROOT/.venv/bin/python}" -m handlers.versions "$@"
+exec "${PYTHON:-$ROOT/.venv/bin/python}" -m torchserve_ops.versions "$@"

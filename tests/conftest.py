@@ -4,7 +4,7 @@
         r = requests.post(torchserve.inference_url + "/predictions/galaxy-b0", data=jpeg,
                           headers=torchserve.auth("inference"))
 
-`torchserve` (session scope) is a handlers.server.Server: .inference_url .management_url
+`torchserve` (session scope) is a torchserve_ops.server.Server: .inference_url .management_url
 .metrics_url .key_file .model_store .workdir .log_dir .run_dir, and .inference_key()
 .management_key() .api_key() .auth(kind) read key_file.json (keys change at every start).
 Models galaxy-b0 and galaxy-b2 (version 1.0) and the galaxy-ensemble workflow are READY. The
@@ -12,7 +12,7 @@ archives are built in a temporary folder from random-init checkpoints without ev
 
 `make_torchserve(workflow=False)` starts another instance on free ports from the same model store
 (for restart / kill tests); every instance is stopped at the end of the session.
-`unused_port` is a TCP port on 127.0.0.1 that nobody listens on (handlers.server.free_port).
+`unused_port` is a TCP port on 127.0.0.1 that nobody listens on (torchserve_ops.server.free_port).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ SAMPLES = REPO / "samples" / "galaxy10_decals"
 
 @pytest.fixture
 def unused_port() -> int:
-    from handlers.server import free_port
+    from torchserve_ops.server import free_port
 
     return free_port()
 
@@ -53,7 +53,7 @@ def make_checkpoints(run_dir: Path, version: str = "1.0", seed: int = 0) -> Path
 @pytest.fixture(scope="session")
 def served_archives(tmp_path_factory):
     """(run_dir, model_store) with galaxy-b0.mar, galaxy-b2.mar, galaxy-ensemble.war."""
-    from handlers.archive import build_all
+    from torchserve_ops.archive import build_all
 
     root = tmp_path_factory.mktemp("archives")
     run_dir = make_checkpoints(root / "run")
@@ -64,7 +64,7 @@ def served_archives(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def make_torchserve(tmp_path_factory, served_archives):
-    from handlers import server as ts_server
+    from torchserve_ops import server as ts_server
 
     if shutil.which("java") is None:
         pytest.skip("TorchServe needs Java 17 (make java)")

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from galaxy_service.client import TorchServeClient
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "galaxy10_decals" / "class_5_0.jpg"

@@ -1,4 +1,4 @@
-"""Bulk classification (galaxy_service.bulk) against the real TorchServe fixture, plus boundary tests
+"""Bulk classification (torchserve_ops.bulk) against the real TorchServe fixture, plus boundary tests
 (503 retries, 4xx recording, several servers) against a tiny local HTTP server.
 
     .venv/bin/python -m pytest -q tests/test_bulk.py
@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galaxy_service import bulk
+from survey import rows
+from survey.inputs import Item
+from torchserve_ops import bulk
 from galaxy_morph.specs import GALAXY10_CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,7 +142,7 @@ def test_h5_resume_after_truncation(torchserve, tmp_path):
 def test_killed_mid_run_then_resumed(torchserve, tmp_path):
     h5 = make_h5(tmp_path / "survey.h5", 40, seed=1)
     out = tmp_path / "catalog.csv"
-    cmd = [sys.executable, "-m", "galaxy_service.bulk", "--input", str(h5), "--out", str(out),
+    cmd = [sys.executable, "-m", "torchserve_ops.bulk", "--input", str(h5), "--out", str(out),
            "--model", "galaxy-b2", "--concurrency", "2"] + cli(torchserve)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -187,7 +189,7 @@ def test_memory_window_is_bounded_over_1000_inputs(torchserve, tmp_path):
     def source(n=1000):
         for i in range(n):
             ahead.append(i - stats.written)  # inputs pulled but not written yet, before this one
-            yield bulk.Item(f"gen-{i}", lambda: png)
+            yield Item(f"gen-{i}", lambda: png)
 
     pool = bulk.make_pool([torchserve.inference_url], [str(torchserve.key_file)])
     endpoint, info = bulk.resolve_endpoint(pool, "galaxy-b0", None, bulk.RetryPolicy())
@@ -291,7 +293,7 @@ class FakeServe:
 
 def items(n, bad=()):
     for i in range(n):
-        yield bulk.Item(str(i), lambda i=i: b"BAD!" if i in bad else b"\x89PNG fake %d" % i)
+        yield Item(str(i), lambda i=i: b"BAD!" if i in bad else b"\x89PNG fake %d" % i)
 
 
 def run_fake(urls, n, bad=(), policy=None, out=None, tmp=None):
@@ -341,9 +343,9 @@ def test_several_servers_share_the_load_and_survive_a_dead_one(tmp_path, unused_
 
 def test_partial_last_line_is_repaired(tmp_path):
     out = tmp_path / "c.csv"
-    header = bulk.header_for(CLASSES, False)
+    header = rows.header_for(CLASSES, False)
     out.write_text(",".join(header) + "\n" + "7,3,x,0.5,," + ",".join(["0.1"] * 10) + ",m,1\n" + "8,3,In-betw")
-    done, got = bulk.read_done_ids(out, header)
+    done, got = rows.read_done_ids(out, header)
     assert done == {"7"} and got == header
     assert out.read_text().endswith(",m,1\n")
 
@@ -351,17 +353,17 @@ def test_partial_last_line_is_repaired(tmp_path):
 def test_refuses_a_catalogue_with_other_columns(tmp_path):
     out = tmp_path / "c.csv"
     out.write_text("id,label,class_name,confidence,error,A,B,model,version\n")
-    with pytest.raises(bulk.BulkError, match="other columns"):
-        bulk.read_done_ids(out, bulk.header_for(CLASSES, False))
+    with pytest.raises(rows.CatalogError, match="other columns"):
+        rows.read_done_ids(out, rows.header_for(CLASSES, False))
 
 
 def test_one_run_per_catalogue(tmp_path):
     out = tmp_path / "c.csv"
-    header = bulk.header_for(CLASSES, False)
-    writer = bulk.CatalogWriter(out, header, write_header=True)
+    header = rows.header_for(CLASSES, False)
+    writer = rows.CatalogWriter(out, header, write_header=True)
     try:
-        with pytest.raises(bulk.BulkError, match="another run is writing"):
-            bulk.read_done_ids(out, header)
+        with pytest.raises(rows.CatalogError, match="another run is writing"):
+            rows.read_done_ids(out, header)
     finally:
         writer.close()
-    assert bulk.read_done_ids(out, header) == (set(), header)
+    assert rows.read_done_ids(out, header) == (set(), header)

@@ -1,4 +1,4 @@
-"""galaxy_service.client: the Prometheus parser, key handling, and every call against a real TorchServe.
+"""torchserve_ops.client: the Prometheus parser, key handling, and every call against a real TorchServe.
 
     .venv/bin/python -m pytest -q tests/test_client.py
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from galaxy_service.client import (AuthError, NotReady, Sample, ServerError, ServerTimeout,
+from torchserve_ops.client import (AuthError, NotReady, Sample, ServerError, ServerTimeout,
                                    ServerUnavailable, TorchServeClient, histogram_mean,
                                    locate_key_file, metric_total, parse_prometheus, read_key_file)
 from galaxy_morph.specs import GALAXY10_CLASSES
@@ -266,7 +266,7 @@ def test_wrong_key_in_memory_reloads(client, torchserve):
 @pytest.fixture(scope="module")
 def short_token_server(tmp_path_factory):
     """A TorchServe without models whose keys expire after 6 seconds."""
-    from handlers import server as ts_server
+    from torchserve_ops import server as ts_server
 
     if not ts_server.TEMPLATE.is_file():
         pytest.skip("no config.properties")

@@ -12,7 +12,6 @@ status 0. Bad configs exit 1 with a message, before anything starts.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from handlers.server import free_ports
+from torchserve_ops.server import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 POD_CONFIG = REPO / "deploy" / "k8s" / "base" / "config.properties"

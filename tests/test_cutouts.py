@@ -1,6 +1,6 @@
-"""Positions tables and polite cutout fetching (galaxy_morph.cutouts) against a local HTTP server
+"""Positions tables and polite cutout fetching (survey.cutouts) against a local HTTP server
 that plays the Legacy Surveys cutout service (tests/cutout_service.py); catalogue tables
-(galaxy_morph.catalog). Nothing here touches the internet.
+(survey.catalog). Nothing here touches the internet.
 
     .venv/bin/python -m pytest -q tests/test_cutouts.py
 """
@@ -17,13 +17,13 @@ import pytest
 from astropy import units as u
 from astropy.table import Table
 
-from galaxy_morph import catalog
-from galaxy_morph.cutouts import (CutoutError, CutoutFetcher, CutoutParams, NoSurveyData, PositionsError,
-                                  parse_angle, position_loaders, read_positions)
+from survey import catalog
+from survey.cutouts import CutoutError, CutoutFetcher, CutoutParams, NoSurveyData, position_loaders
+from survey.positions import PositionsError, parse_angle, read_positions
 from galaxy_morph.fits_image import read_bands
 from galaxy_morph.imaging import decode_image
 from galaxy_morph.specs import GALAXY10_CLASSES
-from tests.cutout_service import LocalCutoutService, galaxy_cube
+from tests.cutout_service import LocalCutoutService
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -217,13 +217,13 @@ def test_position_loaders_turn_problems_into_cutout_errors(service, tmp_path):
 
 def test_cutouts_cli_saves_one_cutout(service, tmp_path):
     out = tmp_path / "g.fits"
-    r = subprocess.run([sys.executable, "-m", "galaxy_morph.cutouts", "--ra", "12:22:54.9", "--dec",
+    r = subprocess.run([sys.executable, "-m", "survey.cutouts", "--ra", "12:22:54.9", "--dec",
                         "+15:49:20", "--out", str(out), "--cutout-url", service.url("cutout.fits"),
                         "--cache-dir", str(tmp_path / "c")], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert read_bands(out.read_bytes()).shape == (3, 256, 256)
-    r = subprocess.run([sys.executable, "-m", "galaxy_morph.cutouts", "--ra", "1", "--dec", "-80",
+    r = subprocess.run([sys.executable, "-m", "survey.cutouts", "--ra", "1", "--dec", "-80",
                         "--out", str(out), "--cutout-url", service.url(), "--cache-dir", str(tmp_path / "c")],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "no survey data" in r.stderr
@@ -276,7 +276,7 @@ def test_catalog_cli_converts_and_refuses_bad_input(tmp_path):
     src = catalog_csv(tmp_path / "c.csv")
     pos = tmp_path / "p.csv"
     positions_table().write(pos)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "galaxy_morph.catalog", *map(str, a)], cwd=REPO,
+    run = lambda *a: subprocess.run([sys.executable, "-m", "survey.catalog", *map(str, a)], cwd=REPO,
                                     capture_output=True, text=True, timeout=120)
     r = run(src, tmp_path / "c.vot", "--positions", pos)
     assert r.returncode == 0, r.stderr

@@ -231,7 +231,7 @@ def test_views_helpers():
 
 
 def test_metrics_history_draws_only_reported_numbers():
-    from galaxy_service.client import parse_prometheus
+    from torchserve_ops.client import parse_prometheus
 
     text = """# TYPE Requests2XX counter
 Requests2XX{Level="Host",Hostname="vm",} 3.0
@@ -289,8 +289,8 @@ def versioned_server(tmp_path_factory, served_archives):
     """A TorchServe of its own serving galaxy-b0 1.0, with galaxy-b0-v2.0.mar in its store."""
     import shutil
 
-    from handlers import server as ts_server
-    from handlers.archive import build_model_archive
+    from torchserve_ops import server as ts_server
+    from torchserve_ops.archive import build_model_archive
 
     run_dir, shared_store = served_archives
     root = tmp_path_factory.mktemp("versions")

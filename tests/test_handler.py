@@ -309,7 +309,7 @@ def test_ensemble_forwards_model_errors():
 
 # --- archive card and launcher configuration ---------------------------------------------------
 def test_model_card_with_and_without_report(b0_dir, tmp_path):
-    from handlers.archive import model_card
+    from torchserve_ops.archive import model_card
     from galaxy_morph.models import read_meta
 
     meta = read_meta(b0_dir)
@@ -349,7 +349,7 @@ def test_model_card_with_and_without_report(b0_dir, tmp_path):
 
 
 def test_archive_models_come_from_the_run(tmp_path, capsys):
-    from handlers import archive
+    from torchserve_ops import archive
 
     for m in ("convnext", "b0", "notaspec"):
         (tmp_path / "run" / m).mkdir(parents=True)
@@ -368,7 +368,7 @@ def test_archive_models_come_from_the_run(tmp_path, capsys):
 
 
 def test_rendered_config(tmp_path):
-    from handlers.server import render_config
+    from torchserve_ops.server import render_config
 
     store = tmp_path / "my.store-1" / "model_store"
     ports = {"inference": 1, "management": 2, "metrics": 3, "grpc_inference": 4, "grpc_management": 5}
@@ -436,7 +436,7 @@ def test_gpu_settings_answer_as_the_cpu_settings(sample_images):
     """The GPU archive's handler settings (bf16 autocast, JPEG decoded by torchvision on the
     model's device), run here on the CPU: the trained B0 gives the same labels on the real samples
     and nearly the same probabilities."""
-    from handlers.archive import DEVICE_CONFIG
+    from torchserve_ops.archive import DEVICE_CONFIG
 
     ref = make_handler(SHIPPED_B0, **DEVICE_CONFIG["cpu"]["handler"])
     gpu_like = make_handler(SHIPPED_B0, **DEVICE_CONFIG["cuda"]["handler"])
@@ -469,7 +469,7 @@ def test_bad_handler_settings_are_refused(b0_dir):
 
 
 def test_archive_settings_per_device():
-    from handlers import archive
+    from torchserve_ops import archive
 
     cpu = archive.model_config_for("b0", "b0", "cpu")
     cuda = archive.model_config_for("b2", "b2", "cuda", tta=True, overrides={"batchSize": 4})

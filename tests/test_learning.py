@@ -17,7 +17,7 @@ import torch
 from galaxy_morph import specs
 from galaxy_morph.data import load_split
 from galaxy_morph.models import load_checkpoint
-from galaxy_morph.synthetic import generate
+from simulation.synthetic import generate
 from training import train
 from training.evaluate import predict_split
 

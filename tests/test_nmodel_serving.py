@@ -11,9 +11,9 @@ import requests
 
 from galaxy_morph.models import build_model, save_checkpoint
 from galaxy_morph.specs import GALAXY10_CLASSES, get_spec
-from handlers.archive import build_model_archive, build_workflow_archive
-from galaxy_service.client import ServerError
-from handlers.server import workflow_members, workflow_model_names
+from torchserve_ops.archive import build_model_archive, build_workflow_archive
+from torchserve_ops.client import ServerError
+from torchserve_ops.server import workflow_members, workflow_model_names
 
 pytestmark = pytest.mark.server
 

@@ -97,7 +97,7 @@ def test_archive_stamp_decides_the_skip(tmp_path):
 
 
 def test_archive_command_builds_the_workflow_over_two_or_more(tmp_path, monkeypatch):
-    """Every model goes to handlers.archive by name; one model alone gets no workflow."""
+    """Every model goes to torchserve_ops.archive by name; one model alone gets no workflow."""
     commands = []
 
     class Done:

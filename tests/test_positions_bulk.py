@@ -1,4 +1,4 @@
-"""A survey catalogue of sky positions through `make classify` / galaxy_service.bulk: cutouts from a
+"""A survey catalogue of sky positions through `make classify` / torchserve_ops.bulk: cutouts from a
 local stand-in for the Legacy Surveys cutout service (tests/cutout_service.py), the real TorchServe
 fixture (token auth on), catalogue tables that astropy reads back, resume after a kill.
 
@@ -10,7 +10,6 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import pytest
 from astropy import units as u
 from astropy.table import Table
 
-from galaxy_morph.catalog import output_format, working_csv
+from survey.catalog import output_format, working_csv
 from galaxy_morph.fits_image import cube_to_fits
-from galaxy_service import bulk
+from torchserve_ops import bulk
 from tests.cutout_service import LocalCutoutService, galaxy_cube
 
 REPO = Path(__file__).resolve().parent.parent

@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from galaxy_service import bulk
+from survey.inputs import open_input
+from torchserve_ops import bulk
 
 pytestmark = pytest.mark.server
 
@@ -154,7 +155,7 @@ def test_worker_killed_during_bulk_classification(victim, tmp_path):
 
     pool = bulk.make_pool([victim.inference_url], [str(victim.key_file)])
     endpoint, info = bulk.resolve_endpoint(pool, "galaxy-b0", None, bulk.RetryPolicy())
-    items, total = bulk.open_input(h5)
+    items, total = open_input(h5)
     stats = bulk.Stats()
     policy = bulk.RetryPolicy(retries=12, backoff=0.5, max_backoff=8)
     runner = threading.Thread(target=bulk.classify, args=(items, out, pool, endpoint, info["class_names"]),
@@ -186,7 +187,7 @@ def test_worker_killed_during_bulk_classification(victim, tmp_path):
 
 
 def test_server_restarted_during_bulk_classification(victim, tmp_path):
-    from handlers import server as ts_server
+    from torchserve_ops import server as ts_server
 
     n = 80
     h5 = make_h5(tmp_path / "survey.h5", n)

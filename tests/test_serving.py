@@ -221,8 +221,8 @@ def test_register_outside_allowed_urls_refused(torchserve, url):
 
 
 def test_versions_register_set_default_rollback(torchserve):
-    from handlers.archive import build_model_archive
-    from handlers.versions import Management
+    from torchserve_ops.archive import build_model_archive
+    from torchserve_ops.versions import Management
 
     mar = build_model_archive(torchserve.run_dir, "b0", torchserve.model_store, "2.0", versioned_name=True)
     mgmt = Management(torchserve.management_url, torchserve.key_file)

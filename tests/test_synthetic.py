@@ -3,7 +3,7 @@ import h5py
 import numpy as np
 import pytest
 
-from galaxy_morph import synthetic
+from simulation import synthetic
 from galaxy_morph.data import inspect_h5
 from galaxy_morph.specs import GALAXY10_CLASSES
 
@@ -149,9 +149,9 @@ def test_sky_is_grey_and_images_are_jpeg_like():
 
 
 def test_sim_stats_measure_what_the_generator_draws():
-    # training.sim_stats is how the generator is matched to real galaxies: check it sees the
+    # simulation.stats is how the generator is matched to real galaxies: check it sees the
     # difference the classes are built from (edge-ons are thin, round smooth galaxies are round)
-    from training.sim_stats import central_source_stats, summary
+    from simulation.stats import central_source_stats, summary
 
     edge_on = summary([central_source_stats(synthetic.render_galaxy(8, np.random.default_rng(i))) for i in range(6)])
     round_ = summary([central_source_stats(synthetic.render_galaxy(2, np.random.default_rng(i))) for i in range(6)])
@@ -163,7 +163,7 @@ def test_sim_stats_measure_what_the_generator_draws():
 def test_cas_asymmetry_and_clumpiness_separate_what_they_should():
     # A smooth round source is its own 180-degree turn and has nothing above its smoothed copy; the
     # same source with a companion on one side is asymmetric, and knots on it make it clumpy.
-    from training.sim_stats import cas_asymmetry_clumpiness
+    from simulation.stats import cas_asymmetry_clumpiness
 
     yy, xx = np.indices((96, 96), dtype=np.float32)
     smooth = 100 * np.exp(-np.hypot(yy - 47.5, xx - 47.5) / 6)

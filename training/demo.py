@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from galaxy_morph import synthetic
-from galaxy_morph.data import DataError
+from simulation import synthetic
+from galaxy_morph.data import SYNTHETIC_SOURCE, DataError
 from galaxy_morph.models import load_checkpoint
 from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec
 from training import evaluate as ev
@@ -131,7 +131,7 @@ def ship(run, dest) -> None:
             if (run / name / f).is_file():
                 shutil.copy2(run / name / f, tmp / name / f)
         meta = json.loads((run / name / "meta.json").read_text())
-        meta["data"]["source"] = "galaxy_morph.synthetic"  # what the model card says, data file or not
+        meta["data"]["source"] = SYNTHETIC_SOURCE  # what the model card says, data file or not
         (tmp / name / "meta.json").write_text(json.dumps(meta, indent=2))
         state = torch.load(run / name / "model.pt", map_location="cpu", weights_only=True)
         half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}

@@ -9,7 +9,7 @@ Stages, one progress line each: check the data (and fetch the ImageNet weights i
 caches when --pretrained 1, the default: without network it stops here, before any training), train
 every model into RUN/M (training.train; all models share the first one's split), evaluate the run
 with dihedral TTA (training.evaluate: RUN/report.md, RUN/report.json), build the archives
-(`python -m handlers.archive --run RUN --store STORE --models M1,M2... [--version V]`: one .mar per
+(`python -m torchserve_ops.archive --run RUN --store STORE --models M1,M2... [--version V]`: one .mar per
 model and the ensemble workflow over all of them when there are two or more), then print the
 results table.
 
@@ -143,8 +143,8 @@ def archives_are_current(run: Path, store: Path, models: list[str], version, ver
 
 
 def build_archives(run: Path, store: Path, models: list[str], version, versioned_name=False) -> list[str]:
-    """handlers.archive's CLI; returns the archive file names it wrote (also into RUN/archives.json)."""
-    cmd = [sys.executable, "-m", "handlers.archive", "--run", str(run), "--store", str(store)]
+    """torchserve_ops.archive's CLI; returns the archive file names it wrote (also into RUN/archives.json)."""
+    cmd = [sys.executable, "-m", "torchserve_ops.archive", "--run", str(run), "--store", str(store)]
     if version:
         cmd += ["--version", version]
     if versioned_name:

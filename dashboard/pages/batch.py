@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import common, views
-from galaxy_service.client import AuthError, ServerUnavailable, TorchServeError
+from torchserve_ops.client import AuthError, ServerUnavailable, TorchServeError
 
 st.title("Classify a batch")
 

@@ -1,13 +1,13 @@
 """Classify page: upload images (JPEG, PNG, g,r,z FITS), pick real Galaxy10 DECaLS samples, or type a
-sky position whose Legacy Surveys cutout is fetched (galaxy_morph.cutouts); B0, B2 or the ensemble."""
+sky position whose Legacy Surveys cutout is fetched (survey.cutouts); B0, B2 or the ensemble."""
 import pandas as pd
 import streamlit as st
 
 from dashboard import common, views
-from galaxy_morph import cutouts
+from survey import cutouts
 from galaxy_morph.answers import MODEL_NAMES
 from galaxy_morph.imaging import ImageError, decode_image
-from galaxy_service.client import TorchServeError
+from torchserve_ops.client import TorchServeError
 
 st.title("Classify a galaxy")
 

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import common, views
-from galaxy_service.client import TorchServeError
+from torchserve_ops.client import TorchServeError
 
 HISTORY = 720  # points kept per session (an hour at 5 s)
 

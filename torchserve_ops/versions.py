@@ -1,15 +1,15 @@
 """Model version management for a running TorchServe (what scripts/versions.sh runs).
 
-    python -m handlers.versions list [galaxy-b0 ...]
-    python -m handlers.versions register galaxy-b0-v2.0.mar [--workers 1]
-    python -m handlers.versions set-default galaxy-b0 2.0
-    python -m handlers.versions rollback galaxy-b0 [--to 1.0]
-    python -m handlers.versions unregister galaxy-b0 2.0
-    python -m handlers.versions refresh-workflow [--store model_store]
+    python -m torchserve_ops.versions list [galaxy-b0 ...]
+    python -m torchserve_ops.versions register galaxy-b0-v2.0.mar [--workers 1]
+    python -m torchserve_ops.versions set-default galaxy-b0 2.0
+    python -m torchserve_ops.versions rollback galaxy-b0 [--to 1.0]
+    python -m torchserve_ops.versions unregister galaxy-b0 2.0
+    python -m torchserve_ops.versions refresh-workflow [--store model_store]
 
 Options: --key-file (default $TS_KEY_FILE, else ./key_file.json, else the repository's),
 --management-url (default http://$TS_HOST:$TS_MANAGEMENT_PORT). Build a new version's archive first with
-`python -m handlers.archive --run DIR --models b0 --version 2.0 --versioned-name --no-workflow`.
+`python -m torchserve_ops.archive --run DIR --models b0 --version 2.0 --versioned-name --no-workflow`.
 
 The workflow keeps its own copies of the models (galaxy-ensemble__b0, __b2, ...) and does not
 follow set-default: `refresh-workflow` rebuilds galaxy-ensemble.war over the current default version
@@ -25,14 +25,14 @@ import sys
 from pathlib import Path
 
 from galaxy_morph.answers import WORKFLOW_NAME, served_name
-from galaxy_service.client import TorchServeClient, TorchServeError, locate_key_file, server_settings
+from torchserve_ops.client import TorchServeClient, TorchServeError, locate_key_file, server_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def members(store: str | os.PathLike, name: str = WORKFLOW_NAME) -> list[str]:
     """The spec names of the workflow's models, from STORE/NAME.war (b0 and b2 without one)."""
-    from handlers.server import workflow_members
+    from torchserve_ops.server import workflow_members
 
     return workflow_members(Path(store) / f"{name}.war")
 
@@ -82,7 +82,7 @@ class Management:
 
     def refresh_workflow(self, store: str | os.PathLike, name: str = WORKFLOW_NAME) -> dict:
         """Rebuild the workflow archive over the current default versions and re-register it."""
-        from handlers.archive import build_workflow_archive
+        from torchserve_ops.archive import build_workflow_archive
 
         urls, f1, versions = {}, {}, {}
         for m in members(store, name):

@@ -9,7 +9,7 @@ colours, stretch, sky level, noise and compression were matched to the real samp
 samples/galaxy10_decals/. Everything is drawn from one seed: the same seed gives the same bytes.
 
 Run:
-    python -m galaxy_morph.synthetic --out data/synthetic.h5 [--n 6000] [--seed 0] [--size 256]
+    python -m simulation.synthetic --out data/synthetic.h5 [--n 6000] [--seed 0] [--size 256]
                                      [--mosaic docs/synthetic_mosaic.png]
 
 Python:
@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from galaxy_morph.data import SYNTHETIC_SOURCE, create_h5
 from galaxy_morph.legacy_rgb import sdss_rgb, to_uint8
 from galaxy_morph.specs import GALAXY10_CLASSES
 
@@ -539,15 +540,9 @@ def _write(tmp, labels, ra, dec, redshift, seed, size, chunk, progress, workers=
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=n, unit="img", desc="synthetic galaxies")
-    with h5py.File(tmp, "w") as f:
-        images = f.create_dataset("images", (n, size, size, 3), np.uint8, chunks=(1, size, size, 3))
-        f.create_dataset("ans", data=labels.astype(np.uint8))
-        f.create_dataset("ra", data=ra)
-        f.create_dataset("dec", data=dec)
-        f.create_dataset("redshift", data=redshift.astype(np.float32))
-        f.create_dataset("pxscale", data=np.full(n, PXSCALE, np.float32))
-        f.attrs["source"] = "galaxy_morph.synthetic"
-        f.attrs["seed"] = seed
+    with create_h5(tmp, labels, size, ra=ra, dec=dec, redshift=redshift, pxscale=np.full(n, PXSCALE),
+                   source=SYNTHETIC_SOURCE, seed=seed) as f:
+        images = f["images"]
         jobs = [(labels[a:a + chunk], a, seed, size) for a in range(0, n, chunk)]
         pool = None
         if workers > 1 and len(jobs) > 1:

@@ -1,6 +1,6 @@
 """Measured statistics of the central galaxy, real samples against synthetic ones, per class.
 
-    python -m training.sim_stats [--samples samples/galaxy10_decals] [--per-class 30] [--seed 99]
+    python -m simulation.stats [--samples samples/galaxy10_decals] [--per-class 30] [--seed 99]
 
 The same measurement on both sides: sky level, noise and colour at the border; the central
 source above 3 sigma (log10 area, second-moment axis ratio, colour, peak, how white its 30 brightest pixels are
@@ -9,7 +9,7 @@ inside 0.3 of its radius, Conselice's asymmetry and clumpiness); the median ligh
 envelopes and tidal light below the 3 sigma cut); how many other sources are detected. Prints the median and 16-84 %
 range of each per class, then the gap of each synthetic median from the real one in units of the
 real half-range (|gap| under ~0.8 is within what 10 real galaxies a class can resolve) and the mean
-|gap| per class and overall. This is how the generator (galaxy_morph.synthetic) is matched to real
+|gap| per class and overall. This is how the generator (simulation.synthetic) is matched to real
 galaxies: by these numbers, not by a classifier's score on the samples.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from galaxy_morph.synthetic import NUM_CLASSES, render_galaxy
+from simulation.synthetic import NUM_CLASSES, render_galaxy
 from training.evaluate import SAMPLES
 
 KEYS = ("sky", "noise", "sky_r_minus_b", "log_area", "axis_ratio", "log_r_over_b", "log_g_over_b",

@@ -1,7 +1,7 @@
 """Catalogue CSV (as the bulk classifier writes it) -> FITS, VOTable or ECSV tables for TOPCAT/astropy.
 
-    python -m galaxy_morph.catalog catalog.csv catalog.fits [--positions positions.csv]
-    python -m galaxy_morph.catalog catalog.csv catalog.vot  --positions data/survey.h5
+    python -m survey.catalog catalog.csv catalog.fits [--positions positions.csv]
+    python -m survey.catalog catalog.csv catalog.vot  --positions data/survey.h5
 
 The bulk classifier writes CSV row by row (so that a killed run resumes) and, when --out names a
 .fits / .vot / .ecsv file, converts at the end with this module; run it by hand to convert again or
@@ -30,15 +30,10 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-FORMATS = {".fits": "fits", ".fit": "fits", ".fts": "fits", ".vot": "votable", ".votable": "votable",
-           ".xml": "votable", ".ecsv": "ascii.ecsv", ".csv": "ascii.csv"}
+from survey.positions import TABLE_FORMATS as FORMATS
+from survey.rows import BASE_COLUMNS as BASE, CatalogError
+
 TABLE_SUFFIXES = tuple(s for s in FORMATS if s != ".csv")
-BASE = ["id", "label", "class_name", "confidence", "error"]
-TRAILING = ["model", "version", "source", "rule"]
-
-
-class CatalogError(ValueError):
-    """A CSV or output path that cannot be converted; the message says why."""
 
 
 def output_format(path: str | os.PathLike) -> str | None:
@@ -68,7 +63,7 @@ def read_catalog_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or header[:5] != BASE:
-            raise CatalogError(f"{path} is not a catalogue written by galaxy_service.bulk "
+            raise CatalogError(f"{path} is not a catalogue written by torchserve_ops.bulk "
                                f"(its columns should start with {', '.join(BASE)})")
         rows = [row for row in reader if len(row) == len(header)]
     return header, rows
@@ -212,7 +207,7 @@ def positions_for(input_path: str | os.PathLike | None, ra_col=None, dec_col=Non
     if not input_path:
         return None
     path = Path(input_path)
-    from galaxy_morph.cutouts import read_positions, table_format
+    from survey.positions import read_positions, table_format
 
     if table_format(path):
         return {p.id: (p.ra, p.dec) for p in read_positions(path, ra_col, dec_col, id_col)}
@@ -234,10 +229,10 @@ def convert(csv_path: str | os.PathLike, out: str | os.PathLike, positions: dict
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m galaxy_morph.catalog",
+    p = argparse.ArgumentParser(prog="python -m survey.catalog",
                                 description="Convert a bulk-classifier CSV to a FITS, VOTable or ECSV "
                                             "table with units and column descriptions.")
-    p.add_argument("csv", help="catalogue CSV written by galaxy_service.bulk / make classify")
+    p.add_argument("csv", help="catalogue CSV written by torchserve_ops.bulk / make classify")
     p.add_argument("out", help="table to write: .fits, .vot (VOTable), .ecsv (or .csv)")
     p.add_argument("--positions", default=None,
                    help="the run's input, to add ra/dec: a positions table (csv/fits/vot/ecsv) or an "

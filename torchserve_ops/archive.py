@@ -1,6 +1,6 @@
 """Build the TorchServe archives from checkpoint folders.
 
-    python -m handlers.archive --run checkpoints/demo --store model_store [--version V]
+    python -m torchserve_ops.archive --run checkpoints/demo --store model_store [--version V]
                                [--models b0,b2,convnext] [--no-workflow] [--versioned-name]
                                [--device cpu|cuda] [--tta]
 
@@ -30,12 +30,13 @@ from pathlib import Path
 import yaml
 
 import galaxy_morph
+import handlers
 from galaxy_morph.answers import MODEL_NAMES, WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
-from galaxy_morph.data import file_sha256
+from galaxy_morph.data import SYNTHETIC_SOURCE, file_sha256
 from galaxy_morph.models import META_FILE, WEIGHTS_FILE, read_meta
 from galaxy_morph.specs import ALL_SPECS
 
-HANDLERS = Path(__file__).resolve().parent
+HANDLERS = Path(handlers.__file__).resolve().parent  # what runs inside a worker
 MODELS = tuple(MODEL_NAMES)  # spec names of the default pair: "b0", "b2"
 
 # Serving defaults per model (model-config.yaml). Batches of up to 8 images wait at most 10 ms:
@@ -83,17 +84,17 @@ def val_f1(ckpt: Path, meta: dict):
 
 
 def trained_on_synthetic(data: dict) -> bool | None:
-    """Whether the training HDF5 was written by galaxy_morph.synthetic (its "source" attribute);
+    """Whether the training HDF5 was written by simulation.synthetic (its "source" attribute);
     None when the file is not here to look at."""
     if data.get("source"):
-        return data["source"] == "galaxy_morph.synthetic"
+        return data["source"] == SYNTHETIC_SOURCE
     path = Path(str(data.get("path") or ""))
     if not path.is_file():
         return None
     import h5py
 
     with h5py.File(path, "r") as f:
-        return f.attrs.get("source") == "galaxy_morph.synthetic"
+        return f.attrs.get("source") == SYNTHETIC_SOURCE
 
 
 def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, serving: dict | None = None) -> dict:
@@ -172,8 +173,9 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
         extra.mkdir()
         shutil.copy2(ckpt / WEIGHTS_FILE, extra / WEIGHTS_FILE)
         shutil.copy2(ckpt / META_FILE, extra / META_FILE)
-        shutil.copytree(Path(galaxy_morph.__file__).parent, extra / "galaxy_morph",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for package in (galaxy_morph, handlers):  # the core and the worker files, nothing else
+            shutil.copytree(Path(package.__file__).parent, extra / package.__name__,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         names = meta["class_names"]
         (extra / "index_to_name.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
         config = model_config_for(m, meta["spec"]["name"], device, tta, model_config)

@@ -3,14 +3,14 @@
 Plain `requests`, no Streamlit and no `ts`: the dashboard, the bulk classifier, the benchmarks
 and the tests all talk to the server through this one module.
 
-    from galaxy_service.client import TorchServeClient
+    from torchserve_ops.client import TorchServeClient
     ts = TorchServeClient.from_env()          # TS_HOST, TS_*_PORT, TS_KEY_FILE
     ts.ping()                                 # {"status": "Healthy"}
     ts.predict("galaxy-b0", open("galaxy.jpg", "rb").read())
     ts.predict_workflow("galaxy-ensemble", data, rule="mean")
     ts.metrics()                              # [Sample(name, labels, value), ...]
 
-    python -m galaxy_service.client ping|models|metrics|predict MODEL FILE
+    python -m torchserve_ops.client ping|models|metrics|predict MODEL FILE
 
 Token authorisation: the keys come from TorchServe's `key_file.json` (repo root, or TS_KEY_FILE).
 Keys change at every server start and expire; when the server refuses a key the client re-reads

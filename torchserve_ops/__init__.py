@@ -4,6 +4,6 @@ Beside the core (`galaxy_morph`: specs, transforms, models, ensemble rules, imag
 astronomers' data I/O: FITS, catalogues, survey cutouts), which knows nothing of TorchServe and is
 what the model archives ship, this package knows nothing of torch:
 
-    galaxy_service.client   TorchServeClient: keys, token renewal, readiness, every API call
-    galaxy_service.bulk     python -m galaxy_service.bulk --input DIR_OR_H5 --out catalog.csv
+    torchserve_ops.client   TorchServeClient: keys, token renewal, readiness, every API call
+    torchserve_ops.bulk     python -m torchserve_ops.bulk --input DIR_OR_H5 --out catalog.csv
 """

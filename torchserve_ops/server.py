@@ -1,8 +1,8 @@
 """Start, watch and stop a TorchServe instance (used by scripts/serve.sh, scripts/stop.sh, tests).
 
-    python -m handlers.server start [--store model_store] [--workdir .] [--no-workflow]
-    python -m handlers.server status [--workdir .]
-    python -m handlers.server stop [--workdir .]
+    python -m torchserve_ops.server start [--store model_store] [--workdir .] [--no-workflow]
+    python -m torchserve_ops.server status [--workdir .]
+    python -m torchserve_ops.server stop [--workdir .]
 
 `start` renders config.properties into WORKDIR/logs/config.properties (ports from
 TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, TS_GRPC_INFERENCE_PORT,
@@ -35,7 +35,7 @@ from pathlib import Path
 import psutil
 
 from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
-from galaxy_service.client import KEY_FILE_NAME, TorchServeClient, TorchServeError, read_key_file
+from torchserve_ops.client import KEY_FILE_NAME, TorchServeClient, TorchServeError, read_key_file
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "config.properties"
