@@ -22,15 +22,12 @@ from galaxy_morph.answers import ensemble_prediction, prediction
 from galaxy_morph.ensemble import combine
 from galaxy_morph.imaging import ImageError, decode_image
 from galaxy_morph.models import load_checkpoint
-from galaxy_morph.specs import ModelSpec
-from galaxy_morph.transforms import eval_transform
 
 
 def load(ckpt_dir: str) -> dict:
-    model, meta = load_checkpoint(ckpt_dir)
-    spec = ModelSpec.from_dict(meta["spec"])
-    return {"model": model, "transform": eval_transform(spec), "meta": meta,
-            "class_names": meta["class_names"]}
+    ckpt = load_checkpoint(ckpt_dir)
+    return {"model": ckpt.model, "transform": ckpt.transform, "meta": ckpt.meta,
+            "class_names": ckpt.class_names}
 
 
 def predict_probs(entry: dict, image) -> list[float]:

@@ -33,8 +33,7 @@ import torch  # noqa: E402
 from bench import serving  # noqa: E402
 from galaxy_morph.imaging import decode_image, decode_to_tensor  # noqa: E402
 from galaxy_morph.models import class_probabilities, load_checkpoint  # noqa: E402
-from galaxy_morph.specs import ModelSpec  # noqa: E402
-from galaxy_morph.transforms import eval_tensor_transform, eval_transform  # noqa: E402
+from galaxy_morph.transforms import eval_tensor_transform  # noqa: E402
 from torchserve_ops.archive import DEVICE_CONFIG, build_all, model_config_for  # noqa: E402
 from handlers.galaxy_handler import PRECISIONS  # noqa: E402
 
@@ -54,10 +53,9 @@ def raw_rates(run: Path, name: str, device_kind: str, payloads: list[bytes], sec
     handler, batch = config["handler"], int(config["batchSize"])
     device = torch.device("cuda" if device_kind == "cuda" else "cpu")
     dtype = PRECISIONS[handler["precision"]]
-    model, meta = load_checkpoint(run / name, map_location="cpu")
-    model = model.to(device, memory_format=torch.channels_last).eval()
-    spec = ModelSpec.from_dict(meta["spec"])
-    on_device, pil = eval_tensor_transform(spec), eval_transform(spec)
+    ckpt = load_checkpoint(run / name, map_location="cpu")
+    model = ckpt.model.to(device, memory_format=torch.channels_last).eval()
+    on_device, pil = eval_tensor_transform(ckpt.spec), ckpt.transform
 
     def preprocess(chunk):
         if handler["decode"] == "device":

@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     payloads = serving.sample_payloads()
-    print(f"| model | handler.handle() ms/img (wall / CPU), per round | raw from bytes ms/img | "
-          f"handler / raw (median CPU) |\n|---|---|---|---:|")
+    print("| model | handler.handle() ms/img (wall / CPU), per round | raw from bytes ms/img | "
+          "handler / raw (median CPU) |\n|---|---|---|---:|")
     for spec in [m.strip() for m in args.models.split(",") if m.strip()]:
         r = compare(Path(args.run) / spec, spec, payloads, args.rounds)
         cell = lambda v: ", ".join(f"{w:.1f} / {c:.1f}" for w, c in v)  # noqa: E731

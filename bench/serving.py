@@ -127,14 +127,11 @@ def load_members(run: Path) -> dict:
     import torch
 
     from galaxy_morph.models import load_checkpoint
-    from galaxy_morph.specs import ModelSpec
-    from galaxy_morph.transforms import eval_transform
 
     members = {}
     for name in ("b0", "b2"):
-        model, meta = load_checkpoint(run / name)
-        members[name] = (model.to(memory_format=torch.channels_last).eval(),
-                         eval_transform(ModelSpec.from_dict(meta["spec"])))
+        ckpt = load_checkpoint(run / name)
+        members[name] = (ckpt.model.to(memory_format=torch.channels_last).eval(), ckpt.transform)
     return members
 
 

@@ -4,7 +4,7 @@ A checkpoint is a folder: `model.pt` (the state dict) and `meta.json` (spec, cla
 hyper-parameters, data file SHA256, split, metrics, date), so it can be rebuilt without the code
 that trained it knowing anything else.
 
-    model, meta = load_checkpoint("checkpoints/demo/b0")
+    ckpt = load_checkpoint("checkpoints/demo/b0")   # .model .spec .transform .class_names .meta
     model = build_model("b0", pretrained=True)   # ImageNet weights through the library's own cache
 
 ImageNet weights come from the libraries' own loaders and caches: torchvision's weights API
@@ -17,13 +17,16 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec, get_spec
+from galaxy_morph.transforms import eval_transform
 
 WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
@@ -214,7 +217,21 @@ def read_meta(ckpt_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu") -> tuple[nn.Module, dict]:
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: everything a caller needs to answer with it, parsed once."""
+    model: nn.Module  # eval mode
+    spec: ModelSpec
+    transform: Callable  # PIL image -> normalised tensor, from the spec
+    class_names: list[str]
+    meta: dict
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "1.0"))
+
+
+def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu") -> Checkpoint:
     """Rebuild the model a checkpoint folder describes and load its weights (eval mode)."""
     ckpt_dir = Path(ckpt_dir)
     meta = read_meta(ckpt_dir)
@@ -224,7 +241,7 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu") -> tuple[nn
     if not weights.is_file():
         raise FileNotFoundError(f"no checkpoint weights at {weights}")
     model.load_state_dict(torch.load(weights, map_location=map_location, weights_only=True))
-    return model.eval(), meta
+    return Checkpoint(model.eval(), spec, eval_transform(spec), list(meta["class_names"]), meta)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

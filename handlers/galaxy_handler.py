@@ -33,8 +33,7 @@ from galaxy_morph.answers import prediction
 from galaxy_morph.imaging import MAX_PIXELS, ImageError, decode_image, decode_to_tensor
 from galaxy_morph.models import class_probabilities, classifier_layer, load_checkpoint
 from handlers.payload import RequestError, class_index, error_body, header, read_request
-from galaxy_morph.specs import ModelSpec
-from galaxy_morph.transforms import eval_tensor_transform, eval_transform
+from galaxy_morph.transforms import eval_tensor_transform
 
 logger = logging.getLogger(__name__)
 CARD_FILE = "model_card.json"
@@ -50,11 +49,9 @@ class GalaxyHandler(BaseHandler):
         gpu, model_dir = context.system_properties.get("gpu_id"), context.system_properties["model_dir"]
         self.device = torch.device(f"cuda:{gpu}" if torch.cuda.is_available() and gpu is not None else "cpu")
         self.manifest = context.manifest or {}
-        model, self.meta = load_checkpoint(model_dir, map_location="cpu")
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
-        self.spec = ModelSpec.from_dict(self.meta["spec"])
-        self.transform = eval_transform(self.spec)
-        self.class_names = list(self.meta["class_names"])
+        ckpt = load_checkpoint(model_dir, map_location="cpu")
+        self.model = ckpt.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.meta, self.spec, self.transform, self.class_names = ckpt.meta, ckpt.spec, ckpt.transform, ckpt.class_names
         config = (getattr(context, "model_yaml_config", None) or {}).get("handler") or {}
         if config.get("spec") and config["spec"] != self.spec.name:
             raise ValueError(f"model-config.yaml names spec {config['spec']!r} but the checkpoint "

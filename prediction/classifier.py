@@ -27,8 +27,6 @@ from galaxy_morph.answers import WORKFLOW_NAME, ensemble_prediction, prediction,
 from galaxy_morph.ensemble import RULES, combine
 from galaxy_morph.imaging import ImageError, decode_image, to_rgb8
 from galaxy_morph.models import META_FILE, WEIGHTS_FILE, class_probabilities, load_checkpoint
-from galaxy_morph.specs import ModelSpec
-from galaxy_morph.transforms import eval_transform
 
 ENSEMBLE = "ensemble"
 MEMBERS = ("b0", "b2")  # the workflow's models, in the order galaxy_morph.ensemble expects them
@@ -86,14 +84,12 @@ class LoadedModel:
     def __init__(self, ckpt_dir: Path, device: str):
         import torch
 
-        model, self.meta = load_checkpoint(ckpt_dir, map_location="cpu")
+        ckpt = load_checkpoint(ckpt_dir, map_location="cpu")
         self.device = torch.device(device)
-        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
-        self.spec = ModelSpec.from_dict(self.meta["spec"])
-        self.transform = eval_transform(self.spec)
-        self.class_names = list(self.meta["class_names"])
+        self.model = ckpt.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.meta, self.spec, self.transform, self.class_names = ckpt.meta, ckpt.spec, ckpt.transform, ckpt.class_names
         self.name = served_name(self.spec.name)
-        self.version = str(self.meta.get("version", "1.0"))
+        self.version = ckpt.version
 
     def probabilities(self, images) -> list[list[float]]:
         import torch

@@ -15,7 +15,9 @@ def test_round_trip_same_outputs(tmp_path):
     save_checkpoint(tmp_path / "ck", model, spec, names, version="1.0",
                     data={"path": "x.h5", "sha256": "f" * 64, "n": 9}, split_file="split.json",
                     hparams={"lr": 1e-3}, metrics={"val_acc": 0.5}, epoch=2)
-    loaded, meta = load_checkpoint(tmp_path / "ck")
+    ckpt = load_checkpoint(tmp_path / "ck")
+    loaded, meta = ckpt.model, ckpt.meta
+    assert ckpt.spec == spec and ckpt.class_names == names and ckpt.version == "1.0"
     assert not loaded.training
     x = torch.randn(2, 3, spec.crop, spec.crop)
     with torch.no_grad():

@@ -7,8 +7,7 @@ import torch
 
 from galaxy_morph.data import SYNTHETIC_SOURCE
 from galaxy_morph.models import build_model, load_checkpoint, save_checkpoint
-from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec, get_spec
-from galaxy_morph.transforms import eval_transform
+from galaxy_morph.specs import GALAXY10_CLASSES, get_spec
 from training import demo
 from training import evaluate as ev
 
@@ -35,7 +34,8 @@ def test_ship_writes_fp16_that_loads_back_as_fp32(tmp_path):
     for name in ("b0", "b2"):
         on_disk = torch.load(dest / name / "model.pt", weights_only=True)
         assert {v.dtype for v in on_disk.values() if v.is_floating_point()} == {torch.float16}
-        model, meta = load_checkpoint(dest / name)
+        ckpt = load_checkpoint(dest / name)
+        model, meta = ckpt.model, ckpt.meta
         assert meta["data"]["source"] == SYNTHETIC_SOURCE
         for k, v in model.state_dict().items():
             if v.is_floating_point():
@@ -60,9 +60,10 @@ def test_shipped_demo_models_score_what_their_report_says():
     images, y = ev.load_samples(ev.SAMPLES)
     assert len(y) == top["real_samples_accuracy"]["n"] == 100
     for name in ("b0", "b2"):
-        model, meta = load_checkpoint(SHIPPED / name)
+        ckpt = load_checkpoint(SHIPPED / name)
+        model, meta = ckpt.model, ckpt.meta
         assert meta["data"]["source"] == SYNTHETIC_SOURCE
-        tf = eval_transform(ModelSpec.from_dict(meta["spec"]))
+        tf = ckpt.transform
         x = torch.stack([tf(im) for im in images])
         pred = ev.log_probs(model, x.split(50), torch.device("cpu")).argmax(1)
         # the report was computed on the GPU from the fp32 weights; fp16 storage may move a borderline image

@@ -47,8 +47,8 @@ def test_b0_learns_two_morphologies(two_shapes, tmp_path):
     assert train.main(["--model", "b0", "--data", str(two_shapes), "--out", str(out), "--epochs", "5",
                        "--t-max", "5", "--lr", "2e-3", "--batch-size", "8", "--workers", "0",
                        "--device", "cpu", "--input-size", str(SIZE)]) == 0
-    model, meta = load_checkpoint(out)
-    small = specs.ModelSpec.from_dict(meta["spec"])
+    ckpt = load_checkpoint(out)
+    model, meta, small = ckpt.model, ckpt.meta, ckpt.spec
     assert (small.resize, small.crop, small.arch) == (SIZE, SIZE, "efficientnet_b0") and meta["num_classes"] == 2
     split, _ = load_split(out / "split.json")
     held_out = np.concatenate([split["val"], split["test"]])

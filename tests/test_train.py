@@ -51,7 +51,7 @@ def test_one_epoch_smoke_and_resume(tiny, tmp_path):
 
     # The split was reused, and the model loads with the data's number of classes.
     assert (a / "split.json").read_text() == (b / "split.json").read_text()
-    model, meta = load_checkpoint(b)
+    model = load_checkpoint(b).model
     assert model(torch.zeros(1, 3, 128, 128)).shape == (1, 10)
 
 
@@ -59,8 +59,9 @@ def test_class_names_flow_into_model(tmp_path):
     data = make_h5(tmp_path / "three.h5", n=30, size=48, num_classes=3, class_names=["smooth", "disk", "odd"])
     assert run("--model", "b0", "--data", data, "--out", tmp_path / "o", "--epochs", "1",
                "--limit-train", "16") == 0
-    model, meta = load_checkpoint(tmp_path / "o")
-    assert meta["num_classes"] == 3 and meta["class_names"] == ["smooth", "disk", "odd"]
+    ckpt = load_checkpoint(tmp_path / "o")
+    model, meta = ckpt.model, ckpt.meta
+    assert meta["num_classes"] == 3 and ckpt.class_names == ["smooth", "disk", "odd"]
     assert model.classifier[-1].out_features == 3
     split, smeta = load_split(tmp_path / "o" / "split.json")
     assert smeta["class_names"] == ["smooth", "disk", "odd"]

@@ -31,7 +31,7 @@ import torch
 from simulation import synthetic
 from galaxy_morph.data import SYNTHETIC_SOURCE, DataError
 from galaxy_morph.models import load_checkpoint
-from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec
+from galaxy_morph.specs import GALAXY10_CLASSES
 from training import evaluate as ev
 from training import train as tr
 
@@ -96,8 +96,8 @@ def real_sample_tables(run, samples=ev.SAMPLES, device="cpu", tta=False) -> dict
     models = {}
     for name in DEMO:
         if (Path(run) / name / "model.pt").is_file():
-            model, meta = load_checkpoint(Path(run) / name)
-            models[name] = (model, ModelSpec.from_dict(meta["spec"]), meta)
+            ckpt = load_checkpoint(Path(run) / name)
+            models[name] = (ckpt.model, ckpt.spec, ckpt.meta)
     probs, y = ev.sample_probabilities(models, samples, torch.device(device), tta)
     if probs is None:
         return None

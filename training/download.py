@@ -52,7 +52,7 @@ def fetch(url: str, part: Path, timeout: float = 60) -> None:
             if start != have:
                 raise DownloadError(f"{url}: asked for bytes from {have}, server sent from {start}")
         elif have:
-            print(f"server ignored the Range request: restarting from zero", file=sys.stderr)
+            print("server ignored the Range request: restarting from zero", file=sys.stderr)
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length is not None else None
         with open(part, "ab" if start else "wb") as f, \
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--sha256", default=SHA256, help="expected SHA256 (hex)")
     args = p.parse_args(argv)
     if not re.fullmatch(r"[0-9a-fA-F]{64}", args.sha256):
-        print(f"error: --sha256 must be 64 hex digits", file=sys.stderr)
+        print("error: --sha256 must be 64 hex digits", file=sys.stderr)
         return 2
     try:
         download(args.url, Path(args.out), args.sha256)

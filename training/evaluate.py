@@ -31,7 +31,7 @@ from galaxy_morph.data import DataError, GalaxyH5Dataset, file_sha256, load_spli
 from galaxy_morph.ensemble import RULES, combine_models
 from galaxy_morph.imaging import decode_image
 from galaxy_morph.models import class_probabilities, load_checkpoint, read_meta
-from galaxy_morph.specs import ALL_SPECS, ModelSpec
+from galaxy_morph.specs import ALL_SPECS
 from galaxy_morph.transforms import eval_transform
 
 MODELS = tuple(ALL_SPECS)  # checkpoint folder names, in report order
@@ -199,7 +199,8 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
     sha_cache = {}
     models, reports, preds = {}, {}, {}
     for name, folder in ckpts.items():
-        model, meta = load_checkpoint(folder)
+        ckpt = load_checkpoint(folder)
+        model, meta, spec = ckpt.model, ckpt.meta, ckpt.spec
         path = data or meta["data"]["path"]
         if not Path(path).is_file():
             raise DataError(f"data file not found: {path} (pass --data)")
@@ -208,7 +209,6 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
             raise DataError(f"{path} is not the file {name} was trained on: sha256 {sha[:12]}... "
                             f"!= {meta['data']['sha256'][:12]}...")
         split, _ = load_split(folder / meta.get("split_file", "split.json"))
-        spec = ModelSpec.from_dict(meta["spec"])
         print(f"{name}: predicting {len(split['val'])} val + {len(split['test'])} test rows"
               f"{' x8 (TTA)' if tta else ''} on {device}", file=sys.stderr, flush=True)
         val = predict_split(model, spec, path, split["val"], device, tta, batch_size, workers)
