@@ -17,17 +17,15 @@ missing; 2: TorchServe did not become READY in time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from torchserve_ops.client import TorchServeClient, TorchServeError
 from torchserve_ops.server import WORKFLOW, java_command, workflow_members, workflow_model_names
 
 
@@ -48,39 +46,6 @@ def local_url(address: str) -> str:
     """http://0.0.0.0:8080 -> http://127.0.0.1:8080 (what this process itself calls)."""
     scheme, rest = address.split("://", 1)
     return f"{scheme}://127.0.0.1:{rest.rsplit(':', 1)[1]}"
-
-
-def http(method: str, url: str, timeout: float = 10.0) -> tuple[int, str]:
-    req = urllib.request.Request(url, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError):
-        return 0, ""
-
-
-def models_ready(management: str, names: list[str]) -> bool:
-    for name in names:
-        code, body = http("GET", f"{management}/models/{name}")
-        if code != 200:
-            return False
-        versions = json.loads(body)
-        if not versions or not all(v.get("workers") and all(w.get("status") == "READY" for w in v["workers"])
-                                   for v in versions):
-            return False
-    return True
-
-
-def wait_until(check, proc: subprocess.Popen, deadline: float, what: str) -> None:
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise StartError(f"TorchServe exited with {proc.returncode} while waiting for {what}")
-        if check():
-            return
-        time.sleep(1.0)
-    raise StartError(f"timed out waiting for {what}")
 
 
 def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
@@ -137,19 +102,22 @@ def main(argv=None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    inference, management = local_url(conf["inference_address"]), local_url(conf["management_address"])
-    deadline = time.time() + args.timeout
+    # Tokens are off in the pod (the ingress authenticates): a client without a key file.
+    client = TorchServeClient(local_url(conf["inference_address"]), local_url(conf["management_address"]),
+                              metrics_url=None, key_file=None)
+    alive = lambda: proc.poll() is None  # noqa: E731
+    deadline = time.monotonic() + args.timeout
     try:
         names = [m.rsplit(".", 1)[0] for m in wanted if m != WORKFLOW]
-        wait_until(lambda: http("GET", f"{inference}/ping")[0] == 200 and models_ready(management, names),
-                   proc, deadline, f"/ping and {', '.join(names) or 'no models'} READY")
+        client.wait_until_ready(names, timeout=args.timeout, alive=alive)
         if not args.no_workflow:
-            code, body = http("POST", f"{management}/workflows?url={WORKFLOW}", timeout=args.timeout)
-            if code != 200:
-                raise StartError(f"registering {WORKFLOW} failed: HTTP {code} {body.strip()}")
+            try:
+                client.register_workflow(WORKFLOW)
+            except TorchServeError as e:
+                raise StartError(f"registering {WORKFLOW} failed: {e}") from None
             nodes = workflow_model_names(WORKFLOW, workflow_members(store / WORKFLOW))
-            wait_until(lambda: models_ready(management, nodes), proc, deadline, f"{WORKFLOW} READY")
-    except StartError as e:
+            client.wait_until_ready(nodes, timeout=max(1.0, deadline - time.monotonic()), alive=alive)
+    except (StartError, TorchServeError) as e:
         if stopping:  # asked to stop while starting
             return 0
         print(f"error: {e}", file=sys.stderr, flush=True)

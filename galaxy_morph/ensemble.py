@@ -120,20 +120,6 @@ def combine_models(rule: str, probs: Mapping[str, Sequence[float]],
     raise ValueError(f"unknown ensemble rule {rule!r}: choose one of {', '.join(RULES)}")
 
 
-# The two-model forms (B0, B2), as the workflow calls them.
-
-def seed(p_b0, p_b2) -> dict:
-    return seed_rule({"b0": p_b0, "b2": p_b2})
-
-
-def mean(p_b0, p_b2) -> dict:
-    return mean_rule({"b0": p_b0, "b2": p_b2})
-
-
-def weighted(p_b0, p_b2, f1_b0, f1_b2) -> dict:
-    return weighted_rule({"b0": p_b0, "b2": p_b2}, {"b0": f1_b0, "b2": f1_b2})
-
-
 def combine(rule: str, p_b0, p_b2, f1_b0=None, f1_b2=None) -> dict:
     """Apply a rule by name to B0 and B2; `weighted` needs both models' per-class validation F1."""
     if rule == "weighted" and (f1_b0 is None or f1_b2 is None):

@@ -24,16 +24,10 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from galaxy_morph.imaging import MAX_PIXELS, ImageError, ImageTooLarge
+from galaxy_morph.imaging import MAX_PIXELS, ImageError, ImageTooLarge, is_fits
 from galaxy_morph.legacy_rgb import BANDS, sdss_rgb, to_uint8
 
-FITS_SIGNATURE = b"SIMPLE  ="
 MIN_SIZE = 8
-
-
-def is_fits(data: bytes) -> bool:
-    """True for bytes that start like a FITS file (the first header card is SIMPLE = T)."""
-    return bytes(data[:len(FITS_SIGNATURE)]) == FITS_SIGNATURE
 
 
 def read_bands(data: bytes, bands=BANDS, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -149,18 +143,3 @@ def fits_to_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 def decode_fits(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """FITS bytes -> RGB PIL image; ImageError says what was wrong."""
     return Image.fromarray(fits_to_rgb(data, max_pixels), "RGB")
-
-
-def cube_to_fits(cube: np.ndarray, bands: str = "grz", header: dict | None = None) -> bytes:
-    """(bands, H, W) fluxes -> FITS bytes laid out like cutout.fits (3-D primary HDU, BANDS keys)."""
-    from astropy.io import fits
-
-    hdr = fits.Header()
-    hdr["BANDS"] = bands
-    for i, b in enumerate(bands):
-        hdr[f"BAND{i}"] = b
-    for k, v in (header or {}).items():
-        hdr[k] = v
-    buf = io.BytesIO()
-    fits.PrimaryHDU(np.asarray(cube, np.float32), header=hdr).writeto(buf)
-    return buf.getvalue()

@@ -27,10 +27,19 @@ class ImageTooLarge(ImageError):
     status = 413
 
 
+FITS_SIGNATURE = b"SIMPLE  ="  # the first header card of every FITS file
+IMAGE_SIGNATURES = (b"\xff\xd8", b"\x89PNG", FITS_SIGNATURE)  # JPEG, PNG, FITS
+
+
+def is_fits(data: bytes) -> bool:
+    """True for bytes that start like a FITS file (the first header card is SIMPLE = T)."""
+    return bytes(data[:len(FITS_SIGNATURE)]) == FITS_SIGNATURE
+
+
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if not data:
         raise ImageError("empty image: the request carried no bytes")
-    if bytes(data[:9]) == b"SIMPLE  =":  # FITS (its first header card): a survey cutout
+    if is_fits(data):  # a survey cutout
         from galaxy_morph.fits_image import decode_fits
 
         return decode_fits(data, max_pixels)

@@ -65,6 +65,8 @@ SPECS = {
     ),
 }
 
+PAIR = tuple(SPECS)  # ("b0", "b2"), B0 first: the seed rule answers with B0 when they disagree
+
 # Opt-in specs (`make models MODELS=b0,b2,convnext`, `training.train --model convnext`), kept apart
 # from SPECS, the default pair. A run that has them serves them like B0 and B2: an archive each and
 # a place in the ensemble workflow (torchserve_ops.archive builds it over every model of the run).

@@ -22,11 +22,11 @@ import time
 from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, ensemble_prediction
 from galaxy_morph.ensemble import RULES, check_rule, combine_models, default_rule
 from galaxy_morph.imaging import ImageError, decode_image
+from galaxy_morph.specs import PAIR  # the members of an ensemble.json without a "models" entry
 from handlers.payload import RequestError, error_body, header, read_request
 
 RULE_HEADER = "X-Ensemble-Rule"
 SETTINGS_FILE = WORKFLOW_SETTINGS
-PAIR = ("b0", "b2")  # the members of an ensemble.json without a "models" entry
 # TorchServe 0.12 attaches the promise for a node's answer only after queueing its job; an answer
 # that comes back sooner is lost and the request stalls until the node's timeout-ms. Function
 # nodes answer in ~1 ms, so they wait this long first (see WORKFLOW_MODELS in torchserve_ops/archive.py).

@@ -26,10 +26,11 @@ import numpy as np
 from galaxy_morph.answers import WORKFLOW_NAME, ensemble_prediction, prediction, served_name
 from galaxy_morph.ensemble import RULES, combine
 from galaxy_morph.imaging import ImageError, decode_image, to_rgb8
+from galaxy_morph.specs import PAIR
 from galaxy_morph.models import META_FILE, WEIGHTS_FILE, class_probabilities, load_checkpoint
 
 ENSEMBLE = "ensemble"
-MEMBERS = ("b0", "b2")  # the workflow's models, in the order galaxy_morph.ensemble expects them
+MEMBERS = PAIR  # the workflow's models, in the order galaxy_morph.ensemble expects them
 REPORT_FILE = "report.json"
 
 

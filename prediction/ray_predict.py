@@ -39,7 +39,7 @@ from prediction.parts import OutputError, PartStore, output_format
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS = (REPO / "checkpoints" / "demo", REPO / "runs" / "demo")
-MODELS = MEMBERS + (ENSEMBLE,)
+CHOICES = MEMBERS + (ENSEMBLE,)  # --model
 
 
 def default_run() -> Path:
@@ -146,7 +146,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", required=True, help="image folder, Galaxy10 HDF5 file, or Parquet file/folder")
     ap.add_argument("--out", required=True, help="catalogue to write: .csv or .parquet")
-    ap.add_argument("--model", default=ENSEMBLE, choices=MODELS)
+    ap.add_argument("--model", default=ENSEMBLE, choices=CHOICES)
     ap.add_argument("--rule", default="seed", choices=("seed", "mean", "weighted"), help="ensemble rule")
     ap.add_argument("--run", default=None, help="checkpoint folder with b0/ and b2/ "
                     "(default: checkpoints/demo, else runs/demo)")

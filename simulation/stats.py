@@ -15,14 +15,13 @@ galaxies: by these numbers, not by a classifier's score on the samples.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from simulation.synthetic import NUM_CLASSES, render_galaxy
-from training.evaluate import SAMPLES
+from survey.samples import SAMPLES_DIR as SAMPLES, sample_files
 
 KEYS = ("sky", "noise", "sky_r_minus_b", "log_area", "axis_ratio", "log_r_over_b", "log_g_over_b",
         "peak", "core_white", "concentration", "asymmetry", "clumpiness", "outskirts", "sources")
@@ -95,9 +94,9 @@ def gaps(real: dict, synth: dict) -> dict:
 
 def real_stats(folder) -> dict:
     by_class = {c: [] for c in range(NUM_CLASSES)}
-    for path in sorted(Path(folder).glob("class_*_*.jpg")):
+    for path, label in sample_files(folder):
         with Image.open(path) as im:
-            by_class[int(path.name.split("_")[1])].append(central_source_stats(np.asarray(im.convert("RGB"))))
+            by_class[label].append(central_source_stats(np.asarray(im.convert("RGB"))))
     return {c: summary(rows) for c, rows in by_class.items() if rows}
 
 

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
+from galaxy_morph.imaging import IMAGE_SIGNATURES
 from survey.positions import Position, parse_angle
 
 DEFAULT_URL = "https://www.legacysurvey.org/viewer/cutout.jpg"
@@ -287,7 +288,7 @@ def _text(body: bytes, ctype: str = "") -> str:
     import re
 
     head = bytes(body[:2000])
-    if not head or b"\x00" in head or head.startswith((b"\xff\xd8", b"\x89PNG", b"SIMPLE  =")):
+    if not head or b"\x00" in head or head.startswith(IMAGE_SIGNATURES):
         return ""
     try:
         s = head.decode("utf-8")

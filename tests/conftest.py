@@ -71,7 +71,7 @@ def make_torchserve(tmp_path_factory, served_archives):
     run_dir, store = served_archives
     started = []
 
-    def start(workflow: bool = True, models=ts_server.MODELS, timeout: float = 300.0):
+    def start(workflow: bool = True, models=ts_server.ARCHIVES, timeout: float = 300.0):
         workdir = tmp_path_factory.mktemp("torchserve")
         s = ts_server.start(store, workdir, ports=ts_server.free_ports(), models=models,
                             workflow=ts_server.WORKFLOW if workflow else None,

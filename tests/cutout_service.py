@@ -32,7 +32,6 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image
 
-from galaxy_morph.fits_image import cube_to_fits
 from galaxy_morph.legacy_rgb import sdss_rgb, to_uint8
 
 LAYERS = ("ls-dr10-grz", "ls-dr10", "ls-dr9")
@@ -59,6 +58,21 @@ def jpeg_of(cube: np.ndarray, quality: int = 90) -> bytes:
     buf = io.BytesIO()
     rgb = to_uint8(sdss_rgb(np.nan_to_num(cube, nan=-1.0)))[::-1]
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def cube_to_fits(cube: np.ndarray, bands: str = "grz", header: dict | None = None) -> bytes:
+    """(bands, H, W) fluxes -> FITS bytes laid out like the service's cutout.fits (3-D primary HDU, BANDS keys)."""
+    from astropy.io import fits
+
+    hdr = fits.Header()
+    hdr["BANDS"] = bands
+    for i, b in enumerate(bands):
+        hdr[f"BAND{i}"] = b
+    for k, v in (header or {}).items():
+        hdr[k] = v
+    buf = io.BytesIO()
+    fits.PrimaryHDU(np.asarray(cube, np.float32), header=hdr).writeto(buf)
     return buf.getvalue()
 
 

@@ -1,7 +1,19 @@
 """Ensemble rules on hand-computed cases."""
 import pytest
 
-from galaxy_morph.ensemble import RULES, combine, mean, seed, weighted
+from galaxy_morph.ensemble import RULES, combine, mean_rule, seed_rule, weighted_rule
+
+
+def seed(p_b0, p_b2):
+    return seed_rule({"b0": p_b0, "b2": p_b2})
+
+
+def mean(p_b0, p_b2):
+    return mean_rule({"b0": p_b0, "b2": p_b2})
+
+
+def weighted(p_b0, p_b2, f1_b0, f1_b2):
+    return weighted_rule({"b0": p_b0, "b2": p_b2}, {"b0": f1_b0, "b2": f1_b2})
 
 P0 = [0.7, 0.2, 0.1]
 P2_AGREE = [0.5, 0.3, 0.2]

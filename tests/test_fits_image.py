@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from galaxy_morph.fits_image import cube_to_fits, decode_fits, fits_to_rgb, read_bands
+from galaxy_morph.fits_image import decode_fits, fits_to_rgb, read_bands
 from galaxy_morph.imaging import ImageError, ImageTooLarge, decode_image
 from galaxy_morph.legacy_rgb import sdss_rgb, to_uint8
-from tests.cutout_service import galaxy_cube
+from tests.cutout_service import cube_to_fits, galaxy_cube
 
 
 def hdul_bytes(*hdus) -> bytes:

@@ -12,8 +12,8 @@ import pytest
 import requests
 from PIL import Image
 
-from galaxy_morph.fits_image import cube_to_fits, fits_to_rgb
-from tests.cutout_service import LocalCutoutService, galaxy_cube
+from galaxy_morph.fits_image import fits_to_rgb
+from tests.cutout_service import LocalCutoutService, cube_to_fits, galaxy_cube
 from tests.test_fits_image import huge_header_only
 
 FITS_CUTOUT = cube_to_fits(galaxy_cube(184.8461, 5.7975, 128))

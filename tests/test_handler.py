@@ -256,7 +256,7 @@ def test_ensemble_weighted_needs_f1(monkeypatch):
     f1 = {"b0": list(np.linspace(0.2, 0.9, 10)), "b2": list(np.linspace(0.9, 0.2, 10))}
     monkeypatch.setattr(workflow, "_settings", {"name": "galaxy-ensemble", "val_per_class_f1": f1})
     out = json.loads(workflow.ensemble(rows, wf_context(1, "weighted"))[0])
-    want = ensemble.weighted(probs(1), probs(2), f1["b0"], f1["b2"])
+    want = ensemble.combine("weighted", probs(1), probs(2), f1["b0"], f1["b2"])
     assert out["rule"] == "weighted" and out["label"] == want["label"]
     assert out["confidence"] == pytest.approx(want["confidence"])
 

@@ -19,9 +19,8 @@ from astropy import units as u
 from astropy.table import Table
 
 from survey.catalog import output_format, working_csv
-from galaxy_morph.fits_image import cube_to_fits
 from torchserve_ops import bulk
-from tests.cutout_service import LocalCutoutService, galaxy_cube
+from tests.cutout_service import LocalCutoutService, cube_to_fits, galaxy_cube
 
 REPO = Path(__file__).resolve().parent.parent
 

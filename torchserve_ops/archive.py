@@ -8,7 +8,7 @@ For each model M in --models (default: every spec with a checkpoint in RUN, RUN/
 must hold a checkpoint (model.pt + meta.json from galaxy_morph.models.save_checkpoint);
 RUN/M/report.json and RUN/report.json (evaluation) are used when present. Writes STORE/galaxy-M.mar
 (STORE/galaxy-M-vV.mar with --versioned-name, for registering a new version next to the served
-one) containing the handler, the core package, the checkpoint, index_to_name.json,
+one) containing the handler, the core and worker packages, the checkpoint (whose meta.json names the classes),
 model_card.json and model-config.yaml, and then STORE/galaxy-ensemble.war over those .mar files
 (two or more): pre -> (b0, b2, ...) -> ensemble, B0 first, the members and their per-class
 validation F1 in its ensemble.json. The version is --version, else the checkpoint's meta
@@ -31,13 +31,12 @@ import yaml
 
 import galaxy_morph
 import handlers
-from galaxy_morph.answers import MODEL_NAMES, WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
+from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
 from galaxy_morph.data import SYNTHETIC_SOURCE, file_sha256
 from galaxy_morph.models import META_FILE, WEIGHTS_FILE, read_meta
-from galaxy_morph.specs import ALL_SPECS
+from galaxy_morph.specs import ALL_SPECS, PAIR
 
 HANDLERS = Path(handlers.__file__).resolve().parent  # what runs inside a worker
-MODELS = tuple(MODEL_NAMES)  # spec names of the default pair: "b0", "b2"
 
 # Serving defaults per model (model-config.yaml). Batches of up to 8 images wait at most 10 ms:
 # on CPU a batch of 8 costs far less than 8 single calls, and at 50 ms a lone request (the
@@ -176,8 +175,6 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
         for package in (galaxy_morph, handlers):  # the core and the worker files, nothing else
             shutil.copytree(Path(package.__file__).parent, extra / package.__name__,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        names = meta["class_names"]
-        (extra / "index_to_name.json").write_text(json.dumps({str(i): n for i, n in enumerate(names)}))
         config = model_config_for(m, meta["spec"]["name"], device, tta, model_config)
         card = model_card(name, version, ckpt, meta, run, config["handler"])
         (extra / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
@@ -241,7 +238,7 @@ def built_from(run, models, device: str = "cpu", tta: bool = False) -> str:
     return f"{Path(run).resolve()} models={','.join(models)} device={device} tta={int(bool(tta))}"
 
 
-def build_all(run, store, version=None, models=MODELS, workflow=True, versioned_name=False,
+def build_all(run, store, version=None, models=PAIR, workflow=True, versioned_name=False,
               model_config: dict | None = None, workflow_models: dict | None = None,
               device: str = "cpu", tta: bool = False) -> list[Path]:
     """Every model archive, then the workflow over them (two or more models, B0 first); the two

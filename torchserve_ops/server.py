@@ -35,13 +35,14 @@ from pathlib import Path
 import psutil
 
 from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
+from galaxy_morph.specs import PAIR
 from torchserve_ops.client import KEY_FILE_NAME, TorchServeClient, TorchServeError, read_key_file
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "config.properties"
 HOST = "127.0.0.1"
-MODELS = ("galaxy-b0.mar", "galaxy-b2.mar")  # the default pair; a workflow names its own members
-PAIR = ("b0", "b2")  # the members of a workflow archive without an ensemble.json member list
+# The default pair's archives; a workflow names its own members (PAIR without an ensemble.json list).
+ARCHIVES = tuple(f"{served_name(m)}.mar" for m in PAIR)
 WORKFLOW = f"{WORKFLOW_NAME}.war"
 PORT_ENV = {"inference": ("TS_INFERENCE_PORT", 8080), "management": ("TS_MANAGEMENT_PORT", 8081),
             "metrics": ("TS_METRICS_PORT", 8082),
@@ -156,7 +157,7 @@ def _regex_path(path: Path) -> str:
     return "".join(f"[{c}]" if c in ".+*?()|{}$^" else c for c in str(path))
 
 
-def render_config(out: Path, ports: dict, model_store: Path, models=MODELS,
+def render_config(out: Path, ports: dict, model_store: Path, models=ARCHIVES,
                   template: Path = TEMPLATE) -> Path:
     """The template with this run's ports, model store and start-up models."""
     store = model_store.resolve()
@@ -242,11 +243,11 @@ def start(model_store=REPO / "model_store", workdir=REPO, ports: dict | None = N
           models=None, workflow: str | None = WORKFLOW, log_dir=None,
           timeout: float = 300.0, template: Path = TEMPLATE, quiet: bool = False) -> Server:
     """Start TorchServe in the background and return once everything answers. `models`: the
-    .mar files to load at start (default: the workflow's members, else MODELS)."""
+    .mar files to load at start (default: the workflow's members, else ARCHIVES)."""
     workdir, model_store = Path(workdir).resolve(), Path(model_store).resolve()
     members = workflow_members(model_store / workflow) if workflow else list(PAIR)
     if models is None:
-        models = tuple(f"{served_name(m)}.mar" for m in members) if workflow else MODELS
+        models = tuple(f"{served_name(m)}.mar" for m in members) if workflow else ARCHIVES
     log_dir = Path(log_dir or workdir / "logs").resolve()
     running = status(workdir, log_dir)
     if running is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -33,9 +32,9 @@ from galaxy_morph.imaging import decode_image
 from galaxy_morph.models import class_probabilities, load_checkpoint, read_meta
 from galaxy_morph.specs import ALL_SPECS
 from galaxy_morph.transforms import eval_transform
+from survey.samples import SAMPLES_DIR, sample_files
 
-MODELS = tuple(ALL_SPECS)  # checkpoint folder names, in report order
-SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "galaxy10_decals"
+SAMPLES = SAMPLES_DIR
 ECE_BINS = 15
 
 
@@ -55,16 +54,16 @@ def parse_args(argv=None):
 def find_checkpoints(run: Path, models=None) -> dict[str, Path]:
     if (run / "meta.json").is_file():
         return {read_meta(run)["model"]: run}
-    wanted = MODELS if models is None else tuple(models)
-    unknown = [m for m in wanted if m not in MODELS]
+    wanted = tuple(ALL_SPECS) if models is None else tuple(models)
+    unknown = [m for m in wanted if m not in ALL_SPECS]
     if unknown:
-        raise DataError(f"unknown model {unknown[0]!r}: choose from {', '.join(MODELS)}")
+        raise DataError(f"unknown model {unknown[0]!r}: choose from {', '.join(ALL_SPECS)}")
     found = {m: run / m for m in wanted if (run / m / "meta.json").is_file()}
     if models is not None and len(found) != len(wanted):
         missing = [m for m in wanted if m not in found]
         raise DataError(f"no checkpoint for {', '.join(missing)} in {run} (expected {run}/M/meta.json)")
     if not found:
-        raise DataError(f"no checkpoint in {run}: expected {run}/M/meta.json for M in {', '.join(MODELS)}")
+        raise DataError(f"no checkpoint in {run}: expected {run}/M/meta.json for M in {', '.join(ALL_SPECS)}")
     return found
 
 
@@ -136,10 +135,10 @@ def ensemble_probs(rule, probs: dict, f1: dict | None = None) -> np.ndarray:
 
 
 def load_samples(folder) -> tuple[list, np.ndarray]:
-    files = sorted(p for p in Path(folder).glob("class_*_*.jpg") if re.fullmatch(r"class_\d+_\d+\.jpg", p.name))
+    files = sample_files(folder)
     # Decoded exactly as the server decodes an upload.
-    images = [decode_image(p.read_bytes()) for p in files]
-    return images, np.array([int(p.name.split("_")[1]) for p in files])
+    images = [decode_image(p.read_bytes()) for p, _ in files]
+    return images, np.array([label for _, label in files])
 
 
 def plot_confusion(cm, class_names, title, path):
