@@ -10,7 +10,7 @@ per model, measures side by side in this one run:
   (galaxy_morph.models.class_probabilities with the archive's precision): the physical limit;
 - raw from bytes: the sample JPEG bytes decoded and transformed the way the archive's handler does
   it (on the device for decode=device), batched forward: the handler's work without a server;
-- served: `bench.serving.load_test` at each concurrency, one image per request.
+- served: `bench.load.load_test` at each concurrency, one image per request.
 
 Writes OUT/benchmarks_gpu.json and OUT/benchmarks_gpu.md, naming the card. `--device cpu` runs the
 same script with the CPU settings (tests/test_bench.py keeps it working on machines without a GPU).
@@ -26,18 +26,19 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as bench.serving: set before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as bench.common: set before torch loads
 
 import torch  # noqa: E402
 
-from bench import serving  # noqa: E402
+from bench.common import DOCS, checkpoints, log, sample_payloads  # noqa: E402
+from bench.servers import measure_served, torchserve  # noqa: E402
 from galaxy_morph.imaging import decode_image, decode_to_tensor  # noqa: E402
 from galaxy_morph.models import class_probabilities, load_checkpoint  # noqa: E402
+from galaxy_morph.specs import PAIR  # noqa: E402
 from galaxy_morph.transforms import eval_tensor_transform  # noqa: E402
 from torchserve_ops.archive import DEVICE_CONFIG, build_all, model_config_for  # noqa: E402
 from handlers.galaxy_handler import PRECISIONS  # noqa: E402
 
-MODELS = ("b0", "b2")
 CONCURRENCY = (1, 8, 64)
 
 
@@ -105,30 +106,30 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda", choices=list(DEVICE_CONFIG))
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
-    ap.add_argument("--out", default=str(serving.DOCS), help="folder for benchmarks_gpu.md/json")
+    ap.add_argument("--out", default=str(DOCS), help="folder for benchmarks_gpu.md/json")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device here (torch.cuda.is_available() is False); run it on a GPU "
               "machine, or --device cpu to try the script", file=sys.stderr)
         return 2
     concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    payloads = serving.sample_payloads()
+    payloads = sample_payloads()
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         tmp = Path(tmp)
-        run, source = serving.checkpoints(tmp)
+        run, source = checkpoints(tmp)
         result = {"card": card_name(device), "device": args.device, "seconds": args.seconds,
                   "date": dt.date.today().isoformat(), "checkpoints": source,
                   "concurrency": concurrency, "torch": torch.__version__, "models": {}}
-        for name in MODELS:
+        for name in PAIR:
             result["models"][name] = raw_rates(run, name, args.device, payloads, args.seconds)
-            serving.log(f"raw {name}: {result['models'][name]}")
+            log(f"raw {name}: {result['models'][name]}")
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the workers need the memory now
         store = tmp / "model_store"
-        build_all(run, store, models=MODELS, device=args.device)
-        with serving.torchserve(store, tmp) as server:
-            served = serving.measure_served(server, payloads, args.seconds, concurrency, MODELS)
+        build_all(run, store, models=PAIR, device=args.device)
+        with torchserve(store, tmp) as server:
+            served = measure_served(server, payloads, args.seconds, concurrency, PAIR)
     for name, r in result["models"].items():
         r["served"] = {str(c): served[(name, c)] for c in concurrency}
         c8 = served.get((name, 8))

@@ -16,14 +16,15 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as bench.serving
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as bench.common
 
 import torch  # noqa: E402
 import ts  # noqa: E402
 from ts.context import Context, RequestProcessor  # noqa: E402
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl  # noqa: E402
 
-from bench import serving  # noqa: E402
+from bench.common import sample_payloads  # noqa: E402
+from bench.raw import classify_bytes  # noqa: E402
 from torchserve_ops.archive import model_config_for  # noqa: E402
 from handlers.galaxy_handler import GalaxyHandler  # noqa: E402
 
@@ -55,7 +56,7 @@ def compare(model_dir: Path, spec: str, payloads: list[bytes], rounds: int) -> d
         return handler.handle(rows, context(model_dir, name, len(rows), metrics=metrics))
 
     def raw(batch):
-        return serving.classify_bytes(batch, {spec: (handler.model, handler.transform)})
+        return classify_bytes(batch, {spec: (handler.model, handler.transform)})
 
     out = {"handler": [], "raw": []}
     for f in (handle, raw):
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="b0,b2")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    payloads = serving.sample_payloads()
+    payloads = sample_payloads()
     print("| model | handler.handle() ms/img (wall / CPU), per round | raw from bytes ms/img | "
           "handler / raw (median CPU) |\n|---|---|---|---:|")
     for spec in [m.strip() for m in args.models.split(",") if m.strip()]:

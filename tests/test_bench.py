@@ -1,4 +1,5 @@
-"""bench.serving's logic on tiny models and made-up figures (no timing assertions, no server)."""
+"""The serving bench's logic (bench.raw, bench.report, bench.ray_rate), bench.gpu_serving and
+bench.handler on tiny models and made-up figures (no timing assertions, no server)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import serving
+from bench import common, raw, ray_rate, report
 from galaxy_morph.imaging import decode_image
 from galaxy_morph.specs import get_spec
 from galaxy_morph.transforms import eval_transform
@@ -36,7 +37,7 @@ def payloads() -> list[bytes]:
 def test_classify_bytes_is_decode_transform_forward(payloads):
     members = tiny_members()
     timings = {}
-    got = serving.classify_bytes(payloads[:4], {"b2": members["b2"]}, timings)
+    got = raw.classify_bytes(payloads[:4], {"b2": members["b2"]}, timings)
     model, tf = members["b2"]
     with torch.inference_mode():
         x = torch.stack([tf(decode_image(p)) for p in payloads[:4]])
@@ -53,28 +54,28 @@ def test_classify_bytes_ensemble_decodes_each_image_once(payloads, monkeypatch):
     real = galaxy_morph.imaging.decode_image
     monkeypatch.setattr(galaxy_morph.imaging, "decode_image", lambda data: calls.append(1) or real(data))
     timings = {}
-    got = serving.classify_bytes(payloads[:3], tiny_members(), timings)
+    got = raw.classify_bytes(payloads[:3], tiny_members(), timings)
     assert len(calls) == 3  # once per image, not once per model
     assert list(got) == ["b0", "b2"] and all(len(v) == 3 for v in got.values())
     # accumulates over calls, as the throughput loop uses it
     before = dict(timings)
-    serving.classify_bytes(payloads[:3], tiny_members(), timings)
+    raw.classify_bytes(payloads[:3], tiny_members(), timings)
     assert all(timings[k] >= before[k] for k in before)
 
 
 def test_raw_throughput_reports_both_rates_per_target(payloads):
-    out = serving.raw_throughput(tiny_members(), payloads, seconds=0.01, batch=4, threads=(1,))
+    out = raw.raw_throughput(tiny_members(), payloads, seconds=0.01, batch=4, threads=(1,))
     assert set(out) == {"model", "bytes"}
     for mode in out:
-        assert set(out[mode]) == set(serving.TARGETS)
+        assert set(out[mode]) == set(common.TARGETS)
         for r in out[mode].values():
             assert r["img_s"] > 0 and r["per_cpu"] > 0 and r["threads"] == 1
             assert set(r["by_threads"]) == {1}
     for r in out["bytes"].values():
         assert {"decode_ms", "transform_ms", "forward_ms"} <= set(r)
     assert torch.get_num_threads() >= 1
-    only = serving.raw_throughput(tiny_members(), payloads, seconds=0.01, batch=4, threads=(1,),
-                                  targets=("ensemble",))
+    only = raw.raw_throughput(tiny_members(), payloads, seconds=0.01, batch=4, threads=(1,),
+                              targets=("ensemble",))
     assert set(only["bytes"]) == {"ensemble"}
 
 
@@ -82,10 +83,10 @@ def test_collect_raw_takes_medians():
     def round_(scale):
         mk = lambda v: {"img_s": v * scale, "per_cpu": v, "threads": 2, "by_threads": {1: v, 2: v * scale},  # noqa: E731
                         "decode_ms": 1.0 * scale, "transform_ms": 2.0, "forward_ms": 3.0}
-        return {"model": {t: mk(100.0) for t in serving.TARGETS}, "bytes": {t: mk(50.0) for t in serving.TARGETS}}
+        return {"model": {t: mk(100.0) for t in common.TARGETS}, "bytes": {t: mk(50.0) for t in common.TARGETS}}
 
-    results = {t: {} for t in serving.TARGETS}
-    serving.collect_raw(results, [round_(1.0), round_(3.0), round_(2.0)])
+    results = {t: {} for t in common.TARGETS}
+    report.collect_raw(results, [round_(1.0), round_(3.0), round_(2.0)])
     r = results["b0"]
     assert r["raw_img_s"] == 200.0 and r["raw_bytes_img_s"] == 100.0
     assert r["raw_runs"] == [100.0, 300.0, 200.0]
@@ -101,7 +102,7 @@ def fake_load(img_s, p50=50.0, p99=100.0, statuses=None):
 
 def fake_results(served=(85.0, 40.0, 20.0)):
     results = {}
-    for t, s in zip(serving.TARGETS, served):
+    for t, s in zip(common.TARGETS, served):
         results[t] = {"served_c1": fake_load(s / 3), "served_c8": fake_load(s), "flask_c1": fake_load(10.0),
                       "flask_c8": fake_load(20.0), "raw_img_s": 200.0, "raw_bytes_img_s": 100.0,
                       "raw_per_cpu": 100.0, "raw_bytes_per_cpu": 50.0, "raw_runs": [200.0],
@@ -115,43 +116,43 @@ MEMORY = {"rss": {"frontend (java)": 300, "total": 300}, "pss": {"frontend (java
 
 
 def test_summarise_and_judge():
-    summary = serving.summarise(fake_results(), MEMORY, 1000)
+    summary = report.summarise(fake_results(), MEMORY, 1000)
     b0 = summary["b0"]
     assert b0["served_over_raw_bytes"] == 0.85 and b0["served_over_raw"] == 0.42
     assert b0["raw_bytes_over_raw"] == 0.5 and b0["p99_over_p50"] == 2.0
     assert b0["served_over_raw_bytes_per_cpu"] == 0.85  # (85/2) / 50
-    goals = {g["goal"]: g for g in serving.judge(summary)}
+    goals = {g["goal"]: g for g in report.judge(summary)}
     assert goals["b0 served c=8 >= 0.85x raw-from-bytes"]["met"]  # the bound itself is met
     assert not goals["b2 served c=8 >= 0.85x raw-from-bytes"]["met"]  # 0.4
     assert not goals["ensemble served c=8 >= 0.7x raw-from-bytes (b0+b2)"]["met"]  # 0.2
     assert goals["b0: p99 <= 3x p50 at c=8"]["met"]
     summary["b2"]["p99_over_p50"] = 3.01
-    assert not {g["goal"]: g for g in serving.judge(summary)}["b2: p99 <= 3x p50 at c=8"]["met"]
+    assert not {g["goal"]: g for g in report.judge(summary)}["b2: p99 <= 3x p50 at c=8"]["met"]
     summary["ensemble"]["served_over_raw_bytes"] = None  # nothing answered: not met, no crash
-    assert not {g["goal"]: g for g in serving.judge(summary)}[
+    assert not {g["goal"]: g for g in report.judge(summary)}[
         "ensemble served c=8 >= 0.7x raw-from-bytes (b0+b2)"]["met"]
 
 
 def test_ratio_and_marginal_rate():
-    assert serving.ratio(1, 3) == 0.33 and serving.ratio(None, 3) is None and serving.ratio(1, 0) is None
-    assert serving.marginal_rate({"rows": 150, "wall_s": 40.0}, {"rows": 600, "wall_s": 70.0}) == 15.0
-    assert serving.marginal_rate({"rows": 150, "wall_s": 40.0}, {"rows": 600, "wall_s": 39.0}) is None
+    assert report.ratio(1, 3) == 0.33 and report.ratio(None, 3) is None and report.ratio(1, 0) is None
+    assert ray_rate.marginal_rate({"rows": 150, "wall_s": 40.0}, {"rows": 600, "wall_s": 70.0}) == 15.0
+    assert ray_rate.marginal_rate({"rows": 150, "wall_s": 40.0}, {"rows": 600, "wall_s": 39.0}) is None
 
 
 def test_write_md_has_both_raw_rates_and_the_ratio(tmp_path):
     import argparse
 
     results = fake_results()
-    summary = serving.summarise(results, MEMORY, 1000)
-    goals = serving.judge(summary)
+    summary = report.summarise(results, MEMORY, 1000)
+    goals = report.judge(summary)
     ray = {"model": "ensemble", "images": 300, "rows": 300, "rc": 0, "wall_s": 40.0, "img_s_end_to_end": 7.5,
            "img_s_marginal": 15.0, "small": {"images": 75, "rows": 75, "rc": 0, "wall_s": 30.0}, "first_shard_s": 20.0, "shards": 2, "shard_size": 150,
            "command": "python -m prediction.ray_predict --input DIR --out OUT.csv", "date": "today",
            "raw_bytes_img_s": 20.0, "raw_bytes_by_threads": {1: 12.0, 2: 20.0}}
     tuning = {"date": "today", "rows": [
-        {"variant": "v", **{t: 10.0 for t in serving.TARGETS}, "raw_bytes": {t: 20.0 for t in serving.TARGETS},
-         "over_raw_bytes": {t: 0.5 for t in serving.TARGETS}, "per_cpu": {t: 5.0 for t in serving.TARGETS},
-         "p50": {t: 1.0 for t in serving.TARGETS}, "p99": {t: 2.0 for t in serving.TARGETS}},
+        {"variant": "v", **{t: 10.0 for t in common.TARGETS}, "raw_bytes": {t: 20.0 for t in common.TARGETS},
+         "over_raw_bytes": {t: 0.5 for t in common.TARGETS}, "per_cpu": {t: 5.0 for t in common.TARGETS},
+         "p50": {t: 1.0 for t in common.TARGETS}, "p99": {t: 2.0 for t in common.TARGETS}},
         {"variant": "broken", "error": "did not start"}]}
     info = {"date": "today", "cpu": "x", "cores": 2, "ram_gb": 1, "python": "3", "torch": "2", "torch_threads": 2,
             "torchserve": "0.12", "flask": "3", "checkpoints": "c", "load_avg_start": [0], "load_avg_end": [0],
@@ -159,8 +160,8 @@ def test_write_md_has_both_raw_rates_and_the_ratio(tmp_path):
     settings = {"galaxy-b0": {"workers": 1, "batchSize": 8, "maxBatchDelay": 10},
                 "changes_over_archive_defaults": {"workflow": {}, "model-config": {}, "env": {}}}
     out = tmp_path / "benchmarks.md"
-    serving.write_md(out, results, summary, goals, ray, info, MEMORY, 1000, settings, 9.0, tuning,
-                     argparse.Namespace(seconds=6.0, tune=False))
+    report.write_md(out, results, summary, goals, ray, info, MEMORY, 1000, settings, 9.0, tuning,
+                    argparse.Namespace(seconds=6.0, tune=False))
     text = out.read_text()
     assert "| b0 | 200.0 | 100.0 |" in text and "**0.85**" in text
     assert "## Where the time goes" in text and "## make predict on Ray" in text
@@ -178,7 +179,7 @@ def test_gpu_bench_raw_rates_follow_the_archive_settings(tmp_path, capsys):
 
     save_checkpoint(tmp_path / "b0", build_model("b0"), get_spec("b0"), GALAXY10_CLASSES, version="1.0",
                     data={"path": "random-init", "sha256": None, "n": 0})
-    payloads = serving.sample_payloads()[:16]
+    payloads = common.sample_payloads()[:16]
     r = gpu_serving.raw_rates(tmp_path, "b0", "cpu", payloads, seconds=0.2)
     assert r["precision"] == "fp32" and r["decode"] == "pil" and r["batch"] == 8
     assert r["raw_img_s"] > 0 and r["raw_bytes_img_s"] > 0
@@ -197,6 +198,6 @@ def test_handler_in_process_against_raw(tmp_path):
 
     save_checkpoint(tmp_path / "b0", build_model("b0"), get_spec("b0"), GALAXY10_CLASSES, version="1.0",
                     data={"path": "random-init", "sha256": None, "n": 0})
-    r = bh.compare(tmp_path / "b0", "b0", serving.sample_payloads()[:16], rounds=1)
+    r = bh.compare(tmp_path / "b0", "b0", common.sample_payloads()[:16], rounds=1)
     assert len(r["handler"]) == len(r["raw"]) == 1
     assert all(w > 0 and c > 0 for w, c in r["handler"] + r["raw"])
