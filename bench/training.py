@@ -32,9 +32,8 @@ from galaxy_morph.data import GalaxyH5Dataset, create_h5, inspect_h5
 from galaxy_morph.models import build_model
 from galaxy_morph.specs import get_spec
 from galaxy_morph.transforms import DeviceAugment, train_transform, uint8_transform
-from training.ema import EMA
 from training.recipes import get_recipe
-from training.train import default_workers, make_loader, mixer, step
+from training.train import default_workers, make_ema, make_loader, mixer, step
 
 GALAXY10_TRAIN_ROWS = int(0.8 * 17736)
 
@@ -71,16 +70,19 @@ def bench_model(name, data, device, batch_size, steps, warmup, workers, recipe="
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
-    ema = EMA(model, rec.ema_decay) if rec.ema_decay else None
+    ema = make_ema(model, rec.ema_decay) if rec.ema_decay else None
     mix = mixer(rec, k)
+    updates = 0
 
     def train_step(xb, yb):
+        nonlocal updates
         target = yb
         if mix is not None:
             xb, target = mix(xb, yb)
         step(model, xb, target, loss_fn, opt, cuda)
+        updates += 1
         if ema is not None:
-            ema.update(model)
+            ema.update(model, step=updates)
 
     x = torch.randn(bs, 3, spec.crop, spec.crop, device=device)
     y = torch.randint(0, k, (bs,), device=device)

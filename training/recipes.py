@@ -7,12 +7,13 @@ optimiser, learning rate, label smoothing and batch size. `augmented` has every 
 `strong` drops the two that measured harmful (jitter and mix: B0, 12 epochs, 64 px, 4,000
 synthetic galaxies, `training.ablate`; README, *The strong recipe*). Each switch and its source:
 
-- schedule: linear warm-up, then cosine decay to zero over the whole run, stepped every batch, and
+- schedule: linear warm-up, then cosine decay to zero over the whole run, stepped every batch
+  (torch's LinearLR + CosineAnnealingLR in a SequentialLR: training.train.warmup_cosine), and
   twice the seed's 30 epochs (warm-up: Goyal et al. 2017, arXiv:1706.02677; cosine: Loshchilov &
   Hutter 2017, arXiv:1608.03983; Galaxy10's best published results come from long schedules,
   Dagli 2023 "Astroformer", arXiv:2304.05350).
-- EMA of the weights (decay 0.999, warmed up as min(decay, (1 + n) / (10 + n)) over the n updates,
-  as in timm's ModelEmaV3), used for validation, the saved checkpoint and therefore export
+- EMA of the weights (decay 0.999, warmed up as min(decay, (1 + n) / (10 + n)) over the n updates:
+  timm's ModelEmaV3, training.train.make_ema), used for validation, the saved checkpoint and therefore export
   (Polyak & Juditsky 1992; EfficientNet's training, Tan & Le 2019, arXiv:1905.11946).
 - scale (0.9-1.1) and translation (+-5 % of the side) jitter on top of the seed's free flips and
   rotations (the Galaxy Zoo challenge winner, Dieleman, Willett & Dambre 2015, MNRAS 450, 1441,

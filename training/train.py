@@ -20,7 +20,6 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import os
 import random
 import sys
@@ -30,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.utils import ModelEmaV3
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, SequentialLR
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
@@ -39,7 +40,6 @@ from galaxy_morph.data import (DataError, GalaxyH5Dataset, file_sha256, inspect_
 from galaxy_morph.models import PretrainedUnavailable, build_model, save_checkpoint
 from galaxy_morph.specs import ALL_SPECS, get_spec
 from galaxy_morph.transforms import DeviceAugment, eval_transform, train_transform, uint8_transform
-from training.ema import EMA
 from training.recipes import RECIPES, SWITCHES, Recipe, get_recipe
 
 VERSION = "1.0"
@@ -155,12 +155,14 @@ def default_workers(cuda):
 
 
 def run_epoch(model, loader, loss_fn, device, cuda, optimizer=None, desc="", augment=None, mix=None,
-              batch_scheduler=None, ema=None):
-    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy) over all processes.
+              batch_scheduler=None, ema=None, updates=0):
+    """One pass; trains when an optimizer is given. Returns (mean loss, accuracy) over all processes
+    and the number of optimiser steps taken so far (`updates` plus this pass's).
 
     `augment` turns a device batch into the model input (DeviceAugment), `mix` mixes a training
     batch and its labels (mixup/cutmix: soft targets, accuracy against their top class),
-    `batch_scheduler` steps after every batch and `ema` is updated after every optimiser step.
+    `batch_scheduler` steps after every batch and `ema` (make_ema) is updated after every optimiser
+    step with the step's number, which its decay warm-up needs.
     """
     training = optimizer is not None
     model.train(training)
@@ -180,26 +182,56 @@ def run_epoch(model, loader, loss_fn, device, cuda, optimizer=None, desc="", aug
                 y = target.argmax(1)
             logits, loss = step(model, x, target, loss_fn, optimizer, cuda)
             if training:
+                updates += 1
                 if batch_scheduler is not None:
                     batch_scheduler.step()
                 if ema is not None:
-                    ema.update(model)
+                    ema.update(unwrap(model), step=updates)
             n = y.numel()
             totals += torch.tensor([loss.item() * n, (logits.argmax(1) == y).sum().item(), n], dtype=torch.float64)
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.3f}", acc=f"{totals[1] / totals[2]:.3f}")
     if dist.is_initialized():
         dist.all_reduce(totals)
-    return float(totals[0] / totals[2]), float(totals[1] / totals[2])
+    return float(totals[0] / totals[2]), float(totals[1] / totals[2]), updates
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # DistributedDataParallel
+
+
+def make_ema(model: nn.Module, decay: float) -> ModelEmaV3:
+    """timm's EMA of the (unwrapped) model's weights; call `ema.update(unwrap(model), step=n)` after the
+    n-th optimiser step (n = 1, 2, ...) and evaluate / save `ema.module`.
+
+    The decay is warmed up as min(decay, (1 + n) / (10 + n)): timm's warm-up is
+    1 - (1 + s / warmup_gamma) ** -warmup_power with s = step - update_after_step - 1, which with
+    gamma 9, power 1 and update_after_step -2 is s / (s + 9) at s = n + 1, i.e. (1 + n) / (10 + n).
+    Floating-point tensors of the state dict (parameters, BatchNorm statistics) are averaged,
+    integer buffers copied.
+    """
+    ema = ModelEmaV3(unwrap(model), decay=decay, use_warmup=True, warmup_gamma=9.0, warmup_power=1.0,
+                     update_after_step=-2)
+    ema.module.requires_grad_(False)
+    return ema
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int):
-    """Per-batch schedule: linear warm-up to the base lr, then cosine decay to zero at total_steps."""
-    def factor(i):
-        if i < warmup_steps:
-            return (i + 1) / warmup_steps
-        progress = (i - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """Per-batch schedule: linear warm-up to the base lr, then cosine decay to zero at total_steps.
+
+    Step i (0-based) runs at base * (i + 1) / warmup_steps for i < warmup_steps, then at
+    base * (1 + cos(pi * (i - warmup_steps) / (total_steps - warmup_steps))) / 2, and at zero from
+    total_steps on: torch's LinearLR, CosineAnnealingLR and a zero LambdaLR in a SequentialLR.
+    """
+    cosine_steps = max(1, total_steps - warmup_steps)
+    phases, milestones = [], []
+    if warmup_steps > 0:
+        phases.append(LinearLR(optimizer, start_factor=1 / warmup_steps, end_factor=1.0,
+                               total_iters=max(1, warmup_steps - 1)))
+        milestones.append(warmup_steps)
+    phases.append(CosineAnnealingLR(optimizer, T_max=cosine_steps, eta_min=0.0))
+    milestones.append(warmup_steps + cosine_steps)
+    phases.append(LambdaLR(optimizer, lambda _: 0.0))
+    return SequentialLR(optimizer, phases, milestones)
 
 
 def mixer(recipe: Recipe, num_classes: int):
@@ -341,16 +373,17 @@ def train(args) -> dict:
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=hp["t_max"])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=spec.label_smoothing)
-    ema = EMA(model, recipe.ema_decay) if recipe.ema_decay else None
+    ema = make_ema(model, recipe.ema_decay) if recipe.ema_decay else None
     mix = mixer(recipe, len(class_names))
 
-    start, best, best_epoch, history = 0, -1.0, 0, []
+    start, best, best_epoch, history, updates = 0, -1.0, 0, [], 0
     if resume_state:
-        getattr(model, "module", model).load_state_dict(resume_state["model"])
+        unwrap(model).load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         if ema is not None:
-            ema.load_state_dict(resume_state["ema"])
+            ema.module.load_state_dict(resume_state["ema"]["module"])
+            updates = resume_state["ema"]["updates"]
         start, best, best_epoch = resume_state["epoch"], resume_state["best_val_acc"], resume_state["best_epoch"]
         history = resume_state["history"]
         log(f"resuming after epoch {start} (best val acc {best:.4f} at epoch {best_epoch})")
@@ -363,12 +396,13 @@ def train(args) -> dict:
             sampler.set_epoch(epoch)
         t0 = time.time()
         lr = optimizer.param_groups[0]["lr"]
-        tr_loss, tr_acc = run_epoch(model, train_dl, loss_fn, device, cuda, optimizer,
-                                    desc=f"{spec.name} epoch {epoch + 1}/{epochs}", augment=augment, mix=mix,
-                                    batch_scheduler=scheduler if per_batch_schedule else None, ema=ema)
+        tr_loss, tr_acc, updates = run_epoch(model, train_dl, loss_fn, device, cuda, optimizer,
+                                             desc=f"{spec.name} epoch {epoch + 1}/{epochs}", augment=augment,
+                                             mix=mix, batch_scheduler=scheduler if per_batch_schedule else None,
+                                             ema=ema, updates=updates)
         # The EMA weights, where there are some, are the ones validated, saved and exported.
         evaluated = ema.module if ema is not None else model
-        va_loss, va_acc = run_epoch(evaluated, val_dl, loss_fn, device, cuda, desc="val")
+        va_loss, va_acc, _ = run_epoch(evaluated, val_dl, loss_fn, device, cuda, desc="val")
         if not per_batch_schedule:
             scheduler.step()
         row = {"epoch": epoch + 1, "train_loss": round(tr_loss, 5), "train_acc": round(tr_acc, 5),
@@ -387,10 +421,11 @@ def train(args) -> dict:
                             metrics={k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
                             epoch=epoch + 1)
         write_history(out, history)
-        state = {"model": getattr(model, "module", model).state_dict(), "optimizer": optimizer.state_dict(),
+        state = {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "best_val_acc": best,
                  "best_epoch": best_epoch, "history": history, "hparams": hp, "data_sha256": sha,
-                 "ema": ema.state_dict() if ema is not None else None}
+                 "ema": {"module": ema.module.state_dict(), "updates": updates, "decay": ema.decay}
+                 if ema is not None else None}
         torch.save(state, out / (LAST_FILE + ".tmp"))
         os.replace(out / (LAST_FILE + ".tmp"), out / LAST_FILE)
     if dist.is_initialized():
