@@ -33,7 +33,7 @@ from galaxy_morph.models import build_model
 from galaxy_morph.specs import get_spec
 from galaxy_morph.transforms import DeviceAugment, train_transform, uint8_transform
 from training.recipes import get_recipe
-from training.train import default_workers, make_ema, make_loader, mixer, step
+from training.loop import default_workers, make_ema, make_loader, mixer, step
 
 GALAXY10_TRAIN_ROWS = int(0.8 * 17736)
 

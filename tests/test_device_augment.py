@@ -12,7 +12,7 @@ from galaxy_morph import get_spec
 from galaxy_morph.transforms import (DeviceAugment, affine_crop, eval_transform, random_hflip, random_rot90,
                                      uint8_transform)
 from tests.test_data import make_h5
-from training import train
+from training import loop, train
 
 
 def image(size, seed=0):
@@ -98,7 +98,7 @@ def test_strong_recipe_with_device_augmentation_resumes_exactly(tmp_path):
 
 def test_warmup_cosine_schedule():
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    sched = train.warmup_cosine(opt, warmup_steps=4, total_steps=12)
+    sched = loop.warmup_cosine(opt, warmup_steps=4, total_steps=12)
     lrs = []
     for _ in range(14):
         lrs.append(opt.param_groups[0]["lr"])

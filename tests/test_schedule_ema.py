@@ -1,5 +1,5 @@
-"""The library-backed EMA (timm's ModelEmaV3, training.train.make_ema) and per-batch schedule (torch's
-SequentialLR, training.train.warmup_cosine) against the rules they replaced, computed here by hand:
+"""The library-backed EMA (timm's ModelEmaV3, training.loop.make_ema) and per-batch schedule (torch's
+SequentialLR, training.loop.warmup_cosine) against the rules they replaced, computed here by hand:
 the EMA decay min(decay, (1 + n) / (10 + n)) at the n-th update, floating-point state averaged and
 integer buffers copied; the lr (i + 1) / W during the warm-up, a cosine to zero at T, zero after."""
 import copy
@@ -11,7 +11,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from training import train
+from training import loop
 
 
 def tiny_model():
@@ -45,7 +45,7 @@ def assert_state_close(got, want):
 
 @pytest.mark.parametrize("decay", [0.999, 0.4])  # 0.4: the warm-up reaches the decay at n = 5
 def test_ema_decay_is_the_old_warmed_up_decay(decay):
-    ema = train.make_ema(tiny_model(), decay)
+    ema = loop.make_ema(tiny_model(), decay)
     assert isinstance(ema, ModelEmaV3)
     for n in [*range(1, 200), 1000, 8990, 8991, 10**5]:
         assert ema.get_decay(n) == pytest.approx(old_decay(decay, n), rel=1e-12, abs=1e-12), n
@@ -75,7 +75,7 @@ def test_ema_through_run_epoch_matches_the_old_rule(decay):
     model = tiny_model()
     wrapped = Wrapped(model)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    ema = train.make_ema(wrapped, decay)
+    ema = loop.make_ema(wrapped, decay)
     # The EMA holds a copy of the unwrapped model, frozen.
     assert list(ema.module.state_dict()) == list(initial)
     assert not any(p.requires_grad for p in ema.module.parameters())
@@ -83,11 +83,11 @@ def test_ema_through_run_epoch_matches_the_old_rule(decay):
     loader = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 3, (4,), generator=g)) for _ in range(7)]
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     rec = Snapshots(model)
-    loss, acc, updates = train.run_epoch(wrapped, loader[:3], nn.CrossEntropyLoss(), torch.device("cpu"), False,
+    loss, acc, updates = loop.run_epoch(wrapped, loader[:3], nn.CrossEntropyLoss(), torch.device("cpu"), False,
                                          opt, batch_scheduler=rec, ema=ema)
     assert updates == 3
     # A second epoch goes on counting (as a resumed run does from the saved count).
-    _, _, updates = train.run_epoch(wrapped, loader[3:], nn.CrossEntropyLoss(), torch.device("cpu"), False,
+    _, _, updates = loop.run_epoch(wrapped, loader[3:], nn.CrossEntropyLoss(), torch.device("cpu"), False,
                                     opt, batch_scheduler=rec, ema=ema, updates=updates)
     assert updates == 7 and len(rec.states) == 7
     got = ema.module.state_dict()
@@ -100,7 +100,7 @@ def test_ema_through_run_epoch_matches_the_old_rule(decay):
 
 def test_ema_resumes_from_its_saved_state():
     model = tiny_model()
-    ema = train.make_ema(model, 0.9)
+    ema = loop.make_ema(model, 0.9)
     states = []
     for n in range(1, 7):
         with torch.no_grad():
@@ -110,7 +110,7 @@ def test_ema_resumes_from_its_saved_state():
         ema.update(model, step=n)
         if n == 3:  # what train.py writes to last.pt
             saved = {"module": copy.deepcopy(ema.module.state_dict()), "updates": n, "decay": ema.decay}
-    resumed = train.make_ema(tiny_model(), 0.9)
+    resumed = loop.make_ema(tiny_model(), 0.9)
     resumed.module.load_state_dict(saved["module"])
     for n, state in enumerate(states[3:], start=saved["updates"] + 1):
         model.load_state_dict(state)
@@ -144,7 +144,7 @@ def sgd(lr):
 def test_warmup_cosine_lr_per_step_is_the_old_formula(warmup, total):
     base = 3e-4
     opt = sgd(base)
-    got = lrs(train.warmup_cosine(opt, warmup, total), opt, total + 5)  # past the end too: zero
+    got = lrs(loop.warmup_cosine(opt, warmup, total), opt, total + 5)  # past the end too: zero
     want = [old_lr(base, i, warmup, total) for i in range(total + 5)]
     assert got == pytest.approx(want, rel=1e-6, abs=1e-12)
     assert got[total:] == [0.0] * 5
@@ -153,7 +153,7 @@ def test_warmup_cosine_lr_per_step_is_the_old_formula(warmup, total):
 def test_warmup_cosine_resumes_from_its_state_dict():
     base, warmup, total, cut = 1e-3, 5, 40, 17
     opt = sgd(base)
-    sched = train.warmup_cosine(opt, warmup, total)
+    sched = loop.warmup_cosine(opt, warmup, total)
     first = lrs(sched, opt, cut)
     buf = io.BytesIO()  # as train.py saves and loads last.pt
     torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, buf)
@@ -161,7 +161,7 @@ def test_warmup_cosine_resumes_from_its_state_dict():
     state = torch.load(buf, weights_only=False)
     # train.py's order: a fresh scheduler, then the optimizer's state, then the scheduler's.
     opt2 = sgd(base)
-    sched2 = train.warmup_cosine(opt2, warmup, total)
+    sched2 = loop.warmup_cosine(opt2, warmup, total)
     opt2.load_state_dict(state["optimizer"])
     sched2.load_state_dict(state["scheduler"])
     rest = lrs(sched2, opt2, total + 3 - cut)
