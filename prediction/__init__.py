@@ -8,6 +8,6 @@
     prediction.parts        per-shard part files (resume) merged into the CSV or Parquet catalogue
     prediction.ray_predict  the CLI and the Ray Data pipeline
 
-It depends one way on the core (galaxy_morph) and on the bulk classifier's columns
-(torchserve_ops.bulk); nothing imports it.
+It depends one way on the core (galaxy_morph) and on survey I/O (survey.inputs, and survey.rows
+for the catalogue's columns, the same as the HTTP bulk path's); nothing imports it.
 """
