@@ -4,6 +4,7 @@ The dashboard pages call these and only render the result; the tests call them d
 """
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import re
 import socket
@@ -218,51 +219,111 @@ STATUS_COUNTERS = {"2xx": "Requests2XX_total", "4xx": "Requests4XX_total", "5xx"
 REQUESTS = "ts_inference_requests_total"
 INFERENCE_US = "ts_inference_latency_microseconds_total"
 QUEUE_US = "ts_queue_latency_microseconds_total"
+# The backend's gauge: how long the handler took for the model's latest batch (label ModelName).
+PREDICTION_MS = "PredictionTime"
+# TorchServe 0.12 registers a workflow's nodes as models named WORKFLOW__NODE (galaxy-ensemble__b0,
+# and the function nodes galaxy-ensemble__pre, galaxy-ensemble__ensemble). Their jobs add to
+# ts_inference_latency_microseconds and ts_queue_latency_microseconds and report PredictionTime,
+# but ts_inference_requests_total counts /predictions requests only: a workflow's calls to its
+# models are timed but never counted, so their mean latency cannot be computed.
+WORKFLOW_SEPARATOR = "__"
+LATEST = " (latest)"  # suffix of a latency series that is the latest call, not a mean
+
+
+def model_label(name: str) -> str:
+    """A model name as a reader knows it: galaxy-ensemble__b0 -> "galaxy-ensemble / b0"."""
+    workflow, sep, node = name.partition(WORKFLOW_SEPARATOR)
+    return f"{workflow} / {node}" if sep and workflow and node else name
+
+
+def _model_versions(samples: list[Sample]) -> list[tuple[str, str]]:
+    """(model_name, model_version) of every model the frontend has timed or counted, workflow
+    members included, standalone models first."""
+    keys = {(s.labels.get("model_name", ""), s.labels.get("model_version", ""))
+            for s in samples if s.name in (REQUESTS, INFERENCE_US)}
+    return sorted(keys, key=lambda k: (WORKFLOW_SEPARATOR in k[0], k))
+
+
+def _labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Readable names; the version is added only where a model has several."""
+    n = {}
+    for model, _ in keys:
+        n[model] = n.get(model, 0) + 1
+    return {(m, v): model_label(m) + (f" {v}" if n[m] > 1 else "") for m, v in keys}
+
+
+def last_prediction_ms(samples: list[Sample], model: str) -> float | None:
+    """The PredictionTime gauge of `model` (its latest batch, ms), None when not reported."""
+    found = [s.value for s in samples if s.name == PREDICTION_MS and s.labels.get("ModelName") == model]
+    return max(found) if found else None
 
 
 def snapshot(samples: list[Sample], t: float) -> dict:
     """The numbers the Metrics page follows, at time t (epoch seconds); a host gauge TorchServe
-    has not reported yet is None, not 0."""
+    has not reported yet is None, not 0.
+
+    "latency:NAME" is the mean inference latency since start where TorchServe counts requests;
+    for a workflow's models, which it does not count, "latency:NAME (latest)" is the latest
+    call's PredictionTime."""
     def gauge(name):
         found = [s.value for s in samples if s.name == name]
         return sum(found) if found else None
 
     point = {"time": t, **{k: metric_total(samples, n) for k, n in STATUS_COUNTERS.items()}}
-    for model, version in sorted({(s.labels.get("model_name", ""), s.labels.get("model_version", ""))
-                                  for s in samples if s.name == REQUESTS}):
+    keys = _model_versions(samples)
+    for (model, version), label in _labels(keys).items():
         sel = {"model_name": model, "model_version": version}
         n = metric_total(samples, REQUESTS, **sel)
         if n:
-            point[f"latency:{model}"] = metric_total(samples, INFERENCE_US, **sel) / n / 1000.0
+            point[f"latency:{label}"] = metric_total(samples, INFERENCE_US, **sel) / n / 1000.0
+        elif (last := last_prediction_ms(samples, model)) is not None:
+            point[f"latency:{label}{LATEST}"] = last
     point.update(cpu_percent=gauge("CPUUtilization"), memory_used_mb=gauge("MemoryUsed"))
     return point
 
 
+PER_MODEL_COLUMNS = ["model", "version", "requests", "mean inference ms", "mean queue ms",
+                     "last prediction ms", "inference time s"]
+
+
 def per_model_latency(samples: list[Sample]) -> pd.DataFrame:
-    """Since server start, per model and version: requests, mean inference and queue latency."""
-    keys = sorted({(s.labels.get("model_name", ""), s.labels.get("model_version", ""))
-                   for s in samples if s.name == REQUESTS})
+    """Since server start, per model and version (a workflow's models as "WORKFLOW / NODE"):
+    requests, mean inference and queue latency, the latest batch's prediction time and the
+    total inference time. A workflow's models have no request count (None), so no means."""
+    keys = _model_versions(samples)
+    labels = _labels(keys)
     rows = []
     for model, version in keys:
         sel = {"model_name": model, "model_version": version}
         n = metric_total(samples, REQUESTS, **sel)
-        rows.append({"model": model, "version": version, "requests": int(n),
-                     "mean inference ms": round(metric_total(samples, INFERENCE_US, **sel) / n / 1000, 2)
-                     if n else None,
+        inference_us = metric_total(samples, INFERENCE_US, **sel)
+        last = last_prediction_ms(samples, model)
+        rows.append({"model": labels[(model, version)], "version": version,
+                     "requests": int(n) if n else None,
+                     "mean inference ms": round(inference_us / n / 1000, 2) if n else None,
                      "mean queue ms": round(metric_total(samples, QUEUE_US, **sel) / n / 1000, 3)
-                     if n else None})
-    return pd.DataFrame(rows, columns=["model", "version", "requests", "mean inference ms",
-                                       "mean queue ms"])
+                     if n else None,
+                     "last prediction ms": round(last, 2) if last is not None else None,
+                     "inference time s": round(inference_us / 1e6, 3)})
+    frame = pd.DataFrame(rows, columns=PER_MODEL_COLUMNS)
+    frame["requests"] = frame["requests"].astype("Int64")
+    return frame
+
+
+def uncounted_models(table: pd.DataFrame) -> list[str]:
+    """The rows of per_model_latency whose requests TorchServe does not count (workflow models)."""
+    return [m for m, n in zip(table["model"], table["requests"]) if pd.isna(n)]
 
 
 def history_frame(history: list[dict], prefix: str = "") -> pd.DataFrame:
-    """Snapshots -> a time-indexed frame of the columns starting with `prefix` (prefix removed),
-    or of the status counters when `prefix` is empty. Columns with no value at all are dropped,
-    so a chart is drawn only from numbers the server really reported."""
+    """Snapshots -> a frame indexed by local clock time (naive datetimes) of the columns starting
+    with `prefix` (prefix removed), or of the status counters when `prefix` is empty. Columns
+    with no value at all are dropped, so a chart is drawn only from numbers the server really
+    reported."""
     if not history:
         return pd.DataFrame()
     df = pd.DataFrame(history)
-    df.index = pd.to_datetime(df.pop("time"), unit="s")
+    df.index = pd.DatetimeIndex([dt.datetime.fromtimestamp(t) for t in df.pop("time")], name="time")
     cols = [c for c in df.columns if c.startswith(prefix)] if prefix else list(STATUS_COUNTERS)
     out = df[cols].rename(columns=lambda c: c[len(prefix):] or c).astype(float)
     return out.dropna(axis=1, how="all")
@@ -271,6 +332,68 @@ def history_frame(history: list[dict], prefix: str = "") -> pd.DataFrame:
 def drawable(frame: pd.DataFrame) -> bool:
     """A chart worth drawing: some value that is a number and not zero."""
     return not frame.empty and bool(np.nan_to_num(frame.to_numpy(dtype=float)).any())
+
+
+# Tick spacing for the clock axis (seconds): each divides the next unit, so ticks fall on round
+# clock times; at most about 5 ticks (half a page wide) whatever the span, and never finer than a second (the finer
+# ticks Vega picks for a few seconds of history are what it labels ".500").
+TICK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200)
+CLOCK_FORMAT = "%H:%M:%S"
+LEGEND_TOP, LEGEND_ROW = 70, 20  # px below the plot: x axis and legend title, one legend row
+
+
+def tick_step(span_s: float, most: int = 5) -> int:
+    """Seconds between clock-axis ticks for a history spanning `span_s` seconds."""
+    return next((s for s in TICK_STEPS if span_s / s <= most), 86400)
+
+
+def clock_ticks(start: pd.Timestamp, end: pd.Timestamp, most: int = 5) -> list[pd.Timestamp]:
+    """Round clock times (multiples of tick_step since midnight) from start to end; the second
+    of `start` when none falls between (a single poll)."""
+    step = pd.Timedelta(seconds=tick_step((end - start).total_seconds(), most))
+    first = start.ceil(step)
+    ticks = list(pd.date_range(first, end, freq=step)) if first <= end else []
+    return ticks or [start.floor("s")]
+
+
+def _utc_ms(t) -> int:
+    """A naive (local clock) time as the epoch ms of the same clock reading in UTC."""
+    return int(pd.Timestamp(t).tz_localize("UTC").value // 10**6)
+
+
+def time_chart(frame: pd.DataFrame, y_title: str, legend: str | None = "series", height: int = 200):
+    """An Altair line chart of a history_frame: x the clock time (HH:MM:SS, titled, ticks on
+    round seconds or minutes), y `y_title`, one coloured line per column, listed under the plot
+    with the title `legend` (legend=None: no list, for a chart whose title names its one line).
+
+    The index holds local clock times. They go to Vega-Lite as epoch ms of the same reading in UTC
+    on a UTC scale, so neither the browser's time zone nor Streamlit's datetime conversion shifts
+    them: the axis reads like the page's "last at HH:MM:SS" caption."""
+    import altair as alt
+
+    shown, legend = legend is not None, legend or "series"
+    long = (frame.rename_axis("time").reset_index()
+            .melt("time", var_name=legend, value_name="value").dropna(subset=["value"]))
+    long["clock"] = long["time"].dt.strftime(CLOCK_FORMAT)
+    long["time"] = [_utc_ms(t) for t in long["time"]]
+    ticks = clock_ticks(frame.index.min(), frame.index.max()) if len(frame) else []
+    series = frame.columns.size
+    # (tick values as DateTime objects: Vega draws no label for epoch-ms values on a UTC axis)
+    values = [alt.DateTime(year=t.year, month=t.month, date=t.day, hours=t.hour, minutes=t.minute,
+                           seconds=t.second, utc=True) for t in ticks]
+    x = alt.X("time:T", title="time (HH:MM:SS)", scale=alt.Scale(type="utc"),
+              axis=alt.Axis(format=CLOCK_FORMAT, values=values, labelAngle=0, labelOverlap=True))
+    chart = alt.Chart(long).mark_line(point=len(frame) <= 60).encode(
+        x=x,
+        y=alt.Y("value:Q", title=y_title),
+        color=alt.Color(f"{legend}:N", title=legend,
+                        legend=alt.Legend(orient="bottom", direction="vertical", labelLimit=400,
+                                          symbolSize=60, rowPadding=2, titlePadding=4)
+                        if shown else None),
+        tooltip=[alt.Tooltip("clock:N", title="time"), alt.Tooltip(f"{legend}:N"),
+                 alt.Tooltip("value:Q", title=y_title, format=",.2f")])
+    # Streamlit fits the whole chart, legend included, into the height: room for axis and legend
+    return chart.properties(height=height + LEGEND_TOP + (LEGEND_ROW * series if shown else 0))
 
 
 # ----------------------------------------------------------------------------- model card
@@ -300,13 +423,39 @@ def confusion_frame(matrix, class_names=GALAXY10_CLASSES) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) else None
+
+
+def macro_f1(test: dict) -> tuple[float | None, str | None]:
+    """(macro F1, where it comes from) for a model card's "test" section.
+
+    torchserve_ops/archive.py copies the evaluation report's "macro_f1" when there is one, but
+    training/evaluate.py writes it as "macro": {"f1"}, which the card does not copy; then the mean
+    of the per-class F1 the card holds ("per_class", or "per_class_f1") is the macro F1, the same
+    number (an unweighted mean over the classes)."""
+    for value, source in ((test.get("macro_f1"), "report"),
+                          ((test.get("macro") or {}).get("f1"), "report")):
+        if _number(value) is not None:
+            return _number(value), source
+    per_class = test.get("per_class") or {}
+    f1 = [(v or {}).get("f1") if isinstance(v, dict) else None for v in per_class.values()]
+    if not f1 or any(_number(v) is None for v in f1):
+        f1 = list((test.get("per_class_f1") or {}).values())
+    if f1 and all(_number(v) is not None for v in f1):
+        return float(np.mean([float(v) for v in f1])), "mean of the per-class F1"
+    return None, None
+
+
 def card_summary(card: dict) -> dict:
     """The parts of a model card (torchserve_ops/archive.py model_card) the page shows."""
     test = card.get("test") or {}
+    macro, macro_source = macro_f1(test)
     return {
         "accuracy": test.get("accuracy", (card.get("metrics") or {}).get("val_accuracy")),
         "accuracy_kind": "test" if test.get("accuracy") is not None else "validation",
-        "macro_f1": test.get("macro_f1"),
+        "macro_f1": macro,
+        "macro_f1_source": macro_source,
         "trained_at": card.get("trained_at"),
         "data": card.get("training_data") or {},
         "per_class": test.get("per_class") or {},
@@ -350,13 +499,39 @@ def provenance_text(p: dict) -> str:
             "classifier: see [Demo models](#demo-models).")
 
 
+# Sections that moved from the README into docs/: title -> (page, the heading where the part the
+# dashboard shows ends). The README links to these pages; the dashboard shows their text.
+DOC_SECTIONS = {"Demo models": (REPO_ROOT / "docs" / "demo_models.md", "The synthetic galaxies")}
+_MD_LINK = re.compile(r"\[([^\]]+)\]\(([\w./-]+\.md)(#[\w-]*)?\)")
+
+
+def _heading_level(line: str) -> int:
+    return len(line) - len(line.lstrip("#")) if line.startswith("#") else 0
+
+
+def _doc_section(doc: Path, stop: str) -> str:
+    """A docs/ page from its first section to the heading `stop` (not its title, nor the intro
+    that says what the page covers), its headings set under the dashboard's subheader (####) and
+    its links to other pages written as their paths."""
+    lines = doc.read_text().splitlines() if doc.is_file() else []
+    first = next((i for i, l in enumerate(lines) if _heading_level(l) > 1), len(lines))
+    lines = lines[first:]
+    end = next((i for i, l in enumerate(lines) if _heading_level(l)
+                and l.lstrip("#").strip().startswith(stop)), len(lines))
+    body = "\n".join("#### " + l.lstrip("#").strip() if _heading_level(l) else l for l in lines[:end])
+    body = _MD_LINK.sub(lambda m: f"{m.group(1)} (`docs/{m.group(2)}`)", body).strip()
+    rel = doc.relative_to(REPO_ROOT) if doc.is_relative_to(REPO_ROOT) else doc
+    return f"{body}\n\nMore in `{rel}`." if body else ""
+
+
 def readme_section(title: str = "Demo models", readme: Path = README) -> str:
-    """The README section whose heading starts with `title`, without its heading line."""
+    """The README section whose heading starts with `title`, without its heading line; for a
+    section that moved to docs/ (DOC_SECTIONS), that page's part about it."""
     lines = readme.read_text().splitlines() if readme.is_file() else []
     start = next((i for i, l in enumerate(lines) if l.lstrip("#").strip().startswith(title)
                   and l.startswith("#")), None)
     if start is None:
-        return ""
+        return _doc_section(*DOC_SECTIONS[title]) if title in DOC_SECTIONS else ""
     level = len(lines[start]) - len(lines[start].lstrip("#"))
     end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("#")
                 and len(lines[j]) - len(lines[j].lstrip("#")) <= level), len(lines))

@@ -11,6 +11,7 @@ model_card.png in $SCREENSHOT_DIR (set it to keep them) or the test's tmp dir.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,6 +80,34 @@ def screenshot_dir(tmp_path: Path) -> Path:
     return d
 
 
+CLOCK = re.compile(r"^\d\d:\d\d:\d\d$")
+
+
+def axis_labels(chart, axis: str) -> list[str]:
+    """The tick labels of a Vega chart's X or Y axis (Streamlit draws them as SVG)."""
+    group = chart.locator(f"g.role-axis[aria-label^='{axis}-axis']")
+    return [t.text_content() for t in group.locator(".role-axis-label text").all()]
+
+
+def check_metrics_page(page) -> None:
+    """After the ensemble request: the latency chart lists the workflow's models by readable name,
+    the table's note names them, and every time axis is titled and labelled HH:MM:SS."""
+    latency = page.locator(".vega-embed svg").filter(has=page.locator("text", has_text="galaxy-ensemble / b0"))
+    latency.first.wait_for(timeout=30_000)
+    legend = [t.text_content() for t in latency.first.locator(".role-legend text").all()]
+    for node in ("b0", "b2"):
+        assert any(t.startswith(f"galaxy-ensemble / {node}") for t in legend), legend
+    assert not any("__" in t for t in legend), legend  # not the raw galaxy-ensemble__b0
+    note = page.get_by_text("the calls a workflow makes to")
+    assert "galaxy-ensemble / b0" in note.inner_text() and "galaxy-ensemble / b2" in note.inner_text()
+    charts = page.locator(".vega-embed svg").all()
+    assert len(charts) >= 3
+    for chart in charts:
+        assert chart.locator("text", has_text="time (HH:MM:SS)").count() == 1
+        labels = axis_labels(chart, "X")
+        assert labels and all(CLOCK.match(t) for t in labels), labels  # never ".500"
+
+
 def test_every_page_in_chromium(torchserve, dashboard_url, tmp_path):
     """Each page as a user sees it, after a few requests; a screenshot of each. Charts are drawn
     only from real numbers: the Metrics page must draw its charts, not say they are empty."""
@@ -90,6 +119,11 @@ def test_every_page_in_chromium(torchserve, dashboard_url, tmp_path):
     for sample in sorted(SAMPLE.parent.glob("class_[0-4]_0.jpg")):
         client.predict("galaxy-b0", sample.read_bytes())
     client.predict("galaxy-b2", SAMPLE.read_bytes())
+    # an ensemble request as any client sends it: its models' latency must reach the Metrics page
+    r = requests.post(torchserve.inference_url + "/wfpredict/galaxy-ensemble",
+                      data=(SAMPLE.parent / "class_6_0.jpg").read_bytes(),
+                      headers=torchserve.auth("inference"), timeout=180)
+    assert r.ok and r.json()["model"] == "galaxy-ensemble", r.text
 
     shots = screenshot_dir(tmp_path)
     with sync_api.sync_playwright() as p:
@@ -132,6 +166,7 @@ def test_every_page_in_chromium(torchserve, dashboard_url, tmp_path):
             for empty in ("No responses yet.", "No inference requests yet.", "No worker processes visible."):
                 assert page.get_by_text(empty).count() == 0, empty
             assert page.locator(".vega-embed").count() >= 3
+            check_metrics_page(page)
             shoot("metrics")
 
             page.goto(f"{dashboard_url}/model_card", timeout=60_000)

@@ -174,6 +174,80 @@ def test_model_card_page(served):
                for j in at.json)
 
 
+def wait_for_workflow_metrics(ts, nodes=("b0", "b2")) -> None:
+    """After a workflow request: until the server's metrics time each member (PredictionTime
+    comes from the workers' logs, a moment after the answer); the page's 2 s metrics cache is
+    emptied so that it reads them."""
+    import time
+
+    from dashboard import common
+
+    client, deadline = ts.client(), time.time() + 30
+    while True:
+        table = views.per_model_latency(client.metrics()).set_index("model")
+        if all(f"galaxy-ensemble / {n}" in table.index
+               and pd.notna(table.loc[f"galaxy-ensemble / {n}", "last prediction ms"]) for n in nodes):
+            break
+        assert time.time() < deadline, f"no metrics for the workflow's models: {table}"
+        time.sleep(0.5)
+    common.metrics_samples.clear()
+
+
+def test_metrics_page_counts_workflow_traffic(served):
+    """An ensemble request alone: the workflow's models are in the latency chart and the table."""
+    served.client().predict_workflow("galaxy-ensemble", (SAMPLES / "class_3_0.jpg").read_bytes())
+    wait_for_workflow_metrics(served)
+    at = page("pages/metrics.py")
+    no_failures(at)
+    table = frames(at)[0].set_index("model")
+    for node in ("b0", "b2"):
+        row = table.loc[f"galaxy-ensemble / {node}"]
+        assert row["inference time s"] > 0 and row["last prediction ms"] > 0, row
+    assert "galaxy-ensemble__b0" not in table.index  # attributed readably, not by raw name
+    point = at.session_state["metrics_history"][-1]
+    latency = {k[len("latency:"):]: v for k, v in point.items() if k.startswith("latency:")}
+    assert any(k.startswith("galaxy-ensemble / b0") for k in latency), latency
+    assert "No inference requests yet." not in texts(at.caption)
+    assert any("not counted" in c for c in texts(at.caption))  # says why there is no mean
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    latency_spec = next(s for s in specs if s["encoding"]["color"]["title"] == "model")
+    assert latency_spec["encoding"]["x"]["axis"]["format"] == "%H:%M:%S"
+    assert latency_spec["encoding"]["x"]["title"].startswith("time")
+    assert latency_spec["encoding"]["y"]["title"] == "ms"
+
+
+def demo_card(model: str = "b0", old: bool = False) -> dict:
+    """The model card torchserve_ops.archive writes for the committed demo checkpoint; `old`: as
+    archives built before model_card copied the report's macro F1 (then the card held the
+    per-class scores only, and the page said "Macro F1 n/a")."""
+    from torchserve_ops.archive import model_card
+
+    ckpt = REPO / "checkpoints" / "demo" / model
+    meta = json.loads((ckpt / "meta.json").read_text())
+    card = json.loads(json.dumps(model_card(f"galaxy-{model}", "1.0", ckpt, meta, ckpt.parent)))
+    if old:
+        card["test"].pop("macro_f1", None)
+    return card
+
+
+def test_model_card_page_shows_macro_f1_of_an_evaluated_model(served, monkeypatch):
+    """A card with a per-class F1 table (the demo checkpoint's) shows its macro F1, not "n/a"."""
+    from dashboard import common
+
+    card = demo_card("b0", old=True)
+    report = json.loads((REPO / "checkpoints" / "demo" / "b0" / "report.json").read_text())
+    monkeypatch.setattr(common, "card", lambda url, model, version: [{"modelName": model,
+                                                                      "customizedMetadata": card}])
+    at = page("pages/model_card.py")
+    no_failures(at)
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["Macro F1"].value == f"{report['macro']['f1']:.3f}"
+    assert "per-class F1" in metrics["Macro F1"].proto.help
+    assert "Per-class scores (test)" in texts(at.subheader)
+    shown = frames(at)[1]["f1"]  # the per-class table under the figure
+    assert metrics["Macro F1"].value == f"{shown.mean():.3f}"
+
+
 # ----------------------------------------------------------------------------- failures
 
 PAGES = ["pages/classify.py", "pages/batch.py", "pages/server.py", "pages/metrics.py",
@@ -247,6 +321,146 @@ ts_inference_latency_microseconds{model_name="galaxy-b0",model_version="default"
     assert views.drawable(views.history_frame([quiet, busy]))
     assert list(views.history_frame([quiet, busy], "latency:").columns) == ["galaxy-b0"]
     assert views.history_frame([quiet, busy], "memory_used_mb").empty  # None throughout: no column
+
+
+# From a test server's :8082/metrics (TorchServe 0.12, metrics_mode=prometheus) after one
+# POST /wfpredict/galaxy-ensemble and one POST /predictions/galaxy-b0 (the families of models only).
+WORKFLOW_METRICS = """\
+# HELP ts_queue_latency_microseconds Torchserve prometheus counter metric with unit: Microseconds
+# TYPE ts_queue_latency_microseconds counter
+ts_queue_latency_microseconds{model_name="galaxy-ensemble__ensemble",model_version="default",hostname="vm",} 177.653
+ts_queue_latency_microseconds{model_name="galaxy-ensemble__pre",model_version="default",hostname="vm",} 322.755
+ts_queue_latency_microseconds{model_name="galaxy-ensemble__b0",model_version="default",hostname="vm",} 15690.458
+ts_queue_latency_microseconds{model_name="galaxy-b0",model_version="default",hostname="vm",} 28509.023
+ts_queue_latency_microseconds{model_name="galaxy-ensemble__b2",model_version="default",hostname="vm",} 52010.541
+# HELP PredictionTime Torchserve prometheus gauge metric with unit: ms
+# TYPE PredictionTime gauge
+PredictionTime{ModelName="galaxy-ensemble__ensemble",Level="Model",Hostname="vm",} 5.89
+PredictionTime{ModelName="galaxy-ensemble__pre",Level="Model",Hostname="vm",} 158.1
+PredictionTime{ModelName="galaxy-ensemble__b2",Level="Model",Hostname="vm",} 270.09
+PredictionTime{ModelName="galaxy-ensemble__b0",Level="Model",Hostname="vm",} 223.75
+PredictionTime{ModelName="galaxy-b0",Level="Model",Hostname="vm",} 107.34
+# HELP ts_inference_latency_microseconds Torchserve prometheus counter metric with unit: Microseconds
+# TYPE ts_inference_latency_microseconds counter
+ts_inference_latency_microseconds{model_name="galaxy-ensemble__ensemble",model_version="default",hostname="vm",} 14935.233
+ts_inference_latency_microseconds{model_name="galaxy-ensemble__pre",model_version="default",hostname="vm",} 180693.196
+ts_inference_latency_microseconds{model_name="galaxy-ensemble__b0",model_version="default",hostname="vm",} 245564.02
+ts_inference_latency_microseconds{model_name="galaxy-b0",model_version="default",hostname="vm",} 148230.021
+ts_inference_latency_microseconds{model_name="galaxy-ensemble__b2",model_version="default",hostname="vm",} 339285.8
+# HELP HandlerTime Torchserve prometheus gauge metric with unit: ms
+# TYPE HandlerTime gauge
+HandlerTime{ModelName="galaxy-ensemble__b2",Level="Model",Hostname="vm",} 269.03
+HandlerTime{ModelName="galaxy-ensemble__b0",Level="Model",Hostname="vm",} 223.43
+HandlerTime{ModelName="galaxy-b0",Level="Model",Hostname="vm",} 106.02
+# HELP Requests2XX Torchserve prometheus counter metric with unit: Count
+# TYPE Requests2XX counter
+Requests2XX{Level="Host",Hostname="vm",} 129.0
+# HELP ts_inference_requests_total Torchserve prometheus counter metric with unit: Count
+# TYPE ts_inference_requests_total counter
+ts_inference_requests_total{model_name="galaxy-b0",model_version="default",hostname="vm",} 1.0
+"""
+
+
+def test_workflow_models_are_attributed_and_timed():
+    """The workflow's models (galaxy-ensemble__b0 ...) have latency counters and PredictionTime but
+    no ts_inference_requests_total: they are still in the table and the latency chart."""
+    from torchserve_ops.client import parse_prometheus
+
+    assert views.model_label("galaxy-ensemble__b0") == "galaxy-ensemble / b0"
+    assert views.model_label("galaxy-b0") == "galaxy-b0"
+    samples = parse_prometheus(WORKFLOW_METRICS)
+    table = views.per_model_latency(samples)
+    assert list(table["model"]) == ["galaxy-b0", "galaxy-ensemble / b0", "galaxy-ensemble / b2",
+                                    "galaxy-ensemble / ensemble", "galaxy-ensemble / pre"]
+    rows = table.set_index("model")
+    assert rows.loc["galaxy-b0", "requests"] == 1
+    assert rows.loc["galaxy-b0", "mean inference ms"] == pytest.approx(148.23)
+    assert rows.loc["galaxy-b0", "mean queue ms"] == pytest.approx(28.509)
+    b2 = rows.loc["galaxy-ensemble / b2"]
+    assert pd.isna(b2["requests"]) and pd.isna(b2["mean inference ms"])  # not counted: no mean
+    assert b2["inference time s"] == pytest.approx(0.339, abs=1e-3)
+    assert b2["last prediction ms"] == pytest.approx(270.09)
+    assert views.uncounted_models(table) == ["galaxy-ensemble / b0", "galaxy-ensemble / b2",
+                                             "galaxy-ensemble / ensemble", "galaxy-ensemble / pre"]
+
+    point = views.snapshot(samples, 10)
+    assert point["latency:galaxy-b0"] == pytest.approx(148.23, abs=0.01)
+    assert point["latency:galaxy-ensemble / b0 (latest)"] == pytest.approx(223.75)
+    frame = views.history_frame([views.snapshot([], 5), point], "latency:")
+    assert "galaxy-ensemble / b2 (latest)" in frame.columns and views.drawable(frame)
+    # the workflow alone (no /predictions request at all): the chart is still drawn
+    wf_only = [s for s in samples if s.labels.get("model_name", s.labels.get("ModelName", ""))
+               .startswith("galaxy-ensemble__")]
+    assert views.drawable(views.history_frame([views.snapshot(wf_only, 0)], "latency:"))
+    assert len(views.per_model_latency(wf_only)) == 4
+
+
+def test_time_axes_are_clock_times():
+    """Two polls 4.5 s apart: the x axis is titled, labelled HH:MM:SS, with whole-second ticks
+    (Vega's default ticks for a few seconds are 500 ms apart, labelled ".500")."""
+    import datetime as dt
+
+    t0 = 1_700_000_000.25
+    history = [{"time": t0, "2xx": 1.0, "4xx": 0.0, "5xx": 0.0},
+               {"time": t0 + 4.5, "2xx": 3.0, "4xx": 0.0, "5xx": 0.0}]
+    frame = views.history_frame(history)
+    assert frame.index[0] == dt.datetime.fromtimestamp(t0)  # local clock, as the page's caption
+    spec = views.time_chart(frame, "responses", "status").to_dict()
+    x = spec["encoding"]["x"]
+    assert x["type"] == "temporal" and x["title"] == "time (HH:MM:SS)"
+    assert x["axis"]["format"] == "%H:%M:%S" and x["scale"]["type"] == "utc"
+    # ticks on whole seconds of the local clock (as DateTime objects read as UTC)
+    start = dt.datetime.fromtimestamp(t0)
+    whole = [start.replace(microsecond=0) + dt.timedelta(seconds=s) for s in range(1, 5)]
+    assert x["axis"]["values"] == [{"year": w.year, "month": w.month, "date": w.day, "hours": w.hour,
+                                    "minutes": w.minute, "seconds": w.second, "utc": True}
+                                   for w in whole]
+    assert spec["encoding"]["y"]["title"] == "responses"
+    data = next(iter(spec["datasets"].values()))
+    assert {d["clock"] for d in data} == {dt.datetime.fromtimestamp(t).strftime("%H:%M:%S")
+                                          for t in (t0, t0 + 4.5)}
+    assert sorted(d["status"] for d in data) == ["2xx", "2xx", "4xx", "4xx", "5xx", "5xx"]
+    assert [views.tick_step(s) for s in (0, 4.5, 25, 600, 3600)] == [1, 1, 5, 120, 900]
+    one = views.history_frame(history[:1])
+    assert views.clock_ticks(one.index[0], one.index[0]) == [pd.Timestamp(start).floor("s")]
+
+
+def test_macro_f1_from_the_per_class_scores_of_a_model_card():
+    """A card without "macro_f1" (archives built before model_card copied the report's
+    "macro": {"f1"}) shows the mean of the per-class F1 it holds; a card with it shows that."""
+    report = json.loads((REPO / "checkpoints" / "demo" / "b2" / "report.json").read_text())
+    assert views.card_summary(demo_card("b2"))["macro_f1"] == pytest.approx(report["macro"]["f1"])
+    card = demo_card("b2", old=True)
+    assert "macro_f1" not in card["test"] and card["test"]["per_class"]  # what said "n/a"
+    info = views.card_summary(card)
+    assert info["macro_f1"] == pytest.approx(report["macro"]["f1"], abs=1e-9)
+    assert info["macro_f1"] == pytest.approx(views.per_class_table(info["per_class"])["f1"].mean())
+    assert info["macro_f1_source"] == "mean of the per-class F1"
+    assert views.card_summary({"test": {"macro_f1": 0.5, "per_class_f1": {"a": 1.0}}})["macro_f1"] == 0.5
+    assert views.macro_f1({"macro": {"f1": 0.25}}) == (0.25, "report")
+    assert views.macro_f1({"per_class_f1": {"a": 0.5, "b": 1.0}}) == (0.75, "mean of the per-class F1")
+    assert views.card_summary({"test": None, "note": "no evaluation report"})["macro_f1"] is None
+    assert views.macro_f1({"per_class": {"a": {"f1": None}}}) == (None, None)
+
+
+def test_workflow_metrics_of_the_real_server(torchserve):
+    """POST /wfpredict/galaxy-ensemble with the inference token: the server names the workflow's
+    models galaxy-ensemble__b0 and galaxy-ensemble__b2, and the table shows them readably."""
+    import requests
+
+    r = requests.post(torchserve.inference_url + "/wfpredict/galaxy-ensemble",
+                      data=(SAMPLES / "class_4_0.jpg").read_bytes(),
+                      headers=torchserve.auth("inference"), timeout=180)
+    assert r.ok, r.text
+    wait_for_workflow_metrics(torchserve)
+    samples = torchserve.client().metrics()
+    names = {s.labels.get("model_name") for s in samples if s.name == views.INFERENCE_US}
+    assert {"galaxy-ensemble__b0", "galaxy-ensemble__b2"} <= names, names
+    table = views.per_model_latency(samples).set_index("model")
+    for node in ("b0", "b2"):
+        row = table.loc[f"galaxy-ensemble / {node}"]
+        assert row["inference time s"] > 0
+        assert pd.notna(row["mean inference ms"]) or pd.notna(row["last prediction ms"])
 
 
 def test_worker_memory_from_psutil_only_for_local_servers():
@@ -345,3 +559,15 @@ def test_server_page_register_default_scale_unregister(monkeypatch, versioned_se
     no_failures(at)
     assert "unregistered" in texts(at.success)[0]
     assert list(versions(at)) == ["1.0"] and versions(at)["1.0"]["default"]
+
+
+def test_demo_models_section_comes_from_the_docs_page():
+    """The README keeps only a link to docs/demo_models.md: the dashboard's "Demo models" section
+    is that page's part about the shipped models, headings under the page's subheader."""
+    text = views.readme_section("Demo models")
+    assert "**They were trained only on synthetic galaxies**" in text and "0.53" in text
+    assert text.startswith("#### What is shipped")
+    assert "#### Scores" in text and "The synthetic galaxies" not in text  # stops there
+    assert "](training.md)" not in text and "`docs/training.md`" in text  # no dead links
+    assert text.endswith("More in `docs/demo_models.md`.")
+    assert views.readme_section("Quick start").startswith("On a fresh Debian machine")  # README's own

@@ -26,10 +26,26 @@ if c2.button("Clear history", key="metrics_clear"):
     st.session_state["metrics_history"] = []
 
 
-def chart(title: str, frame: pd.DataFrame, empty: str) -> None:
+# The per-model table's headers, short enough to fit; the help says what each number is.
+TABLE_COLUMNS = {
+    "model": st.column_config.TextColumn("model", help="A workflow's models as WORKFLOW / NODE"),
+    "requests": st.column_config.NumberColumn(
+        "requests", help="ts_inference_requests_total: /predictions requests (a workflow's calls "
+                         "to its models are not counted)"),
+    "mean inference ms": st.column_config.NumberColumn(
+        "mean ms", help="Mean inference latency since start (frontend, per counted request)"),
+    "mean queue ms": st.column_config.NumberColumn("queue ms", help="Mean time in the queue"),
+    "last prediction ms": st.column_config.NumberColumn(
+        "last ms", help="PredictionTime: the handler's time for the latest batch"),
+    "inference time s": st.column_config.NumberColumn(
+        "total s", help="ts_inference_latency_microseconds: all inference time since start"),
+}
+
+
+def chart(title: str, frame: pd.DataFrame, empty: str, y_title: str, legend: str | None) -> None:
     st.markdown(f"**{title}**")
     if views.drawable(frame):
-        st.line_chart(frame, height=220)
+        st.altair_chart(views.time_chart(frame, y_title, legend), width="stretch")
     else:
         st.caption(empty)
 
@@ -50,7 +66,7 @@ def live():
             st.caption(f"Worker memory unavailable: {common.message(e)}")
     for w in workers:
         if w["memory MB"] is not None:
-            key = f"memory:{w['model']} {w['version']}"
+            key = f"memory:{views.model_label(w['model'])} {w['version']}"
             point[key] = point.get(key, 0.0) + w["memory MB"]
 
     history = st.session_state.setdefault("metrics_history", [])
@@ -67,20 +83,29 @@ def live():
     left, right = st.columns(2)
     with left:
         chart("Responses by status (since server start)", views.history_frame(history),
-              "No responses yet.")
+              "No responses yet.", "responses", "status")
         chart("Mean inference latency since start (ms, per model)", views.history_frame(history, "latency:"),
-              "No inference requests yet.")
+              "No inference requests yet.", "ms", "model")
+        if any(k.endswith(views.LATEST) for k in point if k.startswith("latency:")):
+            st.caption("A workflow's models (WORKFLOW / NODE) are timed but their calls are not "
+                       "counted by TorchServe, so they show the latest call (PredictionTime).")
     with right:
         if local:
             chart("Worker memory (MB resident, psutil)", views.history_frame(history, "memory:"),
-                  "No worker processes visible.")
+                  "No worker processes visible.", "MB", "worker")
         chart("Host memory used (MB)", views.history_frame(history, "memory_used_mb"),
-              "TorchServe reports host memory once a minute: none reported yet.")
+              "TorchServe reports host memory once a minute: none reported yet.", "MB", None)
 
     st.markdown("**Per model since start**")
-    st.dataframe(views.per_model_latency(samples), hide_index=True)
+    table = views.per_model_latency(samples)
+    st.dataframe(table, hide_index=True, column_config=TABLE_COLUMNS)
+    if views.uncounted_models(table):
+        st.caption("TorchServe counts requests (ts_inference_requests_total) only for /predictions: "
+                   f"the calls a workflow makes to {', '.join(views.uncounted_models(table))} are "
+                   "timed (inference time, last prediction) but not counted, so they have no mean.")
     if workers:
-        st.dataframe(pd.DataFrame(workers), hide_index=True)
+        st.dataframe(pd.DataFrame(workers).assign(model=lambda d: d["model"].map(views.model_label)),
+                     hide_index=True)
     st.caption(f"{len(history)} points, last at {time.strftime('%H:%M:%S')}")
 
 

@@ -34,7 +34,10 @@ a, b, c, d = st.columns(4)
 a.metric("Version", str(version) + (" (default)" if version == defaults.get(model) else ""))
 b.metric(f"{info['accuracy_kind'].capitalize()} accuracy",
          f"{acc:.1%}" if isinstance(acc, (int, float)) else "n/a")
-c.metric("Macro F1", f"{macro:.3f}" if isinstance(macro, (int, float)) else "n/a")
+c.metric("Macro F1", f"{macro:.3f}" if isinstance(macro, (int, float)) else "n/a",
+         help={"report": "from the evaluation report (test split)",
+               "mean of the per-class F1": "mean of the per-class F1 below (test split)"}.get(
+             info["macro_f1_source"], "no test evaluation in this model card"))
 d.metric("Trained", str(date)[:10] if date else "n/a", help=str(date) if date else None)
 if info["note"]:
     st.caption(info["note"])
