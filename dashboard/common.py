@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from dashboard import views
+from dashboard import card_views
 
 from torchserve_ops.client import (AuthError, ServerError, ServerTimeout, ServerUnavailable,
                                    TorchServeClient, TorchServeError, server_settings)
@@ -112,15 +112,15 @@ def provenance_banner(card_model: str, shown_model: str) -> None:
     `card_model` (for the ensemble: a member's card, whose run report holds the ensemble's)."""
     s = settings()
     try:
-        model_card = views.card_of(card(s["management_url"], card_model, None))
+        model_card = card_views.card_of(card(s["management_url"], card_model, None))
     except TorchServeError:
         return  # the page itself explains a server problem
-    st.info(views.provenance_text(views.provenance(model_card, shown_model)), icon=":material/science:")
+    st.info(card_views.provenance_text(card_views.provenance(model_card, shown_model)), icon=":material/science:")
 
 
 def demo_models_section() -> None:
     """README's "Demo models" section, under the anchor #demo-models the banner links to."""
-    text = views.readme_section("Demo models")
+    text = card_views.readme_section("Demo models")
     if text:
         st.subheader("Demo models", anchor="demo-models")
         st.markdown(text)

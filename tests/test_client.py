@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from torchserve_ops.client import (AuthError, NotReady, Sample, ServerError, ServerTimeout,
-                                   ServerUnavailable, TorchServeClient, histogram_mean,
+                                   ServerUnavailable, TorchServeClient,
                                    locate_key_file, metric_total, parse_prometheus, read_key_file)
 from galaxy_morph.specs import GALAXY10_CLASSES
 
@@ -54,14 +54,6 @@ def test_parse_torchserve_metrics():
     assert metric_total(samples, "MemoryUsed") == pytest.approx(12067.4)
     assert metric_total(samples, "absent") == 0.0
 
-
-def test_histogram_mean():
-    text = ("# TYPE lat histogram\n"
-            'lat_bucket{m="a",le="0.1"} 1\nlat_bucket{m="a",le="+Inf"} 4\n'
-            'lat_sum{m="a"} 2.0\nlat_count{m="a"} 4\n')
-    samples = parse_prometheus(text)
-    assert histogram_mean(samples, "lat", m="a") == pytest.approx(0.5)
-    assert histogram_mean(samples, "lat", m="b") is None
 
 
 def test_parse_escapes_special_values_and_timestamps():

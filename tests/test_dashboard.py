@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard import views
+from dashboard import card_views, metrics_views, views
 from galaxy_morph.specs import GALAXY10_CLASSES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -184,7 +184,7 @@ def wait_for_workflow_metrics(ts, nodes=("b0", "b2")) -> None:
 
     client, deadline = ts.client(), time.time() + 30
     while True:
-        table = views.per_model_latency(client.metrics()).set_index("model")
+        table = metrics_views.per_model_latency(client.metrics()).set_index("model")
         if all(f"galaxy-ensemble / {n}" in table.index
                and pd.notna(table.loc[f"galaxy-ensemble / {n}", "last prediction ms"]) for n in nodes):
             break
@@ -314,13 +314,13 @@ ts_inference_requests_total{model_name="galaxy-b0",model_version="default",hostn
 # TYPE ts_inference_latency_microseconds counter
 ts_inference_latency_microseconds{model_name="galaxy-b0",model_version="default",hostname="vm",} 8000.0
 """
-    quiet, busy = views.snapshot([], 0), views.snapshot(parse_prometheus(text), 5)
+    quiet, busy = metrics_views.snapshot([], 0), metrics_views.snapshot(parse_prometheus(text), 5)
     assert busy["2xx"] == 3 and busy["latency:galaxy-b0"] == pytest.approx(2.0)
     assert quiet["memory_used_mb"] is None and busy["memory_used_mb"] is None  # not reported yet
-    assert not views.drawable(views.history_frame([quiet]))  # all zero: not drawn
-    assert views.drawable(views.history_frame([quiet, busy]))
-    assert list(views.history_frame([quiet, busy], "latency:").columns) == ["galaxy-b0"]
-    assert views.history_frame([quiet, busy], "memory_used_mb").empty  # None throughout: no column
+    assert not metrics_views.drawable(metrics_views.history_frame([quiet]))  # all zero: not drawn
+    assert metrics_views.drawable(metrics_views.history_frame([quiet, busy]))
+    assert list(metrics_views.history_frame([quiet, busy], "latency:").columns) == ["galaxy-b0"]
+    assert metrics_views.history_frame([quiet, busy], "memory_used_mb").empty  # None throughout: no column
 
 
 # From a test server's :8082/metrics (TorchServe 0.12, metrics_mode=prometheus) after one
@@ -366,10 +366,10 @@ def test_workflow_models_are_attributed_and_timed():
     no ts_inference_requests_total: they are still in the table and the latency chart."""
     from torchserve_ops.client import parse_prometheus
 
-    assert views.model_label("galaxy-ensemble__b0") == "galaxy-ensemble / b0"
-    assert views.model_label("galaxy-b0") == "galaxy-b0"
+    assert metrics_views.model_label("galaxy-ensemble__b0") == "galaxy-ensemble / b0"
+    assert metrics_views.model_label("galaxy-b0") == "galaxy-b0"
     samples = parse_prometheus(WORKFLOW_METRICS)
-    table = views.per_model_latency(samples)
+    table = metrics_views.per_model_latency(samples)
     assert list(table["model"]) == ["galaxy-b0", "galaxy-ensemble / b0", "galaxy-ensemble / b2",
                                     "galaxy-ensemble / ensemble", "galaxy-ensemble / pre"]
     rows = table.set_index("model")
@@ -380,19 +380,19 @@ def test_workflow_models_are_attributed_and_timed():
     assert pd.isna(b2["requests"]) and pd.isna(b2["mean inference ms"])  # not counted: no mean
     assert b2["inference time s"] == pytest.approx(0.339, abs=1e-3)
     assert b2["last prediction ms"] == pytest.approx(270.09)
-    assert views.uncounted_models(table) == ["galaxy-ensemble / b0", "galaxy-ensemble / b2",
+    assert metrics_views.uncounted_models(table) == ["galaxy-ensemble / b0", "galaxy-ensemble / b2",
                                              "galaxy-ensemble / ensemble", "galaxy-ensemble / pre"]
 
-    point = views.snapshot(samples, 10)
+    point = metrics_views.snapshot(samples, 10)
     assert point["latency:galaxy-b0"] == pytest.approx(148.23, abs=0.01)
     assert point["latency:galaxy-ensemble / b0 (latest)"] == pytest.approx(223.75)
-    frame = views.history_frame([views.snapshot([], 5), point], "latency:")
-    assert "galaxy-ensemble / b2 (latest)" in frame.columns and views.drawable(frame)
+    frame = metrics_views.history_frame([metrics_views.snapshot([], 5), point], "latency:")
+    assert "galaxy-ensemble / b2 (latest)" in frame.columns and metrics_views.drawable(frame)
     # the workflow alone (no /predictions request at all): the chart is still drawn
     wf_only = [s for s in samples if s.labels.get("model_name", s.labels.get("ModelName", ""))
                .startswith("galaxy-ensemble__")]
-    assert views.drawable(views.history_frame([views.snapshot(wf_only, 0)], "latency:"))
-    assert len(views.per_model_latency(wf_only)) == 4
+    assert metrics_views.drawable(metrics_views.history_frame([metrics_views.snapshot(wf_only, 0)], "latency:"))
+    assert len(metrics_views.per_model_latency(wf_only)) == 4
 
 
 def test_time_axes_are_clock_times():
@@ -403,9 +403,9 @@ def test_time_axes_are_clock_times():
     t0 = 1_700_000_000.25
     history = [{"time": t0, "2xx": 1.0, "4xx": 0.0, "5xx": 0.0},
                {"time": t0 + 4.5, "2xx": 3.0, "4xx": 0.0, "5xx": 0.0}]
-    frame = views.history_frame(history)
+    frame = metrics_views.history_frame(history)
     assert frame.index[0] == dt.datetime.fromtimestamp(t0)  # local clock, as the page's caption
-    spec = views.time_chart(frame, "responses", "status").to_dict()
+    spec = metrics_views.time_chart(frame, "responses", "status").to_dict()
     x = spec["encoding"]["x"]
     assert x["type"] == "temporal" and x["title"] == "time (HH:MM:SS)"
     assert x["axis"]["format"] == "%H:%M:%S" and x["scale"]["type"] == "utc"
@@ -420,27 +420,27 @@ def test_time_axes_are_clock_times():
     assert {d["clock"] for d in data} == {dt.datetime.fromtimestamp(t).strftime("%H:%M:%S")
                                           for t in (t0, t0 + 4.5)}
     assert sorted(d["status"] for d in data) == ["2xx", "2xx", "4xx", "4xx", "5xx", "5xx"]
-    assert [views.tick_step(s) for s in (0, 4.5, 25, 600, 3600)] == [1, 1, 5, 120, 900]
-    one = views.history_frame(history[:1])
-    assert views.clock_ticks(one.index[0], one.index[0]) == [pd.Timestamp(start).floor("s")]
+    assert [metrics_views.tick_step(s) for s in (0, 4.5, 25, 600, 3600)] == [1, 1, 5, 120, 900]
+    one = metrics_views.history_frame(history[:1])
+    assert metrics_views.clock_ticks(one.index[0], one.index[0]) == [pd.Timestamp(start).floor("s")]
 
 
 def test_macro_f1_from_the_per_class_scores_of_a_model_card():
     """A card without "macro_f1" (archives built before model_card copied the report's
     "macro": {"f1"}) shows the mean of the per-class F1 it holds; a card with it shows that."""
     report = json.loads((REPO / "checkpoints" / "demo" / "b2" / "report.json").read_text())
-    assert views.card_summary(demo_card("b2"))["macro_f1"] == pytest.approx(report["macro"]["f1"])
+    assert card_views.card_summary(demo_card("b2"))["macro_f1"] == pytest.approx(report["macro"]["f1"])
     card = demo_card("b2", old=True)
     assert "macro_f1" not in card["test"] and card["test"]["per_class"]  # what said "n/a"
-    info = views.card_summary(card)
+    info = card_views.card_summary(card)
     assert info["macro_f1"] == pytest.approx(report["macro"]["f1"], abs=1e-9)
-    assert info["macro_f1"] == pytest.approx(views.per_class_table(info["per_class"])["f1"].mean())
+    assert info["macro_f1"] == pytest.approx(card_views.per_class_table(info["per_class"])["f1"].mean())
     assert info["macro_f1_source"] == "mean of the per-class F1"
-    assert views.card_summary({"test": {"macro_f1": 0.5, "per_class_f1": {"a": 1.0}}})["macro_f1"] == 0.5
-    assert views.macro_f1({"macro": {"f1": 0.25}}) == (0.25, "report")
-    assert views.macro_f1({"per_class_f1": {"a": 0.5, "b": 1.0}}) == (0.75, "mean of the per-class F1")
-    assert views.card_summary({"test": None, "note": "no evaluation report"})["macro_f1"] is None
-    assert views.macro_f1({"per_class": {"a": {"f1": None}}}) == (None, None)
+    assert card_views.card_summary({"test": {"macro_f1": 0.5, "per_class_f1": {"a": 1.0}}})["macro_f1"] == 0.5
+    assert card_views.macro_f1({"macro": {"f1": 0.25}}) == (0.25, "report")
+    assert card_views.macro_f1({"per_class_f1": {"a": 0.5, "b": 1.0}}) == (0.75, "mean of the per-class F1")
+    assert card_views.card_summary({"test": None, "note": "no evaluation report"})["macro_f1"] is None
+    assert card_views.macro_f1({"per_class": {"a": {"f1": None}}}) == (None, None)
 
 
 def test_workflow_metrics_of_the_real_server(torchserve):
@@ -454,9 +454,9 @@ def test_workflow_metrics_of_the_real_server(torchserve):
     assert r.ok, r.text
     wait_for_workflow_metrics(torchserve)
     samples = torchserve.client().metrics()
-    names = {s.labels.get("model_name") for s in samples if s.name == views.INFERENCE_US}
+    names = {s.labels.get("model_name") for s in samples if s.name == metrics_views.INFERENCE_US}
     assert {"galaxy-ensemble__b0", "galaxy-ensemble__b2"} <= names, names
-    table = views.per_model_latency(samples).set_index("model")
+    table = metrics_views.per_model_latency(samples).set_index("model")
     for node in ("b0", "b2"):
         row = table.loc[f"galaxy-ensemble / {node}"]
         assert row["inference time s"] > 0
@@ -481,19 +481,19 @@ def test_comparison_table_formats_ece_and_provenance():
               "ensemble": {"seed": {"accuracy": 0.9, "macro": {"precision": 0.9, "recall": 0.9, "f1": 0.9},
                                     "ece": 0.05}},
               "real_samples_accuracy": {"b0": 0.48, "ensemble": 0.47}}
-    table = views.comparison_table(report).set_index("name")
+    table = card_views.comparison_table(report).set_index("name")
     assert table.loc["b0", "ECE"] == 0.077 and table.loc["b0", "ECE after temperature scaling"] == 0.02
     assert table.loc["seed", "ECE"] == 0.05 and table.loc["seed", "real samples accuracy"] == 0.47
     assert table.map(lambda v: not isinstance(v, dict)).all().all()  # no raw dicts printed
     card = {"training_data": {"path": "data/synthetic.h5"}, "synthetic_training_data": True,
             "real_samples_accuracy": 0.48, "ensemble_comparison": report}
-    text = views.provenance_text(views.provenance(card))
+    text = card_views.provenance_text(card_views.provenance(card))
     assert "synthetic galaxies" in text and "48%" in text and "(#demo-models)" in text
-    assert "47%" in views.provenance_text(views.provenance(card, "galaxy-ensemble"))
-    assert "not measured" in views.provenance_text(views.provenance({"training_data": {"path": "x.h5"}}))
+    assert "47%" in card_views.provenance_text(card_views.provenance(card, "galaxy-ensemble"))
+    assert "not measured" in card_views.provenance_text(card_views.provenance({"training_data": {"path": "x.h5"}}))
     assert "8 flips" not in text
-    assert "8 flips" in views.provenance_text(views.provenance({**card, "serving": {"tta": True}}))
-    assert "synthetic galaxies" in views.readme_section("Demo models")
+    assert "8 flips" in card_views.provenance_text(card_views.provenance({**card, "serving": {"tta": True}}))
+    assert "synthetic galaxies" in card_views.readme_section("Demo models")
 
 
 # ----------------------------------------------------------------------------- management
@@ -564,10 +564,10 @@ def test_server_page_register_default_scale_unregister(monkeypatch, versioned_se
 def test_demo_models_section_comes_from_the_docs_page():
     """The README keeps only a link to docs/demo_models.md: the dashboard's "Demo models" section
     is that page's part about the shipped models, headings under the page's subheader."""
-    text = views.readme_section("Demo models")
+    text = card_views.readme_section("Demo models")
     assert "**They were trained only on synthetic galaxies**" in text and "0.53" in text
     assert text.startswith("#### What is shipped")
     assert "#### Scores" in text and "The synthetic galaxies" not in text  # stops there
     assert "](training.md)" not in text and "`docs/training.md`" in text  # no dead links
     assert text.endswith("More in `docs/demo_models.md`.")
-    assert views.readme_section("Quick start").startswith("On a fresh Debian machine")  # README's own
+    assert card_views.readme_section("Quick start").startswith("On a fresh Debian machine")  # README's own

@@ -16,6 +16,9 @@ Token authorisation: the keys come from TorchServe's `key_file.json` (repo root,
 Keys change at every server start and expire; when the server refuses a key the client re-reads
 the file, asks the token API for a fresh key if the file still holds the refused one, and retries
 once. Every failure is one of the exceptions below, with a message fit to show a user.
+
+(About 480 lines: one class for TorchServe's three APIs, because the token handling above wraps
+every call; the key-file, readiness and Prometheus helpers beside it are what the class uses.)
 """
 from __future__ import annotations
 
@@ -113,11 +116,6 @@ def metric_total(samples: Iterable[Sample], name: str, **match) -> float:
     return sum(s.value for s in samples if s.name == name
                and all(s.labels.get(k) == v for k, v in match.items()))
 
-
-def histogram_mean(samples: Iterable[Sample], name: str, **match) -> float | None:
-    """Mean of a Prometheus histogram/summary (`name`_sum / `name`_count); None without data."""
-    n = metric_total(samples, f"{name}_count", **match)
-    return metric_total(samples, f"{name}_sum", **match) / n if n else None
 
 
 # ----------------------------------------------------------------------------- keys

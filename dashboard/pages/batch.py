@@ -13,8 +13,8 @@ with c1:
                              accept_multiple_files=True, key="batch_upload")
     use_gallery = st.checkbox("Add the 100 real Galaxy10 DECaLS samples", key="batch_gallery")
 with c2:
-    model_label = st.radio("Model", list(views.MODELS), key="batch_model")
-    model, kind = views.MODELS[model_label]
+    model_label = st.radio("Model", list(views.MODEL_CHOICES), key="batch_model")
+    model, kind = views.MODEL_CHOICES[model_label]
     rule = (st.selectbox("Ensemble rule", list(views.RULES), format_func=views.RULES.get,
                          key="batch_rule") if kind == "workflow" else None)
 

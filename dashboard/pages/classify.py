@@ -7,13 +7,14 @@ from dashboard import common, views
 from survey import cutouts
 from galaxy_morph.answers import MODEL_NAMES
 from galaxy_morph.imaging import ImageError, decode_image
+from galaxy_morph.specs import ALL_SPECS
 from torchserve_ops.client import TorchServeError
 
 st.title("Classify a galaxy")
 
 with st.sidebar:
-    model_label = st.radio("Model", list(views.MODELS), key="classify_model")
-    model, kind = views.MODELS[model_label]
+    model_label = st.radio("Model", list(views.MODEL_CHOICES), key="classify_model")
+    model, kind = views.MODEL_CHOICES[model_label]
     rule = None
     if kind == "workflow":
         rule = st.selectbox("Ensemble rule", list(views.RULES), format_func=views.RULES.get,
@@ -100,7 +101,7 @@ for name, data in images:
                              "confidence", min_value=0.0, max_value=1.0, format="percent")})
             chart = views.probabilities_frame(result.get("probabilities", {})).rename(
                 columns={"probability": "ensemble"})
-            for key in ("b0", "b2"):
+            for key in ALL_SPECS:  # the members a workflow answer can carry
                 member = result.get(key) or {}
                 if member.get("probabilities"):
                     chart[key.upper()] = views.probabilities_frame(member["probabilities"])["probability"]

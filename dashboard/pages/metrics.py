@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from dashboard import common, views
+from dashboard import common, metrics_views, views
 from torchserve_ops.client import TorchServeError
 
 HISTORY = 720  # points kept per session (an hour at 5 s)
@@ -44,8 +44,8 @@ TABLE_COLUMNS = {
 
 def chart(title: str, frame: pd.DataFrame, empty: str, y_title: str, legend: str | None) -> None:
     st.markdown(f"**{title}**")
-    if views.drawable(frame):
-        st.altair_chart(views.time_chart(frame, y_title, legend), width="stretch")
+    if metrics_views.drawable(frame):
+        st.altair_chart(metrics_views.time_chart(frame, y_title, legend), width="stretch")
     else:
         st.caption(empty)
 
@@ -57,7 +57,7 @@ def live():
     except TorchServeError as e:
         common.show_error(e)
         return
-    point = views.snapshot(samples, time.time())
+    point = metrics_views.snapshot(samples, time.time())
     workers = []
     if local:
         try:
@@ -66,7 +66,7 @@ def live():
             st.caption(f"Worker memory unavailable: {common.message(e)}")
     for w in workers:
         if w["memory MB"] is not None:
-            key = f"memory:{views.model_label(w['model'])} {w['version']}"
+            key = f"memory:{metrics_views.model_label(w['model'])} {w['version']}"
             point[key] = point.get(key, 0.0) + w["memory MB"]
 
     history = st.session_state.setdefault("metrics_history", [])
@@ -82,29 +82,29 @@ def live():
 
     left, right = st.columns(2)
     with left:
-        chart("Responses by status (since server start)", views.history_frame(history),
+        chart("Responses by status (since server start)", metrics_views.history_frame(history),
               "No responses yet.", "responses", "status")
-        chart("Mean inference latency since start (ms, per model)", views.history_frame(history, "latency:"),
+        chart("Mean inference latency since start (ms, per model)", metrics_views.history_frame(history, "latency:"),
               "No inference requests yet.", "ms", "model")
-        if any(k.endswith(views.LATEST) for k in point if k.startswith("latency:")):
+        if any(k.endswith(metrics_views.LATEST) for k in point if k.startswith("latency:")):
             st.caption("A workflow's models (WORKFLOW / NODE) are timed but their calls are not "
                        "counted by TorchServe, so they show the latest call (PredictionTime).")
     with right:
         if local:
-            chart("Worker memory (MB resident, psutil)", views.history_frame(history, "memory:"),
+            chart("Worker memory (MB resident, psutil)", metrics_views.history_frame(history, "memory:"),
                   "No worker processes visible.", "MB", "worker")
-        chart("Host memory used (MB)", views.history_frame(history, "memory_used_mb"),
+        chart("Host memory used (MB)", metrics_views.history_frame(history, "memory_used_mb"),
               "TorchServe reports host memory once a minute: none reported yet.", "MB", None)
 
     st.markdown("**Per model since start**")
-    table = views.per_model_latency(samples)
+    table = metrics_views.per_model_latency(samples)
     st.dataframe(table, hide_index=True, column_config=TABLE_COLUMNS)
-    if views.uncounted_models(table):
+    if metrics_views.uncounted_models(table):
         st.caption("TorchServe counts requests (ts_inference_requests_total) only for /predictions: "
-                   f"the calls a workflow makes to {', '.join(views.uncounted_models(table))} are "
+                   f"the calls a workflow makes to {', '.join(metrics_views.uncounted_models(table))} are "
                    "timed (inference time, last prediction) but not counted, so they have no mean.")
     if workers:
-        st.dataframe(pd.DataFrame(workers).assign(model=lambda d: d["model"].map(views.model_label)),
+        st.dataframe(pd.DataFrame(workers).assign(model=lambda d: d["model"].map(metrics_views.model_label)),
                      hide_index=True)
     st.caption(f"{len(history)} points, last at {time.strftime('%H:%M:%S')}")
 

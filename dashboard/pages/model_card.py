@@ -3,7 +3,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import common, views
+from dashboard import card_views, common
 
 st.title("Model card")
 s = common.settings()
@@ -22,13 +22,13 @@ version = c2.selectbox("Version", versions, key="card_version",
                        index=versions.index(defaults[model]) if defaults.get(model) in versions else 0)
 
 with common.guard():
-    card = views.card_of(common.card(s["management_url"], model, version))
+    card = card_views.card_of(common.card(s["management_url"], model, version))
 if not card:
     st.info(f"{model} {version} returns no model card from its handler.")
     st.stop()
 
-st.info(views.provenance_text(views.provenance(card)), icon=":material/science:")
-info = views.card_summary(card)
+st.info(card_views.provenance_text(card_views.provenance(card)), icon=":material/science:")
+info = card_views.card_summary(card)
 acc, macro, date, data = info["accuracy"], info["macro_f1"], info["trained_at"], info["data"]
 a, b, c, d = st.columns(4)
 a.metric("Version", str(version) + (" (default)" if version == defaults.get(model) else ""))
@@ -51,14 +51,14 @@ else:
 
 if info["per_class"]:
     st.subheader("Per-class scores (test)")
-    st.dataframe(views.per_class_table(info["per_class"]), hide_index=True,
+    st.dataframe(card_views.per_class_table(info["per_class"]), hide_index=True,
                  column_config={k: st.column_config.NumberColumn(format="%.3f")
                                 for k in ("precision", "recall", "f1")})
 
 if info["confusion_matrix"] is not None:
     st.subheader("Confusion matrix (rows: true, columns: predicted)")
     names = list(info["class_names"])
-    frame = views.confusion_frame(info["confusion_matrix"], names)
+    frame = card_views.confusion_frame(info["confusion_matrix"], names)
     base = alt.Chart(frame).encode(x=alt.X("predicted:N", sort=names), y=alt.Y("true:N", sort=names))
     chart = base.mark_rect().encode(color=alt.Color("count:Q", scale=alt.Scale(scheme="blues")),
                                     tooltip=["true", "predicted", "count"])
@@ -67,9 +67,9 @@ if info["confusion_matrix"] is not None:
 
 if info["ensemble"]:
     st.subheader("B0, B2 and the ensemble rules (evaluation report)")
-    st.dataframe(views.comparison_table(info["ensemble"]), hide_index=True,
+    st.dataframe(card_views.comparison_table(info["ensemble"]), hide_index=True,
                  column_config={c: st.column_config.NumberColumn(format="%.3f")
-                                for c in views.comparison_table(info["ensemble"]).columns[2:]})
+                                for c in card_views.comparison_table(info["ensemble"]).columns[2:]})
 
 with st.expander("Full model card (JSON)"):
     st.json(card)
