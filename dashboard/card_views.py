@@ -80,7 +80,23 @@ def card_summary(card: dict) -> dict:
         "class_names": card.get("class_names") or list(GALAXY10_CLASSES),
         "ensemble": card.get("ensemble_comparison"),
         "note": card.get("note"),
+        "calibration": card.get("calibration") if card.get("calibrated") else None,
     }
+
+
+def reliability_frame(calibration: dict) -> pd.DataFrame:
+    """The validation split's reliability bins before and after temperature scaling (the card's
+    "calibration") -> one row per non-empty bin: when, bin centre, mean confidence, accuracy, count."""
+    rows = []
+    for when, key in (("before", "reliability_before"), ("after", "reliability_after")):
+        r = calibration.get(key) or {}
+        edges = r.get("edges") or []
+        for i, n in enumerate(r.get("count") or []):
+            if n:
+                rows.append({"when": f"{when} (ECE {r.get('ece', float('nan')):.3f})",
+                             "bin": (edges[i] + edges[i + 1]) / 2, "confidence": r["confidence"][i],
+                             "accuracy": r["accuracy"][i], "count": n})
+    return pd.DataFrame(rows, columns=["when", "bin", "confidence", "accuracy", "count"])
 
 
 def provenance(card: dict, model: str = "") -> dict:

@@ -76,14 +76,26 @@ def agreement(result: dict) -> bool | None:
     return b0.get("label") == b2.get("label")
 
 
+NOT_A_GALAXY = "This does not look like a galaxy cutout the model was trained on"
+
+
+def ood_warning(result: dict) -> str | None:
+    """The warning to show instead of trusting the class, when the answer is flagged."""
+    if result.get("in_distribution") is not False:
+        return None
+    reason = result.get("ood_reason")
+    return f"{NOT_A_GALAXY}{f' ({reason})' if reason else ''}: the class below means little."
+
+
 def result_row(name: str, result: dict | None, error: str | None = None) -> dict:
     """One row of the Batch table."""
-    row = {"file": name, "class_name": None, "label": None, "confidence": None,
+    row = {"file": name, "class_name": None, "label": None, "confidence": None, "galaxy?": None,
            "model": None, "version": None, "source": None, "agree": None, "error": error}
     if result:
         row.update({k: result.get(k) for k in ("class_name", "label", "confidence", "model",
                                                "version", "source")})
         row["agree"] = agreement(result)
+        row["galaxy?"] = {True: "yes", False: "NOT A GALAXY?"}.get(result.get("in_distribution"))
     return row
 
 

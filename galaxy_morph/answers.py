@@ -19,7 +19,8 @@ from galaxy_morph.specs import SPECS
 MODEL_PREFIX = "galaxy-"
 WORKFLOW_NAME = f"{MODEL_PREFIX}ensemble"
 WORKFLOW_SETTINGS = "ensemble.json"  # in the .war: name, members ("models") and their F1
-PREDICTION_KEYS = ("model", "version", "label", "class_name", "confidence", "probabilities")
+PREDICTION_KEYS = ("model", "version", "label", "class_name", "confidence", "probabilities", "calibrated",
+                   "in_distribution", "ood_score")
 
 
 def served_name(spec_name: str) -> str:
@@ -31,18 +32,29 @@ MODEL_NAMES = {spec: served_name(spec) for spec in SPECS}  # {"b0": "galaxy-b0",
 
 
 def prediction(model: str, version: str, probabilities: Sequence[float],
-               class_names: Sequence[str]) -> dict:
-    """The one answer dict for one image: the top class read from `probabilities`."""
+               class_names: Sequence[str], calibrated: bool = False, ood: dict | None = None) -> dict:
+    """The one answer dict for one image: the top class read from `probabilities`; `calibrated`
+    says whether they were temperature-scaled (galaxy_morph.calibration); `ood` the
+    galaxy_morph.ood verdict: {"in_distribution", "ood_score", "ood_reason" when flagged}."""
     p = [float(x) for x in probabilities]
     label = max(range(len(p)), key=p.__getitem__)
+    ood = ood or {"in_distribution": True, "ood_score": None}
     return {"model": model, "version": str(version), "label": label,
             "class_name": class_names[label], "confidence": p[label],
-            "probabilities": dict(zip(class_names, p))}
+            "probabilities": dict(zip(class_names, p)), "calibrated": bool(calibrated), **ood}
 
 
 def ensemble_prediction(model: str, combined: dict, class_names: Sequence[str],
                         members: dict[str, dict]) -> dict:
     """A workflow answer from galaxy_morph.ensemble.combine()'s result and each member's answer."""
     version = " + ".join(f"{m} {a['version']}" for m, a in members.items())
-    answer = prediction(model, version, combined["probabilities"], class_names)
+    calibrated = all(a.get("calibrated") for a in members.values())  # a rule over calibrated members
+    # Not a galaxy the ensemble knows when any member says so: its answer is then no better than the
+    # other member's alone, and the seed rule may be answering with the flagged one.
+    flagged = {m: a.get("ood_reason", "flagged") for m, a in members.items() if a.get("in_distribution") is False}
+    scores = [a["ood_score"] for a in members.values() if a.get("ood_score") is not None]
+    ood = {"in_distribution": not flagged, "ood_score": max(scores) if scores else None}
+    if flagged:
+        ood["ood_reason"] = "; ".join(f"{m}: {r}" for m, r in flagged.items())
+    answer = prediction(model, version, combined["probabilities"], class_names, calibrated, ood)
     return {**answer, "source": combined["source"], "rule": combined["rule"], **members}

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from galaxy_morph.calibration import read_calibration, temperature_of
 from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec, get_spec
 from galaxy_morph.transforms import eval_transform
 
@@ -163,18 +164,34 @@ def dihedral(x: torch.Tensor):
 
 
 def class_probabilities(model: nn.Module, x: torch.Tensor, tta: bool = False,
-                        autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+                        autocast_dtype: torch.dtype | None = None, with_features: bool = False):
     """Softmax (float32, N x classes) of a normalised NCHW batch on the model's device. `tta`: the
     mean over the 8 dihedral views (one batch of 8N up to TTA_BATCH images, else view by view);
-    `autocast_dtype` (torch.bfloat16): the forward under autocast on the batch's device."""
+    `autocast_dtype` (torch.bfloat16): the forward under autocast on the batch's device.
+    `with_features`: (probabilities, the penultimate features of the images as given)."""
     n = x.shape[0]
     views = list(dihedral(x)) if tta else [x]
     chunks = [torch.cat(views)] if len(views) * n <= TTA_BATCH else views
+    probs, feats = [], None
     with torch.inference_mode(), torch.autocast(x.device.type, dtype=autocast_dtype or torch.float32,
                                                 enabled=autocast_dtype is not None):
-        probs = torch.cat([model(c.contiguous(memory_format=torch.channels_last)).float().softmax(1)
-                           for c in chunks])
-    return probs.view(len(views), n, probs.shape[1]).mean(0)
+        for c in chunks:
+            f, logits = features_and_logits(model, c.contiguous(memory_format=torch.channels_last))
+            probs.append(logits.float().softmax(1))
+            feats = f[:n].float() if feats is None else feats  # the first view is the image itself
+    probs = torch.cat(probs)
+    probs = probs.view(len(views), n, probs.shape[1]).mean(0)
+    return (probs, feats) if with_features else probs
+
+
+def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The penultimate-layer features (the pooled embedding the classifier reads) and the logits,
+    from one forward: torchvision's features -> avgpool -> classifier, timm's forward_head(pre_logits)."""
+    if hasattr(model, "forward_head"):  # timm
+        f = model.forward_head(model.forward_features(x), pre_logits=True)
+        return f, model.get_classifier()(f)
+    f = torch.flatten(model.avgpool(model.features(x)), 1)
+    return f, model.classifier(f)
 
 
 def classifier_layer(model: nn.Module) -> nn.Module:
@@ -225,10 +242,18 @@ class Checkpoint:
     transform: Callable  # PIL image -> normalised tensor, from the spec
     class_names: list[str]
     meta: dict
+    calibration: dict  # calibration.json beside the weights ({} when not calibrated)
 
     @property
     def version(self) -> str:
         return str(self.meta.get("version", "1.0"))
+
+    def temperature(self, tta: bool = False) -> float:
+        """The fitted temperature for this answering mode, 1.0 when there is none."""
+        return temperature_of(self.calibration, tta) or 1.0
+
+    def calibrated(self, tta: bool = False) -> bool:
+        return temperature_of(self.calibration, tta) is not None
 
 
 def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu") -> Checkpoint:
@@ -241,7 +266,8 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu") -> Checkpoi
     if not weights.is_file():
         raise FileNotFoundError(f"no checkpoint weights at {weights}")
     model.load_state_dict(torch.load(weights, map_location=map_location, weights_only=True))
-    return Checkpoint(model.eval(), spec, eval_transform(spec), list(meta["class_names"]), meta)
+    return Checkpoint(model.eval(), spec, eval_transform(spec), list(meta["class_names"]), meta,
+                      read_calibration(ckpt_dir))
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

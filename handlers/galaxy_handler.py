@@ -30,6 +30,8 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from galaxy_morph.answers import prediction
+from galaxy_morph.calibration import calibrate
+from galaxy_morph.ood import OODDetector, cheap_check, verdict
 from galaxy_morph.imaging import MAX_PIXELS, ImageError, decode_image, decode_to_tensor
 from galaxy_morph.models import class_probabilities, classifier_layer, load_checkpoint
 from handlers.payload import RequestError, class_index, error_body, header, read_request
@@ -58,6 +60,8 @@ class GalaxyHandler(BaseHandler):
                              f"holds {self.spec.name!r}")
         self.max_pixels = int(config.get("max_pixels", MAX_PIXELS))
         self.tta = bool(config.get("tta", False))
+        self.temperature, self.calibrated = ckpt.temperature(self.tta), ckpt.calibrated(self.tta)
+        self.ood = OODDetector.load(model_dir)  # None: only the cheap checks flag inputs
         precision, self.decoder = config.get("precision", "fp32"), config.get("decode", "pil")
         if precision not in PRECISIONS or self.decoder not in DECODERS:
             raise ValueError(f"model-config.yaml handler: precision must be one of {', '.join(PRECISIONS)} "
@@ -84,12 +88,15 @@ class GalaxyHandler(BaseHandler):
             try:
                 raw, options = read_request(row)
                 if self.decoder == "device":
-                    x = self.tensor_transform(decode_to_tensor(raw, self.max_pixels, self.device))
+                    image = decode_to_tensor(raw, self.max_pixels, self.device)
+                    x = self.tensor_transform(image)
                 else:
-                    x = self.transform(decode_image(raw, self.max_pixels))
+                    image = decode_image(raw, self.max_pixels)
+                    x = self.transform(image)
                 explain = header(self.context, i, "explain") == "True"
                 target = options.get("target", header(self.context, i, TARGET_HEADER))
-                items.append((x, explain, class_index(target, self.class_names) if explain else None))
+                items.append((x, explain, class_index(target, self.class_names) if explain else None,
+                              None if explain else cheap_check(image)))
             except (RequestError, ImageError) as e:
                 items.append(e)
             except Exception:  # one odd request must not fail the others in its batch
@@ -98,14 +105,16 @@ class GalaxyHandler(BaseHandler):
         return items
 
     def inference(self, items, *args, **kwargs):
-        """Probabilities (list) for predictions, a Grad-CAM dict for explanations, errors as is."""
+        """(probabilities, OOD verdict) for predictions, a Grad-CAM dict for explanations, errors as is."""
         out = list(items)
         batch = [i for i, it in enumerate(items) if isinstance(it, tuple) and not it[1]]
         if batch:
             x = torch.stack([items[i][0] for i in batch]).to(self.device)
-            probs = class_probabilities(self.model, x, self.tta, self.autocast_dtype)
-            for i, p in zip(batch, probs.cpu().tolist()):
-                out[i] = p
+            probs, feats = class_probabilities(self.model, x, self.tta, self.autocast_dtype, with_features=True)
+            probs = calibrate(probs, self.temperature)
+            scores = self.ood.score(feats) if self.ood is not None else [None] * len(batch)
+            for i, p, s in zip(batch, probs.cpu().tolist(), scores):
+                out[i] = (p, verdict(items[i][3], s, self.ood))
         for i, it in enumerate(items):
             if isinstance(it, tuple) and it[1]:
                 out[i] = self.explain_one(it[0], it[2])
@@ -118,8 +127,8 @@ class GalaxyHandler(BaseHandler):
                 logger.info("request %d refused (%d): %s", i, r.status, r)
                 self.context.set_response_status(code=r.status, phrase=HTTPStatus(r.status).phrase, idx=i)
                 r = error_body(str(r), r.status)
-            elif isinstance(r, list):
-                r = prediction(self.model_name, self.version, r, self.class_names)
+            elif isinstance(r, tuple):
+                r = prediction(self.model_name, self.version, r[0], self.class_names, self.calibrated, r[1])
             self.context.set_response_content_type(i, "application/json")
             answers.append(json.dumps(r))
         return answers

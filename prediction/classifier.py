@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from galaxy_morph.answers import WORKFLOW_NAME, ensemble_prediction, prediction, served_name
+from galaxy_morph.calibration import CALIBRATION_FILE, calibrate
+from galaxy_morph.ood import OOD_FILE, OODDetector, cheap_check, verdict
 from galaxy_morph.ensemble import RULES, combine
 from galaxy_morph.imaging import ImageError, decode_image, to_rgb8
 from galaxy_morph.specs import PAIR
@@ -56,7 +58,8 @@ def val_per_class_f1(ckpt_dir: Path, meta: dict):
 
 @dataclass
 class CheckpointBundle:
-    """Checkpoint files as bytes: {member: {"model.pt": bytes, "meta.json": bytes}}, plus F1."""
+    """Checkpoint files as bytes: {member: {"model.pt": ..., "meta.json": ..., "calibration.json": ...
+    (when there is one)}}, plus F1."""
 
     files: dict
     f1: dict
@@ -71,7 +74,8 @@ class CheckpointBundle:
             if missing:
                 raise CheckpointError(f"no {m} checkpoint in {run}: {', '.join(str(d / f) for f in missing)} "
                                       f"missing (make demo-models, or --run DIR with b0/ and b2/)")
-            files[m] = {f: (d / f).read_bytes() for f in (WEIGHTS_FILE, META_FILE)}
+            files[m] = {f: (d / f).read_bytes() for f in (WEIGHTS_FILE, META_FILE, CALIBRATION_FILE, OOD_FILE)
+                        if (d / f).is_file()}
             f1[m] = val_per_class_f1(d, json.loads(files[m][META_FILE]))
         return cls(files, f1)
 
@@ -91,12 +95,19 @@ class LoadedModel:
         self.meta, self.spec, self.transform, self.class_names = ckpt.meta, ckpt.spec, ckpt.transform, ckpt.class_names
         self.name = served_name(self.spec.name)
         self.version = ckpt.version
+        self.temperature, self.calibrated = ckpt.temperature(), ckpt.calibrated()  # as served: no TTA
+        self.ood = OODDetector.load(ckpt_dir)
 
-    def probabilities(self, images) -> list[list[float]]:
+    def probabilities(self, images, reasons=None) -> tuple[list[list[float]], list[dict]]:
+        """Calibrated probabilities and the OOD verdict of each image (`reasons`: cheap checks)."""
         import torch
 
         x = torch.stack([self.transform(im) for im in images]).to(self.device)
-        return class_probabilities(self.model, x).cpu().tolist()
+        probs, feats = class_probabilities(self.model, x, with_features=True)
+        scores = self.ood.score(feats) if self.ood is not None else [None] * len(images)
+        reasons = reasons or [None] * len(images)
+        return (calibrate(probs, self.temperature).cpu().tolist(),
+                [verdict(r, s, self.ood) for r, s in zip(reasons, scores)])
 
 
 def to_image(item):
@@ -155,9 +166,11 @@ class BatchClassifier:
                 out[i] = e
         if not images:
             return out
-        probs = {m: lm.probabilities(images) for m, lm in self.models.items()}
+        reasons = [cheap_check(im) for im in images]
+        probs = {m: lm.probabilities(images, reasons) for m, lm in self.models.items()}
         for k, i in enumerate(good):
-            answers = {m: prediction(lm.name, lm.version, probs[m][k], lm.class_names)
+            answers = {m: prediction(lm.name, lm.version, probs[m][0][k], lm.class_names, lm.calibrated,
+                                     probs[m][1][k])
                        for m, lm in self.models.items()}
             if not self.workflow:
                 out[i] = answers[self.model_choice]

@@ -65,6 +65,9 @@ class Canvas:
     def flux(self):
         """Band-first (3, size, size) flux."""
         out = np.empty((3, self.size, self.size), np.float32)
+        if not self.lums:  # no galaxy: an empty sky
+            out[:] = 0
+            return out
         for band in range(3):
             out[band] = self.lums[0] * self.colours[0][band]
             for lum, rgb in zip(self.lums[1:], self.colours[1:]):

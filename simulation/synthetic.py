@@ -166,20 +166,28 @@ def _jpeg(img, quality=JPEG_QUALITY):
         return np.array(im.convert("RGB"))
 
 
-def render_galaxy(cls: int, rng: np.random.Generator, size: int = 256, jpeg_quality=None) -> np.ndarray:
+def render_galaxy(cls: int | None, rng: np.random.Generator, size: int = 256, jpeg_quality=None,
+                  star: float | None = None) -> np.ndarray:
     """One synthetic galaxy of Galaxy10 class index `cls` as a (size, size, 3) uint8 array.
 
-    The JPEG quality is drawn from JPEG_QUALITY_RANGE unless `jpeg_quality` fixes it.
+    The JPEG quality is drawn from JPEG_QUALITY_RANGE unless `jpeg_quality` fixes it. `cls` None
+    renders the sky and field alone (a cutout with no galaxy), `star` a point source of that peak
+    flux (in sky sigmas) at the centre instead of a galaxy: the non-galaxy images of simulation.outliers.
     """
-    if cls not in RENDERERS:
+    if cls is not None and cls not in RENDERERS:
         raise ValueError(f"class index must be 0..{NUM_CLASSES - 1}, got {cls}")
     s = frame_scale(size)
     cv = Canvas(size)
     # Domain randomisation around the measured medians: galaxy scale, seeing, crowding, sky noise
     # (the real samples' sky noise spans 6-12 of 255, median 10), sky level and JPEG quality.
-    RENDERERS[cls](cv, rng, s * log_uniform(rng, 0.85, 1.2))
+    galaxy_scale = s * log_uniform(rng, 0.85, 1.2)
+    if cls is not None:
+        RENDERERS[cls](cv, rng, galaxy_scale)
     psf = rng.uniform(1.3, 2.8) * s
     flux = _blur(cv.flux(), psf)
+    if star is not None:
+        c = (size - 1) / 2.0
+        blob(flux, c, c, star, psf, psf, 0.0, STAR_COLOURS[rng.integers(len(STAR_COLOURS))])
     _field(flux, rng, s, psf, density=log_uniform(rng, 0.35, 1.3))
     flux += _noise(rng, size) * np.float32(log_uniform(rng, 0.8, 1.45))
     offset = (SKY_OFFSET * rng.normal(1.0, 0.04) * SKY_TINT * (1 + rng.normal(0, 0.015, 3))).astype(np.float32)

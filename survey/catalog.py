@@ -141,6 +141,14 @@ def to_table(header: list[str], rows: list[list[str]], positions: dict | None = 
         add(cname, number(5 + k, np.float32), f"Probability of class {k}: {name}", ucd="stat.probability")
     add("model", strcol(text("model")), "TorchServe model or workflow that answered")
     add("version", strcol(text("version")), "Model version")
+    if "in_distribution" in col:
+        flags = text("in_distribution")
+        add("in_distribution", MaskedColumn(np.array([v == "true" for v in flags]), mask=[v == "" for v in flags]),
+            "False: not a galaxy cutout like those the model was trained on (the answer means little)",
+            ucd="meta.code.qual")
+        add("ood_score", number("ood_score", np.float32),
+            "Out-of-distribution score (Mahalanobis distance of the features; above the model card's "
+            "threshold: flagged)", ucd="stat.value")
     if "source" in col:
         add("source", strcol(text("source")), "Ensemble: which model's answer was used (both, b0, ...)")
         add("rule", strcol(text("rule")), "Ensemble rule (seed, mean, weighted)")

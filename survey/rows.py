@@ -1,7 +1,7 @@
 """The catalogue a classification run writes, one CSV row per input, flushed as it is answered:
 
     id, label, class_name, confidence, error, <one column per class: its probability>, model,
-    version (+ source, rule for the ensemble)
+    version, in_distribution (true/false), ood_score (+ source, rule for the ensemble)
 
 `read_done_ids` lets a re-run skip what is there (and cuts a last line left half written by a
 kill); `CatalogWriter` appends under an exclusive lock, so two runs cannot interleave. The HTTP
@@ -14,7 +14,8 @@ import io
 from pathlib import Path
 
 BASE_COLUMNS = ["id", "label", "class_name", "confidence", "error"]
-TRAILING = ["model", "version", "source", "rule"]  # model, version; source and rule for the ensemble
+# model, version and the out-of-distribution verdict; source and rule for the ensemble
+TRAILING = ["model", "version", "in_distribution", "ood_score", "source", "rule"]
 
 
 class CatalogError(ValueError):
@@ -114,7 +115,7 @@ class CatalogWriter:
 
 
 def header_for(class_names: list[str], workflow: bool) -> list[str]:
-    return BASE_COLUMNS + list(class_names) + TRAILING[:4 if workflow else 2]
+    return BASE_COLUMNS + list(class_names) + TRAILING[:6 if workflow else 4]
 
 
 def row_for(item_id: str, answer: dict | None, error: str, header: list[str], class_names) -> list:
@@ -126,7 +127,9 @@ def row_for(item_id: str, answer: dict | None, error: str, header: list[str], cl
     row = [item_id, answer.get("label", ""), answer.get("class_name", ""),
            _fmt(answer.get("confidence")), ""]
     row += [_fmt(probs.get(c)) for c in class_names]
-    row += [answer.get("model", ""), answer.get("version", "")]
+    ood = answer.get("in_distribution")
+    row += [answer.get("model", ""), answer.get("version", ""), "" if ood is None else str(bool(ood)).lower(),
+            _fmt(answer.get("ood_score"))]
     if len(header) > len(row):
         row += [answer.get("source", ""), answer.get("rule", "")]
     return row

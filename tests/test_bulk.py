@@ -64,9 +64,9 @@ def check_catalog(path: Path, expected_ids, workflow=False):
     header, rows = read_rows(path)
     assert header[:5] == ["id", "label", "class_name", "confidence", "error"]
     assert header[5:15] == CLASSES
-    assert header[15:17] == ["model", "version"]
+    assert header[15:19] == ["model", "version", "in_distribution", "ood_score"]
     if workflow:
-        assert header[17:] == ["source", "rule"]
+        assert header[19:] == ["source", "rule"]
     ids = [r["id"] for r in rows]
     assert sorted(ids) == sorted(expected_ids), "every input exactly once"
     assert len(ids) == len(set(ids))
@@ -344,10 +344,10 @@ def test_several_servers_share_the_load_and_survive_a_dead_one(tmp_path, unused_
 def test_partial_last_line_is_repaired(tmp_path):
     out = tmp_path / "c.csv"
     header = rows.header_for(CLASSES, False)
-    out.write_text(",".join(header) + "\n" + "7,3,x,0.5,," + ",".join(["0.1"] * 10) + ",m,1\n" + "8,3,In-betw")
+    out.write_text(",".join(header) + "\n" + "7,3,x,0.5,," + ",".join(["0.1"] * 10) + ",m,1,true,0.2\n" + "8,3,In-betw")
     done, got = rows.read_done_ids(out, header)
     assert done == {"7"} and got == header
-    assert out.read_text().endswith(",m,1\n")
+    assert out.read_text().endswith(",m,1,true,0.2\n")
 
 
 def test_refuses_a_catalogue_with_other_columns(tmp_path):

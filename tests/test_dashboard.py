@@ -124,6 +124,44 @@ def test_batch_table_counts_and_csv(served):
     assert len(at.download_button) == 1
 
 
+def flat_png() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((96, 96, 3), 90, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_classify_warns_when_it_is_not_a_galaxy(served):
+    """A flat grey cutout is answered, but the page says it does not look like a galaxy and marks
+    the class as meaning little; a real sample gets no such warning."""
+    at = app().run()
+    at.radio(key="classify_model").set_value("B0 (EfficientNet-B0, 128 px)")
+    at.file_uploader[0].set_value(("flat.png", flat_png(), "image/png")).run()
+    assert not at.exception
+    assert any(e.startswith(views.NOT_A_GALAXY) and "constant image" in e for e in texts(at.error))
+    assert at.subheader[0].value.endswith("(?)")
+    sample = SAMPLES / "class_2_0.jpg"
+    at.file_uploader[0].set_value((sample.name, sample.read_bytes(), "image/jpeg")).run()
+    no_failures(at)
+
+
+def test_batch_marks_the_inputs_that_are_not_galaxies(served):
+    at = page("pages/batch.py")
+    at.radio(key="batch_model").set_value("B2 (EfficientNet-B2, 224 px)")
+    sample = SAMPLES / "class_5_0.jpg"
+    at.file_uploader(key="batch_upload").set_value([(sample.name, sample.read_bytes(), "image/jpeg"),
+                                                    ("flat.png", flat_png(), "image/png")]).run()
+    at.button(key="batch_run").click().run()
+    assert not at.exception
+    table = frames(at)[0]
+    assert list(table["galaxy?"]) == ["yes", "NOT A GALAXY?"]
+    assert any(w.startswith("1 of 2") for w in texts(at.warning))
+
+
 def test_server_page_lists_models_and_confirms_unregister(served):
     at = page("pages/server.py")
     no_failures(at)
@@ -246,6 +284,31 @@ def test_model_card_page_shows_macro_f1_of_an_evaluated_model(served, monkeypatc
     assert "Per-class scores (test)" in texts(at.subheader)
     shown = frames(at)[1]["f1"]  # the per-class table under the figure
     assert metrics["Macro F1"].value == f"{shown.mean():.3f}"
+
+
+def test_model_card_page_shows_the_reliability_diagram(served, monkeypatch):
+    """The demo B0's card is calibrated: the page shows T and the validation split's reliability
+    bins before and after, as many points as non-empty bins."""
+    from dashboard import common
+
+    card = demo_card("b0")
+    assert card["calibrated"] is True
+    cal = card["calibration"]
+    rel = card_views.reliability_frame(cal)
+    nonempty = sum(1 for n in cal["reliability_before"]["count"] if n) + \
+        sum(1 for n in cal["reliability_after"]["count"] if n)
+    assert len(rel) == nonempty and rel["count"].sum() == 2 * cal["fitted_on"]["n"]
+    assert rel["accuracy"].between(0, 1).all() and rel["confidence"].between(0, 1).all()
+    monkeypatch.setattr(common, "card", lambda url, model, version: [{"modelName": model,
+                                                                      "customizedMetadata": card}])
+    at = page("pages/model_card.py")
+    no_failures(at)
+    assert "Calibration" in texts(at.subheader)
+    assert any(f"T = {cal['temperature']:.3f}" in c.value for c in at.caption)
+    card.pop("calibration")
+    card["calibrated"] = False
+    at = page("pages/model_card.py")
+    assert any("Not calibrated" in c.value for c in at.caption)
 
 
 # ----------------------------------------------------------------------------- failures

@@ -46,6 +46,9 @@ def test_model_reports(run_dir):
         assert np.array(r["confusion_matrix"]).shape == (10, 10) and np.sum(r["confusion_matrix"]) == 10
         assert len(r["val_per_class_f1"]) == 10 and r["temperature"] > 0
         assert set(r["ece"]) == {"uncalibrated", "calibrated"}
+        cal = json.loads((run_dir / name / "calibration.json").read_text())["plain"]
+        assert cal["temperature"] == pytest.approx(r["temperature"]) and cal["fitted_on"]["split"] == "val"
+        assert sum(cal["reliability_before"]["count"]) == sum(cal["reliability_after"]["count"]) == r["n_val"]
         assert set(r["ensemble"]) == {"seed", "mean", "weighted"}
         assert set(r["ensemble"]["weighted"]) == {"accuracy", "macro_f1"}
         assert 0 <= r["real_samples_accuracy"] <= 1

@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import re
+import shutil
 
 from pathlib import Path
 
@@ -92,7 +93,11 @@ def test_answers_every_input_form(handler, b0_dir):
     out, codes = run(handler, b0_dir, rows)
     assert codes == [200] * len(rows)
     first = out[0]
-    assert set(first) == {"model", "version", "label", "class_name", "confidence", "probabilities"}
+    assert set(first) == {"model", "version", "label", "class_name", "confidence", "probabilities", "calibrated",
+                          "in_distribution", "ood_score", "ood_reason"}
+    # uniform noise: flagged by the cheap check before any model (this archive has no ood.npz)
+    assert first["in_distribution"] is False and "no source" in first["ood_reason"] and first["ood_score"] is None
+    assert first["calibrated"] is False  # a checkpoint without calibration.json answers with T = 1
     assert first["model"] == "galaxy-b0" and first["version"] == "1.0"
     assert list(first["probabilities"]) == list(GALAXY10_CLASSES)
     assert sum(first["probabilities"].values()) == pytest.approx(1, abs=1e-5)
@@ -407,10 +412,15 @@ needs_shipped = pytest.mark.skipif(not (SHIPPED_B0 / "model.pt").is_file(), reas
 
 
 @needs_shipped
-def test_tta_answers_do_not_depend_on_orientation(sample_images):
+def test_tta_answers_do_not_depend_on_orientation(sample_images, tmp_path):
     """With tta the answer is the mean over the 8 flips/quarter turns, so it no longer depends on
-    how the galaxy was turned or mirrored (the trained B0 on a real sample)."""
-    plain, tta = make_handler(SHIPPED_B0), make_handler(SHIPPED_B0, tta=True)
+    how the galaxy was turned or mirrored (the trained B0 on a real sample; its weights without the
+    temperature, which applies to the plain answers only)."""
+    b0 = tmp_path / "b0"
+    b0.mkdir()
+    for f in ("model.pt", "meta.json"):
+        shutil.copy2(SHIPPED_B0 / f, b0 / f)
+    plain, tta = make_handler(b0), make_handler(b0, tta=True)
     img = Image.open(sample_images[7]).convert("RGB")
     views = []
     T = Image.Transpose
@@ -419,8 +429,8 @@ def test_tta_answers_do_not_depend_on_orientation(sample_images):
         buf = io.BytesIO()
         (img if op is None else img.transpose(op)).save(buf, "PNG")
         views.append({"body": buf.getvalue()})
-    out_plain, _ = run(plain, SHIPPED_B0, views)
-    out_tta, codes = run(tta, SHIPPED_B0, views)
+    out_plain, _ = run(plain, b0, views)
+    out_tta, codes = run(tta, b0, views)
     assert codes == [200] * 8
     spread = lambda out: max(abs(o["probabilities"][c] - out[0]["probabilities"][c])
                              for o in out for c in GALAXY10_CLASSES)

@@ -19,7 +19,8 @@ from galaxy_morph.specs import GALAXY10_CLASSES
 
 pytestmark = pytest.mark.server
 
-FIELDS = {"model", "version", "label", "class_name", "confidence", "probabilities"}
+FIELDS = {"model", "version", "label", "class_name", "confidence", "probabilities", "calibrated",
+          "in_distribution", "ood_score"}
 
 
 def png(img: Image.Image) -> bytes:

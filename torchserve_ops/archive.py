@@ -32,7 +32,9 @@ import yaml
 import galaxy_morph
 import handlers
 from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
+from galaxy_morph.calibration import CALIBRATION_FILE, read_calibration
 from galaxy_morph.data import SYNTHETIC_SOURCE, file_sha256
+from galaxy_morph.ood import CONSTANT_STD, OOD_FILE, SOURCE_SIGMA, OODDetector
 from galaxy_morph.models import META_FILE, WEIGHTS_FILE, read_meta
 from galaxy_morph.specs import ALL_SPECS, PAIR
 
@@ -118,11 +120,23 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, servi
                                                "confusion_matrix", "split", "n") if k in report}
         card["test"]["per_class_f1"] = {c: v.get("f1") for c, v in
                                         (report.get("per_class") or {}).items()}
+        if "macro" in report:  # the evaluation report nests it: {"macro": {"precision", "recall", "f1"}}
+            card["test"]["macro_f1"] = report["macro"]["f1"]
     else:
         card["test"] = None
         card["note"] = "no evaluation report (RUN/M/report.json) when this archive was built"
     serving = {k: v for k, v in (serving or {}).items() if k != "spec"}
     card["serving"] = serving
+    # Temperature scaling for the way this archive answers (plain or TTA): the handler applies it.
+    calibration = read_calibration(ckpt).get("tta" if serving.get("tta") else "plain")
+    card["calibrated"] = calibration is not None
+    if calibration is not None:
+        card["calibration"] = calibration
+    detector = OODDetector.load(ckpt)
+    card["ood"] = {"cheap_checks": {"constant_std": CONSTANT_STD, "source_sigma": SOURCE_SIGMA},
+                   "method": None if detector is None else "reject head on the penultimate features",
+                   **({} if detector is None else {"threshold": detector.threshold,
+                                                   "validation_quantile": detector.quantile})}
     # The 100 real samples, measured the way this archive answers: with TTA, training.demo's
     # "real_samples_tta" table; else a report's own figures, if that report was evaluated likewise.
     tta = bool(serving.get("tta"))
@@ -172,6 +186,9 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
         extra.mkdir()
         shutil.copy2(ckpt / WEIGHTS_FILE, extra / WEIGHTS_FILE)
         shutil.copy2(ckpt / META_FILE, extra / META_FILE)
+        for optional in (CALIBRATION_FILE, OOD_FILE):  # temperature; out-of-distribution statistics
+            if (ckpt / optional).is_file():
+                shutil.copy2(ckpt / optional, extra / optional)
         for package in (galaxy_morph, handlers):  # the core and the worker files, nothing else
             shutil.copytree(Path(package.__file__).parent, extra / package.__name__,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

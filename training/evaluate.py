@@ -6,8 +6,10 @@ RUN holds one checkpoint folder per model spec (b0/, b2/, convnext/: whichever e
 needs two or more), or is itself one checkpoint folder. The `mean` and `weighted` rules combine
 every model; `seed` is defined for two models only and is left out for other counts. Writes RUN/report.md and RUN/report.json (all side by side), and per model
 RUN/NAME/report.json, confusion.png and curves.png. The data file defaults to the one recorded in
-the checkpoint and must have the recorded SHA256. The temperature is fitted on the validation split,
-where the per-class F1 that weights the `weighted` rule comes from too. When the class names are
+the checkpoint and must have the recorded SHA256. The temperature is fitted on the validation split
+(where the per-class F1 that weights the `weighted` rule comes from too) and written, with the
+split's reliability before and after, to RUN/NAME/calibration.json for this mode (plain or --tta):
+the served archives apply it, and the ensemble figures here combine the calibrated members. When the class names are
 Galaxy10's and the real sample folder exists, the 100 real images are scored as well
 ("real_samples_accuracy").
 """
@@ -26,16 +28,17 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch.utils.data import DataLoader
 
 from galaxy_morph import GALAXY10_CLASSES
+from galaxy_morph.calibration import ece, write_calibration
 from galaxy_morph.data import DataError, GalaxyH5Dataset, file_sha256, load_split
 from galaxy_morph.ensemble import RULES, combine_models
 from galaxy_morph.imaging import decode_image
 from galaxy_morph.models import class_probabilities, load_checkpoint, read_meta
 from galaxy_morph.specs import ALL_SPECS
 from galaxy_morph.transforms import eval_transform
+from training.calibrate import calibration_entry
 from survey.samples import SAMPLES_DIR, sample_files
 
 SAMPLES = SAMPLES_DIR
-ECE_BINS = 15
 
 
 def parse_args(argv=None):
@@ -103,16 +106,6 @@ def fit_temperature(logp, y) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(-4, 4), method="bounded").x))
 
 
-def ece(probs, y, bins=ECE_BINS) -> float:
-    """Expected calibration error: |accuracy - confidence| averaged over equal-width confidence bins."""
-    conf, pred = probs.max(1), probs.argmax(1)
-    edges = np.linspace(0, 1, bins + 1)
-    total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            total += m.mean() * abs((pred[m] == y[m]).mean() - conf[m].mean())
-    return float(total)
 
 
 def scores(y, pred, class_names) -> dict:
@@ -196,7 +189,7 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpts = find_checkpoints(run, models)
     sha_cache = {}
-    models, reports, preds = {}, {}, {}
+    models, reports, preds, calibrations = {}, {}, {}, {}
     for name, folder in ckpts.items():
         ckpt = load_checkpoint(folder)
         model, meta, spec = ckpt.model, ckpt.meta, ckpt.spec
@@ -216,7 +209,8 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
 
         names = meta["class_names"]
         val_scores = scores(val[1], val[0].argmax(1), names)
-        t = fit_temperature(*val)
+        calibrations[name] = calibration_entry(*val, sha)
+        t = calibrations[name]["temperature"]
         logp, y = test
         r = {"model": name, "version": meta.get("version"), "checkpoint": str(folder),
              "data": {"path": str(path), "sha256": sha}, "tta": tta, "class_names": names,
@@ -238,7 +232,8 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
         if not same:
             print(f"warning: {', '.join(reports)} differ in classes or test split: no ensemble", file=sys.stderr)
         else:
-            probs = {n: softmax(preds[n]["test"][0]) for n in reports}
+            # Each member calibrated, as the served models answer the workflow.
+            probs = {n: softmax(preds[n]["test"][0], r["temperature"]) for n, r in reports.items()}
             f1 = {n: r["val_per_class_f1"] for n, r in reports.items()}
             y = preds[first]["test"][1]
             for rule in ensemble_rules(len(reports)):
@@ -264,6 +259,7 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
             plot_curves(json.loads(hist.read_text()), f"{name} training curves", folder / "curves.png")
         r["figures"] = {"confusion": "confusion.png", "curves": "curves.png" if hist.is_file() else None}
         write_json(folder / "report.json", r)
+        write_calibration(folder, tta, calibrations[name])
     shown = next((r for r in ("seed", "mean") if r in ensemble), None)
     if shown:
         plot_confusion(ensemble[shown]["confusion_matrix"], next(iter(reports.values()))["class_names"],
@@ -279,6 +275,12 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
     (run / "report.md.tmp").write_text(markdown(top))
     os.replace(run / "report.md.tmp", run / "report.md")
     return top
+
+
+def calibrated_probabilities(ckpt, images, tta=False, device="cpu") -> np.ndarray:
+    """A checkpoint's calibrated probabilities for PIL images, as its served archive answers them."""
+    x = torch.stack([ckpt.transform(im) for im in images])
+    return softmax(log_probs(ckpt.model, x.split(32), torch.device(device), tta), ckpt.temperature(tta))
 
 
 def sample_probabilities(models, folder, device, tta=False):

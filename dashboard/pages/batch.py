@@ -50,6 +50,10 @@ if not rows:
 df = pd.DataFrame(rows)
 ok = df["error"].isna().sum()
 st.subheader(f"{ok} of {len(df)} classified with {st.session_state.get('batch_model_used', '')}")
+flagged = int((df["galaxy?"] == "NOT A GALAXY?").sum())
+if flagged:
+    st.warning(f"{flagged} of {len(df)}: {views.NOT_A_GALAXY.lower()} (column galaxy?): their classes "
+               f"mean little.", icon=":material/report:")
 st.dataframe(df.dropna(axis=1, how="all"), hide_index=True,
              column_config={"confidence": st.column_config.ProgressColumn(
                  "confidence", min_value=0.0, max_value=1.0, format="percent")})

@@ -83,7 +83,10 @@ for name, data in images:
         except TorchServeError as e:
             common.show_error(e)
             continue
-        st.subheader(result.get("class_name", "?"))
+        warning = views.ood_warning(result)
+        if warning:
+            st.error(warning, icon=":material/report:")
+        st.subheader(result.get("class_name", "?") + (" (?)" if warning else ""))
         st.caption(f"{result.get('model', model)} · version {result.get('version', '?')}"
                    + (f" · rule {result.get('rule', rule)}" if kind == "workflow" else ""))
         c1, c2 = st.columns(2)

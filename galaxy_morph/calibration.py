@@ -1,0 +1,76 @@
+"""Calibrated probabilities: temperature scaling (Guo et al. 2017) fitted on the validation split,
+and the reliability of probabilities (ECE and the reliability diagram's bins).
+
+    probs = calibrate(probs, ckpt.temperature(tta=False))     # softmax(log p / T): argmax unchanged
+
+A checkpoint folder's calibration.json (written by training.evaluate) holds one entry per answering
+mode, "plain" and "tta" (the mean over the 8 dihedral views), each with the temperature, the data it
+was fitted on and the validation split's reliability before and after. A mode without an entry is
+answered with T = 1 and says it is not calibrated.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CALIBRATION_FILE = "calibration.json"
+ECE_BINS = 15
+
+
+def mode(tta: bool) -> str:
+    return "tta" if tta else "plain"
+
+
+def calibrate(probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax(log(p) / T) over the last axis; T = 1 returns `probs` as they are."""
+    if temperature == 1.0:
+        return probs
+    return torch.softmax(probs.clamp_min(1e-12).log() / temperature, dim=-1)
+
+
+def reliability(probs, y, bins: int = ECE_BINS) -> dict:
+    """Equal-width confidence bins: {"edges", "count", "confidence", "accuracy", "ece"} (None for an
+    empty bin). ECE is |accuracy - confidence| averaged over the bins, weighted by their counts."""
+    probs, y = np.asarray(probs, np.float64), np.asarray(y)
+    conf, correct = probs.max(1), probs.argmax(1) == y
+    edges = np.linspace(0, 1, bins + 1)
+    count, confidence, accuracy, total = [], [], [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (conf > lo) & (conf <= hi)
+        count.append(int(m.sum()))
+        confidence.append(float(conf[m].mean()) if m.any() else None)
+        accuracy.append(float(correct[m].mean()) if m.any() else None)
+        if m.any():
+            total += m.mean() * abs(accuracy[-1] - confidence[-1])
+    return {"edges": edges.tolist(), "count": count, "confidence": confidence, "accuracy": accuracy,
+            "ece": float(total)}
+
+
+def ece(probs, y, bins: int = ECE_BINS) -> float:
+    return reliability(probs, y, bins)["ece"]
+
+
+def read_calibration(ckpt_dir: str | os.PathLike) -> dict:
+    """{"plain": {...}, "tta": {...}} from the folder's calibration.json ({} when there is none)."""
+    path = Path(ckpt_dir) / CALIBRATION_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def temperature_of(calibration: dict, tta: bool) -> float | None:
+    entry = calibration.get(mode(tta))
+    return float(entry["temperature"]) if entry else None
+
+
+def write_calibration(ckpt_dir: str | os.PathLike, tta: bool, entry: dict) -> Path:
+    """Set one mode's entry, keeping the other's; written atomically."""
+    path = Path(ckpt_dir) / CALIBRATION_FILE
+    data = read_calibration(ckpt_dir)
+    data[mode(tta)] = entry
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+    return path
