@@ -70,12 +70,11 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "the browser test needs Chromium: sudo apt-get install -y chromium" >&2; exit 1; fi
 
-# Two workers: one runs every test on the shared TorchServe, the other the remaining files whole
-# (tests/conftest.py groups them), one thread per process:
+# Two workers, one test file each at a time (module fixtures stay whole), one thread per process:
 # the suite's work is mostly single-threaded, and two workers with torch's default threads would
 # oversubscribe the two cores.
 test: setup java browser
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 data: setup
 	$(PY) -m training.download --out data/Galaxy10_DECals.h5

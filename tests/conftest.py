@@ -93,12 +93,3 @@ def torchserve(make_torchserve):
 @pytest.fixture(scope="session")
 def sample_images() -> list[Path]:
     return sorted(SAMPLES.glob("class_*.jpg"))
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under `make test` (pytest-xdist --dist loadgroup) every test that needs the session's
-    TorchServe runs in one worker, so the suite starts that server once; every other test file
-    stays whole in one worker (its module fixtures are built once)."""
-    for item in items:
-        group = "torchserve" if "torchserve" in item.fixturenames else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
