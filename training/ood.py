@@ -13,10 +13,10 @@ shared covariance in 16, 64 and 256 principal components (Lee et al. 2018), and 
 galaxy_morph.ood (outlier exposure: a logistic regression on the frozen features, galaxies of the
 training split against the generated images). The measurement set is the test rows, the 100 real
 samples, other generated images (N_PER_FAMILY a family, another seed) and the photographs that
-installed packages ship; neither the photographs nor the real samples fit anything. The candidate
-kept is the one that flags the most generated measurement images at the threshold; its detector is
-written to RUN/M/ood.npz (the archives ship it, the handler applies it), the table to OUT.md and
-OUT.json. Features are cached in runs/ood/.
+installed packages ship; neither the photographs nor the real samples fit anything. The reject
+head is written to RUN/M/ood.npz (the archives ship it, the handler applies it); the table (OUT.md,
+OUT.json) names the candidate that flags the most generated measurement images, and the command
+warns when that is not the head. Features are cached in runs/ood/.
 """
 from __future__ import annotations
 
