@@ -5,11 +5,14 @@ and TS_KEY_FILE, read at every run, so the same process can follow another serve
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import streamlit as st
 
 from dashboard import card_views
+from prediction.similarity import DEFAULT_INDEX, SimilarityIndex
 
 from torchserve_ops.client import (AuthError, ServerError, ServerTimeout, ServerUnavailable,
                                    TorchServeClient, TorchServeError, server_settings)
@@ -50,11 +53,26 @@ def descriptions(management_url: str) -> tuple[dict, dict]:
 
 @st.cache_data(ttl=60, show_spinner="Asking TorchServe...")
 def predict(inference_url: str, model: str, kind: str, image: bytes, rule: str | None) -> dict:
-    """Cached per (server, model, rule, image) for a minute: toggles do not re-run inference."""
+    """Cached per (server, model, rule, image) for a minute: toggles do not re-run inference.
+    The answer carries the embeddings, for the similar galaxies."""
     ts = client()
     if kind == "workflow":
-        return ts.predict_workflow(model, image, rule=rule)
-    return ts.predict(model, image)
+        return ts.predict_workflow(model, image, rule=rule, embedding=True)
+    return ts.predict(model, image, embedding=True)
+
+
+@st.cache_resource(show_spinner=False)
+def _similarity_index(path: str, mtime: float):
+    return SimilarityIndex.load(path)
+
+
+def similarity_index() -> "SimilarityIndex | None":
+    """The index over the real samples (make serve builds it; GALAXY_SIMILARITY_INDEX: another
+    one), reloaded when the file changes; None when there is none."""
+    path = Path(os.environ.get("GALAXY_SIMILARITY_INDEX") or DEFAULT_INDEX)
+    if not path.is_file():
+        return None
+    return _similarity_index(str(path), path.stat().st_mtime)
 
 
 @st.cache_data(ttl=60, show_spinner="Computing Grad-CAM...")

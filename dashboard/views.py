@@ -14,8 +14,9 @@ import pandas as pd
 import psutil
 from PIL import Image
 
-from galaxy_morph.answers import MODEL_NAMES, WORKFLOW_NAME
-from galaxy_morph.specs import ALL_SPECS, GALAXY10_CLASSES, SPECS
+from galaxy_morph.answers import MODEL_NAMES, MODEL_PREFIX, WORKFLOW_NAME
+from galaxy_morph.specs import ALL_SPECS, GALAXY10_CLASSES, PAIR, SPECS
+from prediction.similarity import BOTH
 from survey.samples import SAMPLES_DIR, sample_files, sample_label
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,35 @@ def ood_warning(result: dict) -> str | None:
         return None
     reason = result.get("ood_reason")
     return f"{NOT_A_GALAXY}{f' ({reason})' if reason else ''}: the class below means little."
+
+
+def query_embeddings(result: dict) -> dict:
+    """{spec: embedding} of a served answer: a workflow answer's members', or the one model's."""
+    found = {spec: (result.get(spec) or {}).get("embedding") for spec in ALL_SPECS}
+    found = {spec: e for spec, e in found.items() if e}
+    if not found and result.get("embedding"):
+        found[str(result.get("model", "")).removeprefix(MODEL_PREFIX)] = result["embedding"]
+    return found
+
+
+def similar_galaxies(index, result: dict, k: int = 5) -> tuple[list[dict], str | None]:
+    """The k nearest galaxies of a prediction.similarity index to a served answer, as
+    ([{"id", "label", "distance", "path", "caption"}], a note for the user or None)."""
+    query = query_embeddings(result)
+    space = BOTH if all(m in query for m in PAIR) else next(iter(query), None)
+    if space is None:
+        return [], "The answer carries no embedding (a server older than this dashboard?)."
+    if space not in index.spaces:
+        return [], f"The similarity index holds no {space.upper()} embeddings."
+    found = index.nearest(query, k, space)
+    rows = [{"id": n.id, "label": n.label, "distance": n.distance, "path": n.path,
+             "caption": f"{n.label}{'' if n.labelled else ' (predicted)'} · d={n.distance:.3f}"} for n in found]
+    served = {m: (result.get(m) or {}).get("version") for m in query} if space == BOTH else {space: result.get("version")}
+    indexed = index.meta.get("versions") or {}
+    stale = [m for m, v in served.items() if v and indexed.get(m) and indexed[m] != v]
+    note = (f"The index was built with other versions of {', '.join(m.upper() for m in stale)} "
+            f"({', '.join(indexed[m] for m in stale)}): distances may mislead." if stale else None)
+    return rows, note
 
 
 def result_row(name: str, result: dict | None, error: str | None = None) -> dict:

@@ -19,6 +19,7 @@ from galaxy_morph.specs import SPECS
 MODEL_PREFIX = "galaxy-"
 WORKFLOW_NAME = f"{MODEL_PREFIX}ensemble"
 WORKFLOW_SETTINGS = "ensemble.json"  # in the .war: name, members ("models") and their F1
+EMBEDDING_DIGITS = 6  # significant digits: cosine distances stay exact to ~1e-6 at any scale
 PREDICTION_KEYS = ("model", "version", "label", "class_name", "confidence", "probabilities", "calibrated",
                    "in_distribution", "ood_score")
 
@@ -32,16 +33,21 @@ MODEL_NAMES = {spec: served_name(spec) for spec in SPECS}  # {"b0": "galaxy-b0",
 
 
 def prediction(model: str, version: str, probabilities: Sequence[float],
-               class_names: Sequence[str], calibrated: bool = False, ood: dict | None = None) -> dict:
+               class_names: Sequence[str], calibrated: bool = False, ood: dict | None = None,
+               embedding: Sequence[float] | None = None) -> dict:
     """The one answer dict for one image: the top class read from `probabilities`; `calibrated`
     says whether they were temperature-scaled (galaxy_morph.calibration); `ood` the
-    galaxy_morph.ood verdict: {"in_distribution", "ood_score", "ood_reason" when flagged}."""
+    galaxy_morph.ood verdict: {"in_distribution", "ood_score", "ood_reason" when flagged};
+    `embedding`, when asked for, the penultimate-layer features (B0: 1280, B2: 1408 numbers)."""
     p = [float(x) for x in probabilities]
     label = max(range(len(p)), key=p.__getitem__)
     ood = ood or {"in_distribution": True, "ood_score": None}
-    return {"model": model, "version": str(version), "label": label,
-            "class_name": class_names[label], "confidence": p[label],
-            "probabilities": dict(zip(class_names, p)), "calibrated": bool(calibrated), **ood}
+    answer = {"model": model, "version": str(version), "label": label,
+              "class_name": class_names[label], "confidence": p[label],
+              "probabilities": dict(zip(class_names, p)), "calibrated": bool(calibrated), **ood}
+    if embedding is not None:
+        answer["embedding"] = [float(f"{float(v):.{EMBEDDING_DIGITS}g}") for v in embedding]
+    return answer
 
 
 def ensemble_prediction(model: str, combined: dict, class_names: Sequence[str],

@@ -15,7 +15,9 @@ so preprocess() decides per request. `model-config.yaml` may add a `handler:` se
 
 `python -m torchserve_ops.archive --device cuda` writes the GPU settings (torchserve_ops/archive.py DEVICE_CONFIG).
 
-Bodies: handlers.payload; answers: galaxy_morph.answers.prediction(); a refused request gets
+Bodies: handlers.payload; the X-Embedding: true header (it reaches the workflow's members too), a
+multipart field embedding=true or JSON "embedding": true adds the penultimate-layer "embedding" to
+an answer (docs/api.md); answers: galaxy_morph.answers.prediction(); a refused request gets
 {"error", "code"} with the status its error type carries (docs/api.md). Built by
 `python -m torchserve_ops.archive`; tests/test_handler.py drives handle() with a real ts Context.
 """
@@ -34,7 +36,7 @@ from galaxy_morph.calibration import calibrate
 from galaxy_morph.ood import OODDetector, cheap_check, verdict
 from galaxy_morph.imaging import MAX_PIXELS, ImageError, decode_image, decode_to_tensor
 from galaxy_morph.models import class_probabilities, classifier_layer, load_checkpoint
-from handlers.payload import RequestError, class_index, error_body, header, read_request
+from handlers.payload import RequestError, class_index, error_body, header, read_request, wants_embedding
 from galaxy_morph.transforms import eval_tensor_transform
 
 logger = logging.getLogger(__name__)
@@ -81,8 +83,9 @@ class GalaxyHandler(BaseHandler):
         return False  # decided per request in preprocess(): a batch may mix both kinds
 
     def preprocess(self, data):
-        """Per request (eval-transformed image, explain?, explanation target) or the RequestError /
-        ImageError that refuses it. (TorchServe wants one class in this module: plain tuples.)"""
+        """Per request (eval-transformed image, explain?, explanation target, cheap OOD check,
+        embedding?) or the RequestError / ImageError that refuses it. (TorchServe wants one class in
+        this module: plain tuples.)"""
         items = []
         for i, row in enumerate(data):
             try:
@@ -96,7 +99,7 @@ class GalaxyHandler(BaseHandler):
                 explain = header(self.context, i, "explain") == "True"
                 target = options.get("target", header(self.context, i, TARGET_HEADER))
                 items.append((x, explain, class_index(target, self.class_names) if explain else None,
-                              None if explain else cheap_check(image)))
+                              None if explain else cheap_check(image), wants_embedding(options, self.context, i)))
             except (RequestError, ImageError) as e:
                 items.append(e)
             except Exception:  # one odd request must not fail the others in its batch
@@ -105,7 +108,8 @@ class GalaxyHandler(BaseHandler):
         return items
 
     def inference(self, items, *args, **kwargs):
-        """(probabilities, OOD verdict) for predictions, a Grad-CAM dict for explanations, errors as is."""
+        """(probabilities, OOD verdict, embedding or None) for predictions, a Grad-CAM dict for
+        explanations, errors as is."""
         out = list(items)
         batch = [i for i, it in enumerate(items) if isinstance(it, tuple) and not it[1]]
         if batch:
@@ -113,8 +117,9 @@ class GalaxyHandler(BaseHandler):
             probs, feats = class_probabilities(self.model, x, self.tta, self.autocast_dtype, with_features=True)
             probs = calibrate(probs, self.temperature)
             scores = self.ood.score(feats) if self.ood is not None else [None] * len(batch)
-            for i, p, s in zip(batch, probs.cpu().tolist(), scores):
-                out[i] = (p, verdict(items[i][3], s, self.ood))
+            feats = feats.float().cpu()
+            for k, (i, p, s) in enumerate(zip(batch, probs.cpu().tolist(), scores)):
+                out[i] = (p, verdict(items[i][3], s, self.ood), feats[k].tolist() if items[i][4] else None)
         for i, it in enumerate(items):
             if isinstance(it, tuple) and it[1]:
                 out[i] = self.explain_one(it[0], it[2])
@@ -128,7 +133,7 @@ class GalaxyHandler(BaseHandler):
                 self.context.set_response_status(code=r.status, phrase=HTTPStatus(r.status).phrase, idx=i)
                 r = error_body(str(r), r.status)
             elif isinstance(r, tuple):
-                r = prediction(self.model_name, self.version, r[0], self.class_names, self.calibrated, r[1])
+                r = prediction(self.model_name, self.version, r[0], self.class_names, self.calibrated, r[1], r[2])
             self.context.set_response_content_type(i, "application/json")
             answers.append(json.dumps(r))
         return answers

@@ -13,7 +13,9 @@ import json
 
 # Multipart field names tried first; otherwise the first field that carries bytes is the image.
 IMAGE_FIELDS = ("data", "body", "image", "file")
-OPTION_FIELDS = ("target", "rule")
+OPTION_FIELDS = ("target", "rule", "embedding")
+EMBEDDING_HEADER = "X-Embedding"  # a header reaches every workflow node, a body field only the first
+TRUE = ("1", "true", "yes", "on")
 
 
 class RequestError(ValueError):
@@ -69,6 +71,18 @@ def read_request(row: dict) -> tuple[bytes, dict]:
         except (binascii.Error, ValueError):
             raise RequestError("image is not valid base64") from None
     return bytes(value), options
+
+
+def wants_embedding(options: dict, context, idx: int) -> bool:
+    """Whether a request asked for its embedding: the X-Embedding header, a multipart field or JSON
+    "embedding" (TorchServe does not pass a query string on); anything but a yes/no is refused."""
+    value = options.get("embedding", header(context, idx, EMBEDDING_HEADER))
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in TRUE or text in ("0", "false", "no", "off", ""):
+        return text in TRUE
+    raise RequestError(f"embedding must be true or false, got {value!r}")
 
 
 def class_index(target, class_names) -> int | None:

@@ -98,8 +98,9 @@ class LoadedModel:
         self.temperature, self.calibrated = ckpt.temperature(), ckpt.calibrated()  # as served: no TTA
         self.ood = OODDetector.load(ckpt_dir)
 
-    def probabilities(self, images, reasons=None) -> tuple[list[list[float]], list[dict]]:
-        """Calibrated probabilities and the OOD verdict of each image (`reasons`: cheap checks)."""
+    def probabilities(self, images, reasons=None) -> tuple[list[list[float]], list[dict], list[list[float]]]:
+        """Calibrated probabilities, the OOD verdict and the embedding of each image (`reasons`:
+        cheap checks)."""
         import torch
 
         x = torch.stack([self.transform(im) for im in images]).to(self.device)
@@ -107,7 +108,7 @@ class LoadedModel:
         scores = self.ood.score(feats) if self.ood is not None else [None] * len(images)
         reasons = reasons or [None] * len(images)
         return (calibrate(probs, self.temperature).cpu().tolist(),
-                [verdict(r, s, self.ood) for r, s in zip(reasons, scores)])
+                [verdict(r, s, self.ood) for r, s in zip(reasons, scores)], feats.float().cpu().tolist())
 
 
 def to_image(item):
@@ -154,8 +155,9 @@ class BatchClassifier:
     def workflow(self) -> bool:
         return self.model_choice == ENSEMBLE
 
-    def classify(self, items) -> list:
-        """One answer dict per item (the server's JSON answer), or the ImageError that refused it."""
+    def classify(self, items, embeddings: bool = False) -> list:
+        """One answer dict per item (the server's JSON answer), or the ImageError that refused it;
+        `embeddings`: each model's answer carries its "embedding", as the server's does when asked."""
         out: list = [None] * len(items)
         images, good = [], []
         for i, item in enumerate(items):
@@ -170,7 +172,7 @@ class BatchClassifier:
         probs = {m: lm.probabilities(images, reasons) for m, lm in self.models.items()}
         for k, i in enumerate(good):
             answers = {m: prediction(lm.name, lm.version, probs[m][0][k], lm.class_names, lm.calibrated,
-                                     probs[m][1][k])
+                                     probs[m][1][k], probs[m][2][k] if embeddings else None)
                        for m, lm in self.models.items()}
             if not self.workflow:
                 out[i] = answers[self.model_choice]

@@ -6,7 +6,8 @@
 
 Rows are the bulk classifier's CSV rows (survey.rows.header_for / row_for), so both tools
 write the same columns with the same number formatting. Parquet output keeps those columns, with
-`label` an integer and the confidence and class probabilities floats (empty -> null).
+`label` an integer, the confidence and class probabilities floats (empty -> null) and the
+`embedding_*` columns lists of float32.
 """
 from __future__ import annotations
 
@@ -82,7 +83,9 @@ class PartStore:
         columns = {}
         for j, name in enumerate(self.header):
             values = [r[j] for r in rows]
-            if name == "label":
+            if name.startswith("embedding_"):
+                columns[name] = pa.array(values, pa.list_(pa.float32()))
+            elif name == "label":
                 columns[name] = pa.array([None if v == "" else int(v) for v in values], pa.int64())
             elif name in self.float_columns:
                 columns[name] = pa.array([None if v == "" else float(v) for v in values], pa.float64())

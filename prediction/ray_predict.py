@@ -4,13 +4,16 @@
     python -m prediction.ray_predict --input data/survey.h5 --out survey.parquet --model b2 \
         [--run checkpoints/demo] [--rule seed|mean|weighted] [--address ray://head:10001] \
         [--actors N] [--cpus-per-actor 1] [--gpus-per-actor 0] [--batch-size 64] [--shard-size 1024]
-    make predict INPUT=... OUT=... [MODEL=b0|b2|ensemble] [RULE=seed] [RAY_ADDRESS=...]
+        [--embeddings]
+    make predict INPUT=... OUT=... [MODEL=b0|b2|ensemble] [RULE=seed] [RAY_ADDRESS=...] [EMBEDDINGS=1]
 
 Input: a folder of JPEG/PNG images, a Galaxy10-schema HDF5 file, or Parquet shards with an `image`
 column (prediction/inputs.py). It is cut into shards; Ray Data reads shards in tasks and classifies
 them with `map_batches` over a pool of model actors, each holding the checkpoints
 (prediction/classifier.py: the core's models, transforms and ensemble rules, as the server runs
-them). Output: the bulk classifier's columns, CSV or Parquet (by the --out suffix).
+them). Output: the bulk classifier's columns, CSV or Parquet (by the --out suffix). --embeddings
+(Parquet only) adds each model's penultimate-layer features as a list<float32> column
+`embedding_b0`, `embedding_b2`: the input of a similarity index (prediction/similarity.py).
 
 Resume: each finished shard is written to OUT.parts/ at once; run the same command again and only
 the missing shards are classified, then the parts are merged into OUT. Local Ray is started and
@@ -70,17 +73,18 @@ def load_shards(batch: dict) -> dict:
 class ModelActor:
     """A Ray Data actor: loads the checkpoints once, then classifies batch after batch."""
 
-    def __init__(self, bundle_ref, model: str, rule: str, threads: int):
+    def __init__(self, bundle_ref, model: str, rule: str, threads: int, embeddings: bool = False):
         import ray
         import torch
 
         torch.set_num_threads(max(1, threads))
         bundle = ray.get(bundle_ref[0])  # in a list, so that Ray Data hands over the reference
         self.classifier = BatchClassifier(bundle, model, rule)
+        self.embeddings = embeddings
 
     def __call__(self, batch: dict) -> dict:
         items = batch["pixels"] if "pixels" in batch else batch["image"]
-        answers = self.classifier.classify(list(items))
+        answers = self.classifier.classify(list(items), self.embeddings)
         return {"shard": batch["shard"], "pos": batch["pos"], "id": batch["id"],
                 "answer": np.array([json.dumps(a) if isinstance(a, dict) else "" for a in answers], dtype=object),
                 "error": np.array(["" if isinstance(a, dict) else str(a) for a in answers], dtype=object)}
@@ -120,7 +124,8 @@ def classify_shards(pending: list[Shard], bundle: CheckpointBundle, store: PartS
     ds = ds.map_batches(load_shards, batch_size=1, batch_format="numpy")
     ds = ds.map_batches(ModelActor, batch_size=args.batch_size, batch_format="numpy",
                         fn_constructor_kwargs={"bundle_ref": [ray.put(bundle)], "model": args.model,
-                                               "rule": args.rule, "threads": max(1, int(args.cpus_per_actor))},
+                                               "rule": args.rule, "threads": max(1, int(args.cpus_per_actor)),
+                                               "embeddings": args.embeddings},
                         compute=ray.data.ActorPoolStrategy(size=args.actors), num_cpus=args.cpus_per_actor,
                         num_gpus=args.gpus_per_actor or None)
     header = store.header
@@ -130,15 +135,27 @@ def classify_shards(pending: list[Shard], bundle: CheckpointBundle, store: PartS
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for shard, pos, item_id, answer, error in zip(batch["shard"], batch["pos"], batch["id"],
                                                       batch["answer"], batch["error"]):
-            shard = int(shard)
-            rows[shard].append((int(pos), row_for(str(item_id), json.loads(answer) if answer else None,
-                                                  str(error), header, class_names)))
+            shard, answer = int(shard), json.loads(answer) if answer else None
+            row = row_for(str(item_id), answer, str(error), header, class_names)
+            rows[shard].append((int(pos), row + embeddings_of(answer, args.model) if args.embeddings else row))
             if len(rows[shard]) == by_index[shard].n:
                 done = [r for _, r in sorted(rows.pop(shard), key=lambda x: x[0])]
                 store.write(by_index[shard].key, done)
                 written += 1
                 log(f"shard {by_index[shard].key}: {len(done)} rows ({written}/{len(pending)} this run)")
     return written
+
+
+def embedding_columns(model: str) -> list[str]:
+    return [f"embedding_{m}" for m in (MEMBERS if model == ENSEMBLE else (model,))]
+
+
+def embeddings_of(answer: dict | None, model: str) -> list:
+    """The answer's embedding per model (a workflow answer carries its members'); None: refused."""
+    if answer is None:
+        return [None] * len(embedding_columns(model))
+    members = MEMBERS if model == ENSEMBLE else (model,)
+    return [(answer[m] if model == ENSEMBLE else answer)["embedding"] for m in members]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -160,6 +177,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows per shard (HDF5, folders)")
     ap.add_argument("--max-shards", type=int, default=None,
                     help="classify at most N shards in this run, then stop (exit 3; re-run to go on)")
+    ap.add_argument("--embeddings", action="store_true",
+                    help="add each model's embedding as a column (Parquet output only)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     if args.batch_size < 1 or (args.actors is not None and args.actors < 1) or args.cpus_per_actor <= 0:
@@ -175,12 +194,14 @@ def main(argv=None) -> int:
     out = Path(args.out)
     t0 = time.time()
     try:
-        output_format(out)
+        if output_format(out) != "parquet" and args.embeddings:
+            raise OutputError(f"{out}: embeddings are written to Parquet only: use an --out ending in .parquet")
         shards = plan_shards(args.input, args.shard_size)
         bundle = CheckpointBundle.from_run(run, args.model)
         BatchClassifier.check_rule(bundle, args.model, args.rule)
         class_names = list(bundle.meta(MEMBERS[0] if args.model == ENSEMBLE else args.model)["class_names"])
-        header = header_for(class_names, workflow=args.model == ENSEMBLE)
+        header = header_for(class_names, workflow=args.model == ENSEMBLE) + (
+            embedding_columns(args.model) if args.embeddings else [])
         plan = {"input": str(Path(args.input).resolve()), "shards": len(shards), "shard_size": args.shard_size,
                 "model": args.model, "rule": args.rule if args.model == ENSEMBLE else None,
                 "run": str(run.resolve()), "header": header}

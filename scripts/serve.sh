@@ -52,6 +52,11 @@ else
     "$PY" -m torchserve_ops.server start --store "$STORE" --workdir "$ROOT"
 fi
 
+# The Classify page's "similar galaxies": an index over the real samples, embedded with RUN's models
+# (seconds; rebuilt only when the checkpoints change).
+"$PY" -m prediction.similarity build --run "$RUN" --if-stale \
+    || echo "warning: no similarity index (the Classify page will not show similar galaxies)" >&2
+
 if [[ -f dashboard/app.py && -x scripts/dashboard.sh ]]; then
     TS_KEY_FILE="$ROOT/key_file.json" scripts/dashboard.sh start
 fi

@@ -9,6 +9,8 @@
 .management_key() .api_key() .auth(kind) read key_file.json (keys change at every start).
 Models galaxy-b0 and galaxy-b2 (version 1.0) and the galaxy-ensemble workflow are READY. The
 archives are built in a temporary folder from random-init checkpoints without evaluation reports.
+`similarity_index` is the path of a prediction.similarity index over 20 real samples, embedded
+with those checkpoints.
 
 `make_torchserve(workflow=False)` starts another instance on free ports from the same model store
 (for restart / kill tests); every instance is stopped at the end of the session.
@@ -88,6 +90,19 @@ def make_torchserve(tmp_path_factory, served_archives):
 @pytest.fixture(scope="session")
 def torchserve(make_torchserve):
     return make_torchserve(workflow=True)
+
+
+@pytest.fixture(scope="session")
+def similarity_index(tmp_path_factory, served_archives) -> Path:
+    """A similarity index over two real samples per class, embedded with the served models."""
+    from prediction.similarity import build_from_images, bundle_of
+
+    run_dir, _ = served_archives
+    root = tmp_path_factory.mktemp("similar")
+    (root / "images").mkdir()
+    for p in sorted(SAMPLES.glob("class_*_[01].jpg")):
+        shutil.copy2(p, root / "images" / p.name)
+    return build_from_images(root / "images", bundle_of(run_dir)).save(root / "samples.npz")
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 
 @pytest.fixture
-def dashboard_url(torchserve, tmp_path, unused_port):
+def dashboard_url(torchserve, similarity_index, tmp_path, unused_port):
     port = unused_port
     env = {**os.environ,
            "TS_HOST": "127.0.0.1",
@@ -40,7 +40,8 @@ def dashboard_url(torchserve, tmp_path, unused_port):
            "TS_MANAGEMENT_PORT": str(torchserve.ports["management"]),
            "TS_METRICS_PORT": str(torchserve.ports["metrics"]),
            "TS_KEY_FILE": str(torchserve.key_file),
-           "TS_MODEL_STORE": str(torchserve.model_store)}
+           "TS_MODEL_STORE": str(torchserve.model_store),
+           "GALAXY_SIMILARITY_INDEX": str(similarity_index)}
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
@@ -144,6 +145,10 @@ def test_every_page_in_chromium(torchserve, dashboard_url, tmp_path):
             page.get_by_text("B0 and B2").first.wait_for(timeout=30_000)
             page.get_by_text("trained").first.wait_for(timeout=30_000)  # what the demo is
             page.locator(".vega-embed canvas, .vega-embed svg").first.wait_for(timeout=30_000)
+            page.get_by_text("Similar galaxies").first.wait_for(timeout=30_000)
+            # the sample is in the index: its own thumbnail comes first, at distance 0
+            page.get_by_text("Barred Spiral · d=0.000").first.wait_for(timeout=30_000)
+            assert page.get_by_text(re.compile(r" · d=\d\.\d{3}$")).count() == 5
             shoot("classify")
 
             page.goto(f"{dashboard_url}/batch", timeout=60_000)

@@ -37,8 +37,9 @@ def point_at_closed(monkeypatch, port: int):
 
 
 @pytest.fixture
-def served(monkeypatch, torchserve):
+def served(monkeypatch, torchserve, similarity_index):
     point_at(monkeypatch, torchserve)
+    monkeypatch.setenv("GALAXY_SIMILARITY_INDEX", str(similarity_index))
     return torchserve
 
 
@@ -78,6 +79,12 @@ def test_classify_upload_shows_ensemble_prediction(served):
     assert texts(at.success) == ["B0 and B2 agree."] or texts(at.warning) == ["B0 and B2 disagree."]
     members = frames(at)[0]
     assert list(members["model"]) == ["galaxy-ensemble__b0", "galaxy-ensemble__b2"]
+    # similar galaxies from the index: the upload is one of its samples, so itself first at d = 0
+    assert any("Similar galaxies" in m.value for m in at.markdown)
+    similar = [c for img in at.image for c in img.captions if " · d=" in c]
+    assert len(similar) == 5 and similar[0] == "Round Smooth · d=0.000", similar
+    distances = [float(c.rsplit("d=", 1)[1]) for c in similar]
+    assert distances == sorted(distances)
     # another rule: the answer says which one it used
     at.selectbox(key="classify_rule").set_value("mean").run()
     no_failures(at)
@@ -97,6 +104,8 @@ def test_classify_gallery_b0_with_gradcam(served):
     assert at.subheader[0].value in GALAXY10_CLASSES
     captions = [c for img in at.image for c in img.captions]
     assert any(c.startswith("Grad-CAM galaxy-b0 for ") for c in captions), captions
+    similar = [c for c in captions if " · d=" in c]  # in B0's own embedding space
+    assert len(similar) == 5 and similar[0].startswith("Barred Spiral · d=0.000"), similar
 
 
 def test_classify_bad_image_shows_server_message(served):

@@ -29,7 +29,7 @@ from galaxy_morph.imaging import decode_image
 from galaxy_morph.models import build_model, save_checkpoint
 from galaxy_morph.specs import GALAXY10_CLASSES, get_spec
 from galaxy_morph.transforms import eval_transform
-from prediction import ray_predict
+from prediction import ray_predict, similarity
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((REPO / "samples" / "galaxy10_decals").glob("class_*.jpg"))
@@ -72,7 +72,7 @@ def local_ray():
     ray.shutdown()
 
 
-def handler_answers(ckpt: Path, name: str, images: list[bytes]) -> list[dict]:
+def handler_answers(ckpt: Path, name: str, images: list[bytes], embedding: bool = False) -> list[dict]:
     """What the server's handler answers for these image bytes (one batch, real ts Context)."""
     from handlers.galaxy_handler import GalaxyHandler
     from tests.test_handler import make_context
@@ -80,7 +80,7 @@ def handler_answers(ckpt: Path, name: str, images: list[bytes]) -> list[dict]:
     ctx = make_context(ckpt, images, name=name)
     h = GalaxyHandler()
     h.initialize(ctx)
-    out = h.handle([{"body": b} for b in images], ctx)
+    out = h.handle([{"body": b, **({"embedding": b"true"} if embedding else {})} for b in images], ctx)
     return [json.loads(o) if isinstance(o, (str, bytes)) else o for o in out]
 
 
@@ -154,6 +154,38 @@ def test_hdf5_to_parquet_resumes_by_shard(tmp_path, run_dir, local_ray):
     expected = handler_answers(run_dir / "b0", "galaxy-b0", [png(a) for a in pixels])
     assert [r["label"] for r in result] == [e["label"] for e in expected]
     assert isinstance(result[0]["confidence"], float) and result[0]["model"] == "galaxy-b0"
+
+
+def test_embeddings_in_parquet_answer_the_similarity_cli(tmp_path, run_dir, local_ray, capsys):
+    """--embeddings (make predict EMBEDDINGS=1) writes each model's embedding, the handler's own;
+    an index over that catalogue answers the k nearest galaxies from the CLI."""
+    folder = tmp_path / "cutouts"
+    folder.mkdir()
+    for p in SUBSET:
+        shutil.copy(p, folder / p.name)
+    out = tmp_path / "survey.parquet"
+    assert run_cli("--input", folder, "--out", out, "--run", run_dir, "--embeddings", "--shard-size", 8) == 0
+    rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}
+    assert len(rows) == len(SUBSET)
+    first = sorted(rows)[0]
+    served = handler_answers(run_dir / "b2", "galaxy-b2", [(folder / first).read_bytes()], embedding=True)
+    assert len(rows[first]["embedding_b0"]) == 1280 and len(rows[first]["embedding_b2"]) == 1408
+    assert np.allclose(rows[first]["embedding_b2"], served[0]["embedding"], atol=1e-3)
+
+    index_file = tmp_path / "survey.npz"
+    assert similarity.main(["build", "--catalog", str(out), "--out", str(index_file)]) == 0
+    capsys.readouterr()
+    assert similarity.main(["query", "--index", str(index_file), "--id", first, "--k", "3", "--json"]) == 0
+    found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(found) == 3 and first not in [f["id"] for f in found]
+    assert all(f["id"] in rows and f["label"] == rows[f["id"]]["class_name"] for f in found)
+    assert [f["distance"] for f in found] == sorted(f["distance"] for f in found)
+    # CSV has no list column: refused with a message before anything runs
+    assert run_cli("--input", folder, "--out", tmp_path / "c.csv", "--run", run_dir, "--embeddings") == 1
+    assert "Parquet only" in capsys.readouterr().err
+    make = subprocess.run(["make", "-n", "predict", "INPUT=x", "OUT=y.parquet", "EMBEDDINGS=1"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert "--embeddings" in make.stdout, make.stdout + make.stderr
 
 
 def test_parquet_shards_input(tmp_path, run_dir, local_ray):

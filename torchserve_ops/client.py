@@ -34,6 +34,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
+from handlers.payload import EMBEDDING_HEADER
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY_FILE_NAME = "key_file.json"
 DEFAULT_KEY_FILE = REPO_ROOT / KEY_FILE_NAME  # where `make serve` starts TorchServe
@@ -161,6 +163,13 @@ def read_key_file(path: str | os.PathLike) -> dict:
         elif isinstance(entry, str):
             keys[kind] = entry
     return keys
+
+
+def _image_headers(embedding: bool = False) -> dict:
+    headers = {"Content-Type": "application/octet-stream"}
+    if embedding:
+        headers[EMBEDDING_HEADER] = "true"
+    return headers
 
 
 def _is_auth_failure(status: int, body: Any) -> bool:
@@ -325,20 +334,20 @@ class TorchServeClient:
         """{"status": "Healthy"} or {"status": "Partial Healthy"/"Unhealthy"}."""
         return self._json("GET", "inference", "/ping")
 
-    def predict(self, model: str, image: bytes, version: str | None = None) -> dict:
+    def predict(self, model: str, image: bytes, version: str | None = None, embedding: bool = False) -> dict:
         """One image (JPEG/PNG bytes) -> {"model","version","label","class_name","confidence",
-        "probabilities"}."""
+        "probabilities", ...}; `embedding`: with the model's "embedding" too."""
         path = f"/predictions/{model}" + (f"/{version}" if version else "")
-        return self._json("POST", "inference", path, data=image,
-                          headers={"Content-Type": "application/octet-stream"})
+        return self._json("POST", "inference", path, data=image, headers=_image_headers(embedding))
 
-    def predict_workflow(self, name: str, image: bytes, rule: str | None = None) -> dict:
+    def predict_workflow(self, name: str, image: bytes, rule: str | None = None, embedding: bool = False) -> dict:
         """The ensemble workflow: adds "source", "rule", "b0", "b2" to the per-image answer.
 
         The rule (seed, mean, weighted) travels in the X-Ensemble-Rule header. TorchServe answers
         a workflow with HTTP 200 even when a node failed; an {"error", "code"} body is raised here
-        as a ServerError like any other refusal."""
-        headers = {"Content-Type": "application/octet-stream"}
+        as a ServerError like any other refusal. `embedding`: each member's answer carries its
+        "embedding" (the header reaches every node)."""
+        headers = _image_headers(embedding)
         if rule:
             headers["X-Ensemble-Rule"] = rule
         url_path = f"/wfpredict/{name}"

@@ -1,5 +1,7 @@
 """Classify page: upload images (JPEG, PNG, g,r,z FITS), pick real Galaxy10 DECaLS samples, or type a
 sky position whose Legacy Surveys cutout is fetched (survey.cutouts); B0, B2 or the ensemble."""
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -65,6 +67,23 @@ if not images:
     common.demo_models_section()
     st.stop()
 
+def similar(result: dict) -> None:
+    """The nearest real samples to this galaxy in the models' embedding space, with thumbnails."""
+    index = common.similarity_index()
+    st.markdown("**Similar galaxies** (nearest real samples in the models' embedding space)")
+    if index is None:
+        st.caption("No similarity index: `make serve` builds one over the real samples.")
+        return
+    rows, note = views.similar_galaxies(index, result, k=5)
+    if note:
+        st.caption(note)
+    shown_rows = [r for r in rows if r["path"] and Path(r["path"]).is_file()]
+    if shown_rows:
+        st.image([r["path"] for r in shown_rows], caption=[r["caption"] for r in shown_rows], width=110)
+    elif rows:
+        st.dataframe(pd.DataFrame(rows).drop(columns=["path"]), hide_index=True)
+
+
 s = common.settings()
 for name, data in images:
     st.divider()
@@ -118,6 +137,8 @@ for name, data in images:
             st.bar_chart(views.probabilities_frame(result.get("probabilities", {})),
                          x="class", y="probability", horizontal=True, sort=False, height=300,
                          x_label="", y_label="probability")
+
+    similar(result)
 
     if show_cam and shown is not None:
         explain_models = ["galaxy-b0", "galaxy-b2"] if kind == "workflow" else [model]
