@@ -37,6 +37,7 @@ COPY handlers handlers
 COPY torchserve_ops torchserve_ops
 COPY survey survey
 COPY prediction prediction
+COPY labelling labelling
 RUN case "$DEVICE" in \
       cpu) export PIP_EXTRA_INDEX_URL="$TORCH_CPU_INDEX" ;; \
       cuda) ;; \

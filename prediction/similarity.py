@@ -38,7 +38,7 @@ from survey.samples import SAMPLES_DIR, sample_label
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_INDEX = REPO / "runs" / "similarity" / "samples.npz"
-FAISS_MIN_ROWS = 20_000  # measured in docs/similarity.md: numpy is as fast or faster below this
+FAISS_MIN_ROWS = 30_000  # docs/similarity.md: below it numpy is as fast or faster (bench.similarity)
 BOTH = "both"
 SPACES = (*PAIR, BOTH)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".fits", ".fit")

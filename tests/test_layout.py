@@ -14,6 +14,7 @@ ALLOWED = {
     "simulation": {"galaxy_morph", "survey"},
     "torchserve_ops": {"galaxy_morph", "survey", "handlers"},  # handlers: the archive packs them
     "prediction": {"galaxy_morph", "survey"},
+    "labelling": {"galaxy_morph"},
 }
 PROJECT = set(ALLOWED) | {"training", "dashboard", "bench", "deploy", "tests"}
 
