@@ -24,6 +24,7 @@ st.set_page_config(page_title="Galaxy morphology", page_icon=":material/blur_on:
 pages = [
     st.Page("pages/classify.py", title="Classify", icon=":material/image_search:", default=True),
     st.Page("pages/batch.py", title="Batch", icon=":material/photo_library:"),
+    st.Page("pages/review.py", title="Review", icon=":material/rate_review:"),
     st.Page("pages/server.py", title="Server", icon=":material/dns:"),
     st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:"),
     st.Page("pages/model_card.py", title="Model card", icon=":material/description:"),

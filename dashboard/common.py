@@ -62,6 +62,15 @@ def predict(inference_url: str, model: str, kind: str, image: bytes, rule: str |
 
 
 @st.cache_resource(show_spinner=False)
+def label_store(location: str):
+    """One labelling.store.LabelStore per location, shared by every session (it is thread-safe:
+    each call opens its own connection)."""
+    from labelling.store import LabelStore
+
+    return LabelStore(location)
+
+
+@st.cache_resource(show_spinner=False)
 def _similarity_index(path: str, mtime: float):
     return SimilarityIndex.load(path)
 

@@ -281,3 +281,34 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+MAX_MC_PASSES = 64  # MC-dropout passes one request may ask for (each is one head forward)
+
+
+def head_dropout_rate(model: nn.Module) -> float:
+    """The dropout rate in front of the classifier: torchvision's classifier[0], timm's drop_rate."""
+    if hasattr(model, "forward_head"):  # timm
+        return float(getattr(model, "drop_rate", 0.0) or 0.0)
+    first = model.classifier[0] if isinstance(model.classifier, nn.Sequential) else None
+    return float(first.p) if isinstance(first, nn.Dropout) else 0.0
+
+
+def mc_dropout_probabilities(model: nn.Module, features: torch.Tensor, passes: int,
+                             temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """MC dropout on the head only (Gal & Ghahramani 2016; Walmsley et al. 2020): `passes` softmaxes
+    of (passes, N, classes) from the penultimate features, each with a fresh dropout mask at the
+    model's own rate; logits divided by `temperature` as the served answer's are. The backbone runs
+    once: its layers hold no dropout in EfficientNet's eval forward."""
+    rate = head_dropout_rate(model)
+    if rate <= 0:
+        raise ValueError("this model has no dropout before its classifier: MC-dropout passes would all be equal")
+    head = model.get_classifier() if hasattr(model, "forward_head") else model.classifier[-1]
+    f = features.float()
+    out = []
+    with torch.inference_mode():
+        for _ in range(passes):
+            keep = torch.rand(f.shape, generator=generator, device=f.device) >= rate
+            logits = head((f * keep / (1 - rate)).to(next(head.parameters()).dtype)).float()
+            out.append((logits / temperature).softmax(-1))
+    return torch.stack(out)

@@ -17,7 +17,8 @@ so preprocess() decides per request. `model-config.yaml` may add a `handler:` se
 
 Bodies: handlers.payload; the X-Embedding: true header (it reaches the workflow's members too), a
 multipart field embedding=true or JSON "embedding": true adds the penultimate-layer "embedding" to
-an answer (docs/api.md); answers: galaxy_morph.answers.prediction(); a refused request gets
+an answer; X-MC-Dropout: N (2..64, or the field mc_dropout) adds N MC-dropout passes of the head
+and their BALD score as "mc_dropout" (docs/api.md); answers: galaxy_morph.answers.prediction(); a refused request gets
 {"error", "code"} with the status its error type carries (docs/api.md). Built by
 `python -m torchserve_ops.archive`; tests/test_handler.py drives handle() with a real ts Context.
 """
@@ -35,8 +36,11 @@ from galaxy_morph.answers import prediction
 from galaxy_morph.calibration import calibrate
 from galaxy_morph.ood import OODDetector, cheap_check, verdict
 from galaxy_morph.imaging import MAX_PIXELS, ImageError, decode_image, decode_to_tensor
-from galaxy_morph.models import class_probabilities, classifier_layer, load_checkpoint
-from handlers.payload import RequestError, class_index, error_body, header, read_request, wants_embedding
+from galaxy_morph.models import (MAX_MC_PASSES, class_probabilities, classifier_layer, head_dropout_rate,
+                                 load_checkpoint, mc_dropout_probabilities)
+from galaxy_morph.uncertainty import mutual_information
+from handlers.payload import (RequestError, class_index, error_body, header, mc_passes, read_request,
+                              wants_embedding)
 from galaxy_morph.transforms import eval_tensor_transform
 
 logger = logging.getLogger(__name__)
@@ -98,8 +102,13 @@ class GalaxyHandler(BaseHandler):
                     x = self.transform(image)
                 explain = header(self.context, i, "explain") == "True"
                 target = options.get("target", header(self.context, i, TARGET_HEADER))
+                passes = mc_passes(options, self.context, i, MAX_MC_PASSES)
+                if passes and head_dropout_rate(self.model) <= 0:
+                    raise RequestError(f"{self.model_name} was trained without dropout before its classifier: "
+                                       f"MC-dropout passes would all be equal")
                 items.append((x, explain, class_index(target, self.class_names) if explain else None,
-                              None if explain else cheap_check(image), wants_embedding(options, self.context, i)))
+                              None if explain else cheap_check(image), wants_embedding(options, self.context, i),
+                              passes))
             except (RequestError, ImageError) as e:
                 items.append(e)
             except Exception:  # one odd request must not fail the others in its batch
@@ -108,8 +117,8 @@ class GalaxyHandler(BaseHandler):
         return items
 
     def inference(self, items, *args, **kwargs):
-        """(probabilities, OOD verdict, embedding or None) for predictions, a Grad-CAM dict for
-        explanations, errors as is."""
+        """(probabilities, OOD verdict, embedding or None, MC-dropout dict or None) for predictions, a
+        Grad-CAM dict for explanations, errors as is."""
         out = list(items)
         batch = [i for i, it in enumerate(items) if isinstance(it, tuple) and not it[1]]
         if batch:
@@ -119,7 +128,8 @@ class GalaxyHandler(BaseHandler):
             scores = self.ood.score(feats) if self.ood is not None else [None] * len(batch)
             feats = feats.float().cpu()
             for k, (i, p, s) in enumerate(zip(batch, probs.cpu().tolist(), scores)):
-                out[i] = (p, verdict(items[i][3], s, self.ood), feats[k].tolist() if items[i][4] else None)
+                out[i] = (p, verdict(items[i][3], s, self.ood), feats[k].tolist() if items[i][4] else None,
+                          self.mc_dropout(feats[k:k + 1], items[i][5]) if items[i][5] else None)
         for i, it in enumerate(items):
             if isinstance(it, tuple) and it[1]:
                 out[i] = self.explain_one(it[0], it[2])
@@ -133,7 +143,10 @@ class GalaxyHandler(BaseHandler):
                 self.context.set_response_status(code=r.status, phrase=HTTPStatus(r.status).phrase, idx=i)
                 r = error_body(str(r), r.status)
             elif isinstance(r, tuple):
-                r = prediction(self.model_name, self.version, r[0], self.class_names, self.calibrated, r[1], r[2])
+                probs, ood, embedding, mc = r
+                r = prediction(self.model_name, self.version, probs, self.class_names, self.calibrated, ood, embedding)
+                if mc:
+                    r["mc_dropout"] = mc
             self.context.set_response_content_type(i, "application/json")
             answers.append(json.dumps(r))
         return answers
@@ -142,6 +155,13 @@ class GalaxyHandler(BaseHandler):
         return self.card or {"model": self.model_name, "version": self.version, "spec": self.spec.to_dict(),
                 "class_names": self.class_names,
                 **{k: self.meta[k] for k in ("data", "metrics", "saved_at") if k in self.meta}}
+
+    def mc_dropout(self, features: torch.Tensor, passes: int) -> dict:
+        """{"passes", "bald", "probabilities": passes x classes} for one image's features."""
+        samples = mc_dropout_probabilities(self.model, features.to(self.device), passes, self.temperature)[:, 0]
+        samples = samples.cpu().numpy()
+        return {"passes": passes, "bald": float(mutual_information(samples)),
+                "probabilities": [[float(f"{v:.6g}") for v in row] for row in samples]}
 
     def explain_one(self, x: torch.Tensor, target: int | None) -> dict:
         """Grad-CAM (captum LayerGradCam) for one preprocessed image, normalised to 0..1."""

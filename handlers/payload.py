@@ -13,8 +13,9 @@ import json
 
 # Multipart field names tried first; otherwise the first field that carries bytes is the image.
 IMAGE_FIELDS = ("data", "body", "image", "file")
-OPTION_FIELDS = ("target", "rule", "embedding")
+OPTION_FIELDS = ("target", "rule", "embedding", "mc_dropout")
 EMBEDDING_HEADER = "X-Embedding"  # a header reaches every workflow node, a body field only the first
+MC_HEADER = "X-MC-Dropout"  # number of MC-dropout passes (0: off)
 TRUE = ("1", "true", "yes", "on")
 
 
@@ -83,6 +84,21 @@ def wants_embedding(options: dict, context, idx: int) -> bool:
     if text in TRUE or text in ("0", "false", "no", "off", ""):
         return text in TRUE
     raise RequestError(f"embedding must be true or false, got {value!r}")
+
+
+def mc_passes(options: dict, context, idx: int, most: int) -> int:
+    """MC-dropout passes a request asked for (X-MC-Dropout header, multipart or JSON "mc_dropout"):
+    0 when it did not; 2..most otherwise, anything else refused."""
+    value = options.get("mc_dropout", header(context, idx, MC_HEADER))
+    if value is None or str(value).strip() in ("", "0"):
+        return 0
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise RequestError(f"mc_dropout must be a number of passes, got {value!r}") from None
+    if not 2 <= n <= most:
+        raise RequestError(f"mc_dropout must be 0 (off) or 2..{most} passes, got {n}")
+    return n
 
 
 def class_index(target, class_names) -> int | None:

@@ -16,7 +16,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-EPS = 1e-12  # probabilities are clipped to this inside logs: 0 * log(0) counts as 0
+from galaxy_morph.uncertainty import entropy_nats as _entropy
+from galaxy_morph.uncertainty import mutual_information
+
 SUM_TOL = 1e-3  # float16 softmax outputs still pass; logits or unnormalised scores do not
 
 
@@ -36,10 +38,6 @@ def _probabilities(p, shape: str, name: str) -> np.ndarray:
         raise ValueError(f"{name}: each probability vector must sum to 1, got sums from "
                          f"{sums.min():g} to {sums.max():g} (logits rather than softmax outputs?)")
     return a
-
-
-def _entropy(a: np.ndarray) -> np.ndarray:
-    return -(a * np.log(np.clip(a, EPS, None))).sum(-1)
 
 
 def entropy(p) -> np.ndarray:
@@ -63,8 +61,7 @@ def bald(samples) -> np.ndarray:
     s = _probabilities(samples, "(passes, n, classes)", "samples")
     if s.shape[0] < 2:
         raise ValueError(f"samples must hold at least 2 passes (first axis), got shape {s.shape}")
-    # The difference is >= 0 in exact arithmetic (entropy is concave); rounding can dip below.
-    return np.maximum(_entropy(s.mean(0)) - _entropy(s).mean(0), 0.0)
+    return mutual_information(s)
 
 
 def disagreement(p_b0, p_b2) -> np.ndarray:

@@ -225,6 +225,8 @@ class LabelStore:
         if file is None and self.url.get_backend_name() == "sqlite":
             raise StoreError(f"{self.where}: in-memory (or URI-named) SQLite is not supported; "
                              "give a file path")
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
         if file is not None and file.is_file() and file.stat().st_size:
             with open(file, "rb") as f:
                 if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:

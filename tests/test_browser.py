@@ -5,7 +5,7 @@
 
 Starts Streamlit on a free port pointed at the `torchserve` fixture, sends a few requests, then
 visits every page as a user would (uploads a real Galaxy10 sample, runs a batch, watches the
-metrics) and saves a screenshot of each: classify.png, batch.png, server.png, metrics.png,
+metrics) and saves a screenshot of each: classify.png, batch.png, review.png, server.png, metrics.png,
 model_card.png in $SCREENSHOT_DIR (set it to keep them) or the test's tmp dir.
 """
 from __future__ import annotations
@@ -32,7 +32,20 @@ pytestmark = [pytest.mark.browser, pytest.mark.server]
 
 
 @pytest.fixture
-def dashboard_url(torchserve, similarity_index, tmp_path, unused_port):
+def review_store(served_archives, tmp_path) -> Path:
+    """A label store with four real samples queued, classified with the served checkpoints."""
+    from labelling.queue import add_images
+    from labelling.store import LabelStore
+    from prediction.classifier import ENSEMBLE, BatchClassifier, CheckpointBundle
+
+    clf = BatchClassifier(CheckpointBundle.from_run(served_archives[0], ENSEMBLE), ENSEMBLE, device="cpu")
+    items = [(p.name, p.read_bytes()) for p in sorted(SAMPLE.parent.glob("class_[0-3]_4.jpg"))]
+    add_images(LabelStore(tmp_path / "labels.db"), items, "samples", clf)
+    return tmp_path / "labels.db"
+
+
+@pytest.fixture
+def dashboard_url(torchserve, similarity_index, review_store, tmp_path, unused_port):
     port = unused_port
     env = {**os.environ,
            "TS_HOST": "127.0.0.1",
@@ -41,7 +54,8 @@ def dashboard_url(torchserve, similarity_index, tmp_path, unused_port):
            "TS_METRICS_PORT": str(torchserve.ports["metrics"]),
            "TS_KEY_FILE": str(torchserve.key_file),
            "TS_MODEL_STORE": str(torchserve.model_store),
-           "GALAXY_SIMILARITY_INDEX": str(similarity_index)}
+           "GALAXY_SIMILARITY_INDEX": str(similarity_index),
+           "GALAXY_LABELS": str(review_store)}
     log = open(tmp_path / "streamlit.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
@@ -109,7 +123,7 @@ def check_metrics_page(page) -> None:
         assert labels and all(CLOCK.match(t) for t in labels), labels  # never ".500"
 
 
-def test_every_page_in_chromium(torchserve, dashboard_url, tmp_path):
+def test_every_page_in_chromium(torchserve, dashboard_url, review_store, tmp_path):
     """Each page as a user sees it, after a few requests; a screenshot of each. Charts are drawn
     only from real numbers: the Metrics page must draw its charts, not say they are empty."""
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -159,6 +173,24 @@ def test_every_page_in_chromium(torchserve, dashboard_url, tmp_path):
             page.locator(".vega-embed canvas, .vega-embed svg").first.wait_for(timeout=30_000)
             shoot("batch")
 
+            # Review: a name, then one key press labels the first galaxy of the queue
+            page.goto(f"{dashboard_url}/review", timeout=60_000)
+            page.get_by_role("heading", name="Review").wait_for(timeout=60_000)
+            name = page.get_by_role("textbox", name="Your name")
+            name.fill("carol")
+            name.press("Enter")
+            page.get_by_role("button", name=re.compile(r"^3 In-between Round Smooth")).wait_for(timeout=30_000)
+            page.get_by_role("heading", name="Review").click()  # focus off the text box
+            page.keyboard.press("3")
+            from labelling.store import LabelStore
+
+            deadline = time.time() + 20
+            while not LabelStore(review_store).labels() and time.time() < deadline:
+                time.sleep(0.5)
+            labels = LabelStore(review_store).labels()
+            assert [(lab["class_index"], lab["labeller"]) for lab in labels] == [(3, "carol")], labels
+            shoot("review")
+
             page.goto(f"{dashboard_url}/server", timeout=60_000)
             page.get_by_role("heading", name="Models").wait_for(timeout=60_000)
             shoot("server")
@@ -180,6 +212,6 @@ def test_every_page_in_chromium(torchserve, dashboard_url, tmp_path):
             shoot("model_card")
         finally:
             browser.close()
-    for name in ("classify", "batch", "server", "metrics", "model_card"):
+    for name in ("classify", "batch", "review", "server", "metrics", "model_card"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
     print(f"screenshots: {shots}")

@@ -82,9 +82,13 @@ def pod(tmp_path_factory):
         assert ready.exists(), "not ready in time"
         yield proc, ports
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(30)
+        if proc.poll() is None:  # a test failed before the SIGTERM one: stop TorchServe too, not only the entrypoint
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
 
 
 @pytest.mark.slow

@@ -180,6 +180,16 @@ def test_embedding_on_request_is_the_penultimate_layer(handler, b0_dir, sample_i
         assert o["probabilities"] == pytest.approx(out[3]["probabilities"], abs=1e-6)
 
 
+def test_mc_dropout_rates_of_the_two_architectures():
+    from galaxy_morph.models import head_dropout_rate, mc_dropout_probabilities
+
+    assert head_dropout_rate(build_model("b0")) == pytest.approx(0.2)  # torchvision's default
+    b2 = build_model("b2")
+    assert head_dropout_rate(b2) == 0.0  # timm's efficientnet_b2 is built with drop_rate 0
+    with pytest.raises(ValueError, match="no dropout"):
+        mc_dropout_probabilities(b2, torch.zeros(1, 1408), 4)
+
+
 def test_batch_mixing_predictions_and_explanations(handler, b0_dir):
     data = image_bytes(seed=5)
     out, codes = run(handler, b0_dir, [{"body": data}, {"body": data}, {"body": b""}],
@@ -494,6 +504,31 @@ def test_gpu_settings_answer_as_the_cpu_settings(sample_images):
     truncated = (sample_images[0].read_bytes())[:-600]
     out, codes = run(gpu_like, SHIPPED_B0, [{"body": truncated}])
     assert codes == [400] and "truncated" in out[0]["error"]
+
+
+@needs_shipped
+def test_mc_dropout_on_request(sample_images, monkeypatch):
+    """X-MC-Dropout: N answers N head passes with the model's own dropout and their BALD score
+    (the trained B0: a random-init head answers with its bias alone); the plain answer is
+    unchanged; N outside 2..64 is refused, as is a model without dropout."""
+    from labelling.acquisition import bald
+
+    handler, b0_dir = make_handler(SHIPPED_B0), SHIPPED_B0
+    data = sample_images[3].read_bytes()
+    out, codes = run(handler, b0_dir, [{"body": data}, {"body": data}, {"body": data, "mc_dropout": b"1"},
+                                       {"body": data, "mc_dropout": b"lots"}],
+                     [{"X-MC-Dropout": "16"}, {}, {}, {}])
+    assert codes == [200, 200, 400, 400] and "2..64" in out[2]["error"] and "number of passes" in out[3]["error"]
+    mc = out[0]["mc_dropout"]
+    assert mc["passes"] == 16 and len(mc["probabilities"]) == 16 and "mc_dropout" not in out[1]
+    assert all(sum(p) == pytest.approx(1, abs=1e-4) for p in mc["probabilities"])
+    assert len({tuple(p) for p in mc["probabilities"]}) == 16  # a fresh dropout mask each pass
+    assert mc["bald"] == pytest.approx(float(bald(np.array(mc["probabilities"])[:, None])[0]), abs=1e-5)
+    assert mc["bald"] > 0
+    assert out[0]["probabilities"] == pytest.approx(out[1]["probabilities"], abs=1e-6)
+    monkeypatch.setattr(handler.model.classifier[0], "p", 0.0)  # a head trained without dropout
+    out, codes = run(handler, b0_dir, [{"body": data}], [{"X-MC-Dropout": "8"}])
+    assert codes == [400] and "without dropout" in out[0]["error"]
 
 
 def test_bad_handler_settings_are_refused(b0_dir):

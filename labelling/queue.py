@@ -1,0 +1,165 @@
+"""The review queue: galaxies the models are least sure of, first.
+
+    python -m labelling.queue add --store labels.db --input cutouts/ [--source survey] [--run checkpoints/demo]
+    python -m labelling.queue add --store labels.db --input survey.h5 --mc-passes 20
+    python -m labelling.queue list --store labels.db [--score entropy|margin|disagreement|bald|random] [--k 20]
+
+`add` classifies each image in-process with the served checkpoints (prediction.classifier, the
+server's own steps) and stores the galaxy (its image bytes), B0's and B2's answers and, with
+--mc-passes N, N MC-dropout passes of B0 (stored as answers of model "galaxy-b0/mc"). `list` and
+`ranked()` order the unlabelled galaxies by an acquisition score (labelling.acquisition) computed
+from the stored answers: entropy and margin of the ensemble mean, B0/B2 disagreement, BALD over
+the MC passes, or random (the baseline). Exit status 0, or 1 with a message.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from galaxy_morph.answers import MODEL_NAMES
+from galaxy_morph.imaging import decode_image
+from galaxy_morph.models import class_probabilities, mc_dropout_probabilities
+from labelling import acquisition
+from labelling.store import LabelStore, StoreError
+
+MC_MODEL = f"{MODEL_NAMES['b0']}/mc"  # the answers that are MC-dropout passes of B0
+SCORE_NAMES = ("entropy", "margin", "disagreement", "bald", "random")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".fits", ".fit")
+
+
+def read_inputs(path: str | Path) -> list[tuple[str, bytes]]:
+    """(key, image bytes) from a folder of images or a Galaxy10-schema HDF5 file (rows as PNG)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise StoreError(f"no JPEG, PNG or FITS images in {path}")
+        return [(p.name, p.read_bytes()) for p in files]
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        import h5py
+        from PIL import Image
+
+        out = []
+        with h5py.File(path, "r") as f:
+            for i, row in enumerate(f["images"]):
+                buf = io.BytesIO()
+                Image.fromarray(np.asarray(row, dtype=np.uint8)).save(buf, "PNG")
+                out.append((str(i), buf.getvalue()))
+        return out
+    raise StoreError(f"{path}: give a folder of images or a Galaxy10 HDF5 file")
+
+
+def add_images(store: LabelStore, items: list[tuple[str, bytes]], source: str, classifier,
+               mc_passes: int = 0) -> dict:
+    """Classify and queue (key, bytes) items; returns {"added", "refused"}."""
+    answers = classifier.classify([b for _, b in items])
+    added, refused = 0, []
+    for (key, data), answer in zip(items, answers):
+        if not isinstance(answer, dict):
+            refused.append(f"{key}: {answer}")
+            continue
+        cid = store.add_candidate(source, key, image=data)
+        for m in ("b0", "b2"):
+            a = answer[m]
+            store.add_answer(cid, a["model"], a["version"], a["probabilities"], a.get("ood_score"))
+        if mc_passes:
+            b0 = classifier.models["b0"]
+            x = b0.transform(decode_image(data)).unsqueeze(0)
+            _, feats = class_probabilities(b0.model, x, with_features=True)
+            for p in mc_dropout_probabilities(b0.model, feats, mc_passes, b0.temperature)[:, 0].tolist():
+                store.add_answer(cid, MC_MODEL, b0.version, p)
+        added += 1
+    return {"added": added, "refused": refused}
+
+
+def answers_by_candidate(store: LabelStore) -> dict[int, dict[str, list]]:
+    """{candidate: {model: [probability vectors, oldest first]}} from the store."""
+    out: dict[int, dict[str, list]] = {}
+    for a in store.answers():
+        out.setdefault(a["candidate_id"], {}).setdefault(a["model"], []).append(a["probabilities"])
+    return out
+
+
+def scores(store: LabelStore, score: str, ids: list[int], seed: int = 0) -> np.ndarray:
+    """The acquisition score of each candidate id (higher: label it sooner)."""
+    if score not in SCORE_NAMES:
+        raise StoreError(f"unknown score {score!r}: choose one of {', '.join(SCORE_NAMES)}")
+    if score == "random":
+        return acquisition.random_scores(len(ids), seed)
+    found = answers_by_candidate(store)
+    b0, b2 = MODEL_NAMES["b0"], MODEL_NAMES["b2"]
+    missing = [i for i in ids if b0 not in found.get(i, {}) or b2 not in found.get(i, {})]
+    if missing:
+        raise StoreError(f"{len(missing)} queued galaxies have no B0 and B2 answers (first: {missing[0]})")
+    p0 = np.array([found[i][b0][-1] for i in ids])
+    p2 = np.array([found[i][b2][-1] for i in ids])
+    if score == "disagreement":
+        return acquisition.disagreement(p0, p2)
+    if score == "bald":
+        passes = [found[i].get(MC_MODEL, []) for i in ids]
+        if not ids:
+            return np.zeros(0)
+        n = min(len(p) for p in passes)
+        if n < 2:
+            raise StoreError("BALD needs MC-dropout passes: queue the images with --mc-passes N")
+        return acquisition.bald(np.array([p[-n:] for p in passes]).transpose(1, 0, 2))
+    mean = (p0 + p2) / 2
+    return acquisition.entropy(mean) if score == "entropy" else acquisition.margin(mean)
+
+
+def ranked(store: LabelStore, score: str = "entropy", source: str | None = None,
+           exclude: set | None = None, seed: int = 0) -> list[tuple[int, float]]:
+    """(candidate id, score) of the unlabelled candidates, best to label first."""
+    ids = [i for i in store.unlabelled(source) if i not in (exclude or set())]
+    if not ids:
+        return []
+    s = scores(store, score, ids, seed)
+    return [(ids[k], float(s[k])) for k in acquisition.rank(s)]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m labelling.queue", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("add", help="classify images and queue them for review")
+    a.add_argument("--store", required=True, help="SQLite file or SQLAlchemy URL")
+    a.add_argument("--input", required=True, help="folder of images or Galaxy10 HDF5 file")
+    a.add_argument("--source", default=None, help="name of this batch (default: the input's name)")
+    a.add_argument("--run", default=None, help="checkpoints (default checkpoints/demo)")
+    a.add_argument("--mc-passes", type=int, default=0, help="MC-dropout passes of B0, for BALD (e.g. 20)")
+    ls = sub.add_parser("list", help="the queue, best to label first")
+    ls.add_argument("--store", required=True)
+    ls.add_argument("--score", default="entropy", choices=SCORE_NAMES)
+    ls.add_argument("--source", default=None)
+    ls.add_argument("--k", type=int, default=20)
+    args = ap.parse_args(argv)
+    try:
+        store = LabelStore(args.store)
+        if args.command == "add":
+            from prediction.classifier import ENSEMBLE, BatchClassifier, CheckpointBundle
+            from prediction.ray_predict import default_run
+
+            if not 0 <= args.mc_passes <= 64:
+                raise StoreError("--mc-passes must be 0..64")
+            bundle = CheckpointBundle.from_run(Path(args.run) if args.run else default_run(), ENSEMBLE)
+            clf = BatchClassifier(bundle, ENSEMBLE, device="cpu")
+            result = add_images(store, read_inputs(args.input), args.source or Path(args.input).name, clf,
+                                args.mc_passes)
+            for r in result["refused"]:
+                print(f"refused {r}", file=sys.stderr)
+            print(f"queued {result['added']} galaxies; {store.counts()['candidates']} in {args.store}")
+            return 0
+        for cid, s in ranked(store, args.score, args.source)[:args.k]:
+            print(f"{cid}\t{store.candidate(cid)['item_key']}\t{s:.4f}")
+        return 0
+    except (StoreError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
