@@ -27,7 +27,7 @@ VERSION ?=
 export TS_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT DASHBOARD_PORT
 
 .PHONY: help setup java browser test data demo-data demo-models models train evaluate archive serve stop versions \
-        dashboard bench bench-train bench-gpu classify predict similar clean
+        dashboard bench bench-train bench-gpu classify predict similar queue clean
 
 help:
 	@echo "make serve        set up, serve the shipped demo models (or RUN=dir), start TorchServe + dashboard"
@@ -46,6 +46,7 @@ help:
 	@echo "make classify INPUT=positions.csv OUT=catalog.fits [CUTOUT_URL=.../cutout.fits] [RA_COL=RAJ2000]"
 	@echo "make predict INPUT=... OUT=catalog.csv|.parquet [MODEL=ensemble|b0|b2] [RAY_ADDRESS=...]   offline, on Ray"
 	@echo "                  [EMBEDDINGS=1] (Parquet) each model's embedding; make similar QUERY=img.jpg [INDEX=...]"
+	@echo "make queue INPUT=dir|file.h5 [LABELS=runs/labels/labels.db] [MC=20]   galaxies for the Review page"
 
 setup: $(STAMP)
 
@@ -151,6 +152,12 @@ predict: setup
 		--model $(if $(filter command line,$(origin MODEL)),$(MODEL),ensemble) $(if $(RULE),--rule $(RULE)) \
 		$(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) \
 		$(if $(filter-out 0,$(EMBEDDINGS)),--embeddings)
+
+# Queue images for the dashboard's Review page (labels in LABELS, a SQLite file or SQLAlchemy URL)
+LABELS ?= runs/labels/labels.db
+queue: setup
+	$(PY) -m labelling.queue add --store "$(LABELS)" --input "$(INPUT)" $(if $(MC),--mc-passes $(MC)) \
+		$(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(SOURCE),--source "$(SOURCE)")
 
 # The k nearest galaxies to an image (default index: the real samples, built by make serve)
 INDEX ?= runs/similarity/samples.npz
