@@ -80,11 +80,9 @@ browser:
 # oversubscribe the two cores.
 # Bytecode is cached as each module is first imported (uv compiles nothing at install), even where
 # the environment sets PYTHONDONTWRITEBYTECODE: every TorchServe worker imports torch again.
-# Three workers on two cores: much of the suite waits (servers starting and stopping, the browser),
-# and a third worker fills those waits.
 test: setup java browser
 	env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-		$(PY) -m pytest -q -n 3 --dist loadfile --durations=15
+		$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 data: setup
 	$(PY) -m training.download --out data/Galaxy10_DECals.h5

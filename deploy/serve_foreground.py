@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ready-file", default=None, help="written once everything is READY (startupProbe)")
     ap.add_argument("--no-workflow", action="store_true", help=f"do not register {WORKFLOW}")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to become READY")
+    ap.add_argument("--stop-grace", type=float, default=30.0,
+                    help="seconds between SIGTERM and SIGKILL when stopping (Kubernetes' default grace "
+                         "is 30 s; TorchServe 0.12's frontend often needs all of it)")
     args = ap.parse_args(argv)
 
     config = Path(args.config).resolve()
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
 
     def on_signal(signum, _frame):
         stopping.append(signum)
-        stop(proc)
+        stop(proc, args.stop_grace)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

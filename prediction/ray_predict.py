@@ -128,7 +128,9 @@ def classify_shards(pending: list[Shard], bundle: CheckpointBundle, store: PartS
                                                "embeddings": args.embeddings},
                         compute=ray.data.ActorPoolStrategy(size=args.actors), num_cpus=args.cpus_per_actor,
                         num_gpus=args.gpus_per_actor or None)
-    header = store.header
+    # the catalogue's own columns; embedding columns, when asked for, come after them
+    header = store.header[:len(store.header) - len(embedding_columns(args.model))] if args.embeddings \
+        else store.header
     by_index = {s.index: s for s in pending}
     rows: dict[int, list] = defaultdict(list)
     written = 0

@@ -71,8 +71,9 @@ def pod(tmp_path_factory):
         "inference", "management", "metrics", "grpc_inference", "grpc_management")})
     ready, out = tmp / "ready", tmp / "entrypoint.out"
     with open(out, "w") as log:  # a file, not a pipe: nobody reads TorchServe's output while it serves
+        # a short stop grace: the frontend does not exit on SIGTERM within Kubernetes' 30 s here either
         proc = run_entrypoint("--config", config, "--log-dir", tmp / "logs", "--ready-file", ready,
-                              "--timeout", 400, stdout=log)
+                              "--timeout", 400, "--stop-grace", 5, stdout=log)
     try:
         deadline = time.time() + 420
         while not ready.exists() and proc.poll() is None and time.time() < deadline:

@@ -127,14 +127,14 @@ def test_folder_ensemble_matches_the_handler_and_workflow_rule(tmp_path, run_dir
     assert {r["version"] for r in got} == {"b0 1.0 + b2 1.0"}
 
 
-def test_hdf5_to_parquet_resumes_by_shard(tmp_path, run_dir, local_ray):
+def test_hdf5_to_parquet_resumes_by_shard(tmp_path, run_dir, local_ray, capsys):
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in SUBSET[:12]])
     h5 = tmp_path / "survey.h5"
     with h5py.File(h5, "w") as f:
         f["images"] = pixels
         f["ans"] = np.zeros(len(pixels), dtype=np.int64)
     out = tmp_path / "survey.parquet"
-    args = ("--input", h5, "--out", out, "--run", run_dir, "--model", "b0", "--shard-size", 5)
+    args = ("--input", h5, "--out", out, "--run", run_dir, "--model", "b0", "--shard-size", 5, "--embeddings")
 
     assert run_cli(*args, "--max-shards", 1) == 3  # stopped early: one shard of three written
     assert not out.exists()
@@ -155,33 +155,22 @@ def test_hdf5_to_parquet_resumes_by_shard(tmp_path, run_dir, local_ray):
     assert [r["label"] for r in result] == [e["label"] for e in expected]
     assert isinstance(result[0]["confidence"], float) and result[0]["model"] == "galaxy-b0"
 
-
-def test_embeddings_in_parquet_answer_the_similarity_cli(tmp_path, run_dir, local_ray, capsys):
-    """--embeddings (make predict EMBEDDINGS=1) writes each model's embedding, the handler's own;
-    an index over that catalogue answers the k nearest galaxies from the CLI."""
-    folder = tmp_path / "cutouts"
-    folder.mkdir()
-    for p in SUBSET:
-        shutil.copy(p, folder / p.name)
-    out = tmp_path / "survey.parquet"
-    assert run_cli("--input", folder, "--out", out, "--run", run_dir, "--embeddings", "--shard-size", 8) == 0
-    rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}
-    assert len(rows) == len(SUBSET)
-    first = sorted(rows)[0]
-    served = handler_answers(run_dir / "b2", "galaxy-b2", [(folder / first).read_bytes()], embedding=True)
-    assert len(rows[first]["embedding_b0"]) == 1280 and len(rows[first]["embedding_b2"]) == 1408
-    assert np.allclose(rows[first]["embedding_b2"], served[0]["embedding"], atol=1e-3)
-
+    # --embeddings (make predict EMBEDDINGS=1): the handler's own embedding, and a similarity index
+    # over the catalogue answers the k nearest from the CLI
+    served = handler_answers(run_dir / "b0", "galaxy-b0", [png(pixels[7])], embedding=True)
+    assert len(result[7]["embedding_b0"]) == 1280
+    assert np.allclose(result[7]["embedding_b0"], served[0]["embedding"], atol=1e-3)
     index_file = tmp_path / "survey.npz"
     assert similarity.main(["build", "--catalog", str(out), "--out", str(index_file)]) == 0
     capsys.readouterr()
-    assert similarity.main(["query", "--index", str(index_file), "--id", first, "--k", "3", "--json"]) == 0
+    assert similarity.main(["query", "--index", str(index_file), "--id", "7", "--k", "3", "--space", "b0",
+                            "--json"]) == 0
     found = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(found) == 3 and first not in [f["id"] for f in found]
-    assert all(f["id"] in rows and f["label"] == rows[f["id"]]["class_name"] for f in found)
+    assert len(found) == 3 and "7" not in [f["id"] for f in found]
+    assert all(f["label"] == result[int(f["id"])]["class_name"] for f in found)
     assert [f["distance"] for f in found] == sorted(f["distance"] for f in found)
     # CSV has no list column: refused with a message before anything runs
-    assert run_cli("--input", folder, "--out", tmp_path / "c.csv", "--run", run_dir, "--embeddings") == 1
+    assert run_cli("--input", h5, "--out", tmp_path / "c.csv", "--run", run_dir, "--embeddings") == 1
     assert "Parquet only" in capsys.readouterr().err
     make = subprocess.run(["make", "-n", "predict", "INPUT=x", "OUT=y.parquet", "EMBEDDINGS=1"], cwd=REPO,
                           capture_output=True, text=True)
