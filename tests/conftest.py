@@ -108,3 +108,15 @@ def similarity_index(tmp_path_factory, served_archives) -> Path:
 @pytest.fixture(scope="session")
 def sample_images() -> list[Path]:
     return sorted(SAMPLES.glob("class_*.jpg"))
+
+
+# The slowest files first (measured with --durations), so that two xdist workers taking files in
+# this order end together rather than one waiting on the other's last long file.
+SLOWEST_FIRST = ("test_container_entrypoint.py", "test_predict_ray.py", "test_evaluate.py", "test_learning.py",
+                 "test_nmodel_serving.py", "test_browser.py", "test_pipeline.py", "test_train.py", "test_ood.py",
+                 "test_serving.py", "test_handler.py", "test_positions_bulk.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept

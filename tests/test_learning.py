@@ -45,7 +45,7 @@ def two_shapes(tmp_path_factory):
 def test_b0_learns_two_morphologies(two_shapes, tmp_path):
     out = tmp_path / "b0"
     assert train.main(["--model", "b0", "--data", str(two_shapes), "--out", str(out), "--epochs", "5",
-                       "--t-max", "5", "--lr", "2e-3", "--batch-size", "8", "--workers", "0",
+                       "--t-max", "5", "--lr", "2e-3", "--batch-size", "16", "--workers", "0",
                        "--device", "cpu", "--input-size", str(SIZE)]) == 0
     ckpt = load_checkpoint(out)
     model, meta, small = ckpt.model, ckpt.meta, ckpt.spec
