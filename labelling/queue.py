@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from galaxy_morph.answers import MODEL_NAMES
-from galaxy_morph.imaging import decode_image
-from galaxy_morph.models import class_probabilities, mc_dropout_probabilities
+from galaxy_morph.models import mc_dropout_probabilities
 from labelling import acquisition
 from labelling.store import LabelStore, StoreError
 
@@ -56,7 +56,7 @@ def read_inputs(path: str | Path) -> list[tuple[str, bytes]]:
 def add_images(store: LabelStore, items: list[tuple[str, bytes]], source: str, classifier,
                mc_passes: int = 0) -> dict:
     """Classify and queue (key, bytes) items; returns {"added", "refused"}."""
-    answers = classifier.classify([b for _, b in items])
+    answers = classifier.classify([b for _, b in items], embeddings=bool(mc_passes))
     added, refused = 0, []
     for (key, data), answer in zip(items, answers):
         if not isinstance(answer, dict):
@@ -66,10 +66,9 @@ def add_images(store: LabelStore, items: list[tuple[str, bytes]], source: str, c
         for m in ("b0", "b2"):
             a = answer[m]
             store.add_answer(cid, a["model"], a["version"], a["probabilities"], a.get("ood_score"))
-        if mc_passes:
+        if mc_passes:  # the head's passes over the features B0 just classified with
             b0 = classifier.models["b0"]
-            x = b0.transform(decode_image(data)).unsqueeze(0)
-            _, feats = class_probabilities(b0.model, x, with_features=True)
+            feats = torch.tensor([answer["b0"]["embedding"]])
             for p in mc_dropout_probabilities(b0.model, feats, mc_passes, b0.temperature)[:, 0].tolist():
                 store.add_answer(cid, MC_MODEL, b0.version, p)
         added += 1
