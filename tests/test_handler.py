@@ -551,4 +551,6 @@ def test_archive_settings_per_device():
         archive.model_config_for("b0", "b0", "tpu")
     assert archive.workflow_config_for("cpu") == {"batch-size": 8, "max-batch-delay": 10}
     assert archive.workflow_config_for("cuda", {"batch-size": 4}) == {"batch-size": 4, "max-batch-delay": 5}
-    assert archive.built_from("x", ["b0", "b2"], "cuda", True).endswith("/x models=b0,b2 device=cuda tta=1")
+    stamp = archive.built_from("x", ["b0", "b2"], "cuda", True)
+    assert re.search(r"/x models=b0,b2 device=cuda tta=1 code=[0-9a-f]{16}$", stamp), stamp
+    assert stamp.endswith(archive.shipped_code_digest())  # a change to the shipped code makes the store stale

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ from galaxy_morph.models import META_FILE, WEIGHTS_FILE, read_meta
 from galaxy_morph.specs import ALL_SPECS, PAIR
 
 HANDLERS = Path(handlers.__file__).resolve().parent  # what runs inside a worker
+SHIPPED = (galaxy_morph, handlers)  # the packages every archive carries
 
 # Serving defaults per model (model-config.yaml). Batches of up to 8 images wait at most 10 ms:
 # on CPU a batch of 8 costs far less than 8 single calls, and at 50 ms a lone request (the
@@ -189,7 +191,7 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
         for optional in (CALIBRATION_FILE, OOD_FILE):  # temperature; out-of-distribution statistics
             if (ckpt / optional).is_file():
                 shutil.copy2(ckpt / optional, extra / optional)
-        for package in (galaxy_morph, handlers):  # the core and the worker files, nothing else
+        for package in SHIPPED:  # the core and the worker files, nothing else
             shutil.copytree(Path(package.__file__).parent, extra / package.__name__,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         config = model_config_for(m, meta["spec"]["name"], device, tta, model_config)
@@ -250,9 +252,22 @@ def workflow_config_for(device: str = "cpu", overrides: dict | None = None) -> d
             **(overrides or {})}
 
 
+def shipped_code_digest() -> str:
+    """sha256 (first 16 hex digits) of the code the archives carry: a store built before a change
+    to the core or the handlers is stale, though its checkpoints are not."""
+    h = hashlib.sha256()
+    for package in SHIPPED:
+        root = Path(package.__file__).resolve().parent
+        for p in sorted(root.rglob("*.py")):
+            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def built_from(run, models, device: str = "cpu", tta: bool = False) -> str:
-    """What a store was built from: the checkpoints' real path, the models and the serving options."""
-    return f"{Path(run).resolve()} models={','.join(models)} device={device} tta={int(bool(tta))}"
+    """What a store was built from: the checkpoints' real path, the models, the serving options and
+    the shipped code."""
+    return (f"{Path(run).resolve()} models={','.join(models)} device={device} tta={int(bool(tta))} "
+            f"code={shipped_code_digest()}")
 
 
 def build_all(run, store, version=None, models=PAIR, workflow=True, versioned_name=False,
