@@ -25,10 +25,10 @@ from galaxy_morph.answers import MODEL_NAMES
 from galaxy_morph.models import mc_dropout_probabilities
 from labelling import acquisition
 from labelling.store import LabelStore, StoreError
+from survey.inputs import H5_SUFFIXES, IMAGE_SUFFIXES
 
 MC_MODEL = f"{MODEL_NAMES['b0']}/mc"  # the answers that are MC-dropout passes of B0
 SCORE_NAMES = ("entropy", "margin", "disagreement", "bald", "random")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".fits", ".fit")
 
 
 def read_inputs(path: str | Path) -> list[tuple[str, bytes]]:
@@ -39,7 +39,7 @@ def read_inputs(path: str | Path) -> list[tuple[str, bytes]]:
         if not files:
             raise StoreError(f"no JPEG, PNG or FITS images in {path}")
         return [(p.name, p.read_bytes()) for p in files]
-    if path.suffix.lower() in (".h5", ".hdf5"):
+    if path.suffix.lower() in H5_SUFFIXES:
         import h5py
         from PIL import Image
 

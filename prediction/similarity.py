@@ -34,6 +34,7 @@ import numpy as np
 
 from galaxy_morph.imaging import ImageError
 from galaxy_morph.specs import PAIR
+from survey.inputs import IMAGE_SUFFIXES
 from survey.samples import SAMPLES_DIR, sample_label
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +42,6 @@ DEFAULT_INDEX = REPO / "runs" / "similarity" / "samples.npz"
 FAISS_MIN_ROWS = 30_000  # docs/similarity.md: below it numpy is as fast or faster (bench.similarity)
 BOTH = "both"
 SPACES = (*PAIR, BOTH)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".fits", ".fit")
 
 
 class SimilarityError(ValueError):

@@ -14,7 +14,7 @@ ALLOWED = {
     "simulation": {"galaxy_morph", "survey"},
     "torchserve_ops": {"galaxy_morph", "survey", "handlers"},  # handlers: the archive packs them
     "prediction": {"galaxy_morph", "survey"},
-    "labelling": {"galaxy_morph", "prediction"},  # prediction: the server's steps, in-process
+    "labelling": {"galaxy_morph", "survey", "prediction"},  # prediction: the server's steps, in-process
 }
 PROJECT = set(ALLOWED) | {"training", "dashboard", "bench", "deploy", "tests"}
 
