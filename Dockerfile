@@ -53,12 +53,21 @@ RUN mkdir -p model_store \
  && make archive RUN=${RUN} VERSION=${VERSION} DEVICE=${DEVICE} \
  && ls -l model_store
 
+# The dashboard runs from the same image (deploy/k8s/base/dashboard-deployment.yaml): its pages, the
+# real samples of its gallery, and the text it shows from README.md and docs/demo_models.md.
+COPY dashboard dashboard
+COPY samples samples
+COPY README.md ./
+COPY docs/demo_models.md docs/
+
 # Non-root; only logs/ (and /tmp) are written at run time, so the root file system can be read-only.
 RUN useradd --uid 1000 --user-group --home-dir /home/model-server --create-home model-server \
  && mkdir -p logs && chown model-server:model-server logs
 USER 1000:1000
 
 EXPOSE 8080 8081 8082
+# The dashboard, in its own pod (the same image with another command).
+EXPOSE 8501
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
     CMD ["/app/.venv/bin/python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/ping', timeout=4)"]
 ENTRYPOINT ["/app/.venv/bin/python", "-m", "deploy.serve_foreground"]

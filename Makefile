@@ -26,8 +26,8 @@ DASHBOARD_PORT ?= 8501
 VERSION ?=
 export TS_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT DASHBOARD_PORT
 
-.PHONY: help setup java browser test data demo-data demo-models models train evaluate archive serve stop versions \
-        dashboard bench bench-train bench-gpu classify predict similar queue clean
+.PHONY: help setup java browser postgres test data demo-data demo-models models train evaluate archive serve stop versions \
+        dashboard bench bench-train bench-gpu classify predict similar queue retrain clean
 
 help:
 	@echo "make serve        set up, serve the shipped demo models (or RUN=dir), start TorchServe + dashboard"
@@ -47,6 +47,8 @@ help:
 	@echo "make predict INPUT=... OUT=catalog.csv|.parquet [MODEL=ensemble|b0|b2] [RAY_ADDRESS=...]   offline, on Ray"
 	@echo "                  [EMBEDDINGS=1] (Parquet) each model's embedding; make similar QUERY=img.jpg [INDEX=...]"
 	@echo "make queue INPUT=dir|file.h5 [LABELS=runs/labels/labels.db] [MC=20]   galaxies for the Review page"
+	@echo "make retrain LABELS=runs/labels/labels.db FROM=checkpoints/demo [VERSION=1.1] [MIX=original.h5] [EPOCHS=5]"
+	@echo "                  fine-tune on your labels, compare, register next to the served version"
 
 setup: $(STAMP)
 
@@ -75,12 +77,23 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	else echo "the browser test needs Chromium: sudo apt-get install -y chromium" >&2; exit 1; fi
 
+# The label store's tests start a PostgreSQL server of their own from Debian's binaries. Without them
+# those tests are skipped (with this message), so a failed install does not stop make test.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing postgresql for the label store's tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) || \
+		echo "could not install postgresql: the label store's PostgreSQL tests will be skipped" >&2; \
+	else echo "the label store's PostgreSQL tests need PostgreSQL (skipped without it):" \
+		"sudo apt-get install -y postgresql" >&2; fi
+
 # Two workers, one test file each at a time (module fixtures stay whole), one thread per process:
 # the suite's work is mostly single-threaded, and two workers with torch's default threads would
 # oversubscribe the two cores.
 # Bytecode is cached as each module is first imported (uv compiles nothing at install), even where
 # the environment sets PYTHONDONTWRITEBYTECODE: every TorchServe worker imports torch again.
-test: setup java browser
+test: setup java browser postgres
 	env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 		$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
@@ -158,6 +171,13 @@ LABELS ?= runs/labels/labels.db
 queue: setup
 	$(PY) -m labelling.queue add --store "$(LABELS)" --input "$(INPUT)" $(if $(MC),--mc-passes $(MC)) \
 		$(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(SOURCE),--source "$(SOURCE)")
+
+# Fine-tune FROM on the labels, compare on held-out labels, archive and register as the next version
+# (not the default: scripts/versions.sh promote VERSION, or the Model card page). See training/retrain.py.
+FROM ?= checkpoints/demo
+retrain: setup
+	$(PY) -m training.retrain --labels "$(LABELS)" --from "$(FROM)" $(if $(VERSION),--version $(VERSION)) \
+		$(if $(MIX),--mix "$(MIX)") $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(filter command line,$(origin MODELS)),--models $(MODELS))
 
 # The k nearest galaxies to an image (default index: the real samples, built by make serve)
 INDEX ?= runs/similarity/samples.npz

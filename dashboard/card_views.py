@@ -193,3 +193,39 @@ def comparison_table(report: dict) -> pd.DataFrame:
                          "real samples accuracy": real.get(name) if group == "model"
                          else (real.get("ensemble") if name == "seed" else None)})
     return pd.DataFrame(rows).dropna(axis=1, how="all")
+
+
+HELD_OUT_METRICS = (("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("NLL", "nll"), ("ECE", "ece"),
+                    ("flagged out of distribution", "ood_flagged"))
+
+
+def versions_frame(cards: dict[str, dict], default: str | None) -> pd.DataFrame:
+    """{version: model card} -> one row a version: default, trained, on what, its own test figures
+    (for a retrained version: the held-out labels) and whether it is calibrated."""
+    rows = []
+    for version, card in cards.items():
+        info = card_summary(card)
+        data = info["data"]
+        held = card.get("held_out_labels") or {}
+        rows.append({"version": version, "default": version == default,
+                     "trained": str(info["trained_at"] or "")[:10],
+                     "training data": f"{data.get('path', '?')} ({data.get('n', '?')} images)",
+                     "fine-tuned from": (f"{held.get('from')} ({held.get('previous', {}).get('version')})"
+                                         if held else ""),
+                     "accuracy": info["accuracy"], "evaluated on": info["accuracy_kind"]
+                     if not held else f"{held.get('n')} held-out labels",
+                     "macro F1": info["macro_f1"], "calibrated": bool(card.get("calibrated"))})
+    return pd.DataFrame(rows)
+
+
+def held_out_frame(card: dict) -> pd.DataFrame | None:
+    """A retrained version's card -> metric rows x [its parent's version, its own], both measured on
+    the same held-out human labels (training.retrain); None for a card without that comparison."""
+    held = card.get("held_out_labels")
+    if not held:
+        return None
+    prev, this = held.get("previous") or {}, held.get("this") or {}
+    cols = [f"{prev.get('version', 'previous')} (before)", f"{this.get('version', card.get('version'))} (retrained)"]
+    rows = [{"metric": label, cols[0]: prev.get(key), cols[1]: this.get(key)} for label, key in HELD_OUT_METRICS
+            if prev.get(key) is not None or this.get(key) is not None]
+    return pd.DataFrame(rows, columns=["metric", *cols])

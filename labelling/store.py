@@ -13,7 +13,11 @@ Every write is one committed transaction: a killed process loses nothing it was 
 Labels are append-only (a relabel is a new row; latest_labels reads the newest per galaxy), and
 each names its labeller. On SQLite every connection runs in WAL mode with foreign keys on and waits
 up to 10 s for a lock, and writes take the write lock at BEGIN (BEGIN IMMEDIATE), so two processes
-writing at once queue rather than fail with "database is locked".
+writing at once queue rather than fail with "database is locked". On PostgreSQL (a URL such as
+postgresql+psycopg://user:password@host/labels, driver psycopg 3) transactions run at its default
+READ COMMITTED: two writers adding the same candidate at once both get its one id, two undos at once
+undo two labels, and opening a store holds an advisory lock, so that two processes creating the
+schema of an empty database queue.
 
 A database is used only when it is a label store: its `meta` table names the app
 "galaxy-morph-labels" and a schema version. An older version is migrated (MIGRATIONS); a newer
@@ -46,6 +50,7 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 10_000
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every non-empty SQLite database
 SUM_TOL = 1e-3  # how far an answer's probabilities may sum from 1
+OPEN_LOCK = 0x6761_6c61_7879  # the PostgreSQL advisory lock (a bigint, "galaxy") held while opening
 
 METADATA = MetaData()
 META = Table("meta", METADATA, Column("key", Text, primary_key=True), Column("value", Text, nullable=False))
@@ -81,7 +86,8 @@ LABELS = Table(
     Column("unsure", Boolean, nullable=False),
     Column("not_a_galaxy", Boolean, nullable=False),
     Column("created_at", Text, nullable=False),
-    # "Latest" is the highest id; AUTOINCREMENT keeps SQLite from reusing an undone label's id.
+    # "Latest" is the highest id; AUTOINCREMENT keeps SQLite from reusing an undone label's id
+    # (PostgreSQL's sequence never reuses one).
     sqlite_autoincrement=True,
 )
 
@@ -248,6 +254,10 @@ class LabelStore:
 
     def _open(self, engine: Engine) -> None:
         with engine.execution_options(store_write=True).begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two processes opening a new store at once would both create the schema, and one
+                # would fail on the catalogue's unique keys: this lock (freed at commit) queues them.
+                conn.execute(select(func.pg_advisory_xact_lock(OPEN_LOCK)))
             db = inspect(conn)
             tables = set(db.get_table_names())
             if not tables:
@@ -351,12 +361,16 @@ class LabelStore:
 
     def undo_last(self, labeller: str) -> dict | None:
         """Delete labeller's latest label and return it; None when they have none."""
-        with self._writer.begin() as conn:
-            row = conn.execute(select(LABELS).where(LABELS.c.labeller == labeller)
-                               .order_by(LABELS.c.id.desc()).limit(1)).first()
-            if row is not None:
-                conn.execute(delete(LABELS).where(LABELS.c.id == row.id))
-        return None if row is None else dict(row._mapping)
+        latest = select(LABELS).where(LABELS.c.labeller == labeller).order_by(LABELS.c.id.desc()).limit(1)
+        while True:
+            with self._writer.begin() as conn:
+                row = conn.execute(latest).first()
+                if row is None:
+                    return None
+                # Where reads do not take the write lock (PostgreSQL), an undo at the same time may
+                # have deleted this row since the read: then look again, for the next one.
+                if conn.execute(delete(LABELS).where(LABELS.c.id == row.id)).rowcount:
+                    return dict(row._mapping)
 
     # Reads.
 

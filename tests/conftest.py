@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.postgres_server"]  # postgres_server, postgres_db: a PostgreSQL the suite starts
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "galaxy10_decals"
 
@@ -112,7 +114,7 @@ def sample_images() -> list[Path]:
 
 # The slowest files first (measured with --durations), so that two xdist workers taking files in
 # this order end together rather than one waiting on the other's last long file.
-SLOWEST_FIRST = ("test_container_entrypoint.py", "test_predict_ray.py", "test_evaluate.py", "test_learning.py",
+SLOWEST_FIRST = ("test_container_entrypoint.py", "test_retrain.py", "test_predict_ray.py", "test_evaluate.py", "test_learning.py",
                  "test_nmodel_serving.py", "test_browser.py", "test_pipeline.py", "test_train.py", "test_ood.py",
                  "test_serving.py", "test_handler.py", "test_positions_bulk.py")
 

@@ -1,6 +1,9 @@
-"""The label store on a real SQLite file: round trips, refusals, two writers at once, a killed writer.
+"""The label store on a real SQLite file and on a real PostgreSQL server that the suite starts
+(tests/postgres_server.py; skipped without Debian's postgresql): round trips, refusals, two writers
+and two undos at once, a killed writer.
 
     pytest tests/test_label_store.py
+    pytest tests/test_label_store.py -k postgresql
 """
 from __future__ import annotations
 
@@ -9,22 +12,47 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import create_engine, inspect, select, table, text
 
 import labelling.store as store_module
 from galaxy_morph.specs import GALAXY10_CLASSES
 from labelling.store import LabelStore, StoreError
 
+
 REPO = Path(__file__).resolve().parent.parent
 P = [0.55, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05]
+BACKENDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture
 def db(tmp_path) -> Path:
     return tmp_path / "labels.db"
+
+
+@pytest.fixture(params=BACKENDS)
+def where(request, tmp_path) -> str:
+    """Where a test's new store goes: an SQLite file's path, or an empty PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "labels.db")
+    return request.getfixturevalue("postgres_db")
+
+
+def as_url(where: str) -> str:
+    return where if "://" in where else f"sqlite:///{where}"
+
+
+def sql(where: str, *statements: str) -> None:
+    """Run statements in one transaction on the database at where, behind the store's back."""
+    engine = create_engine(as_url(where))
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.execute(text(statement))
+    engine.dispose()
 
 
 def child(code: str, *args) -> subprocess.Popen:
@@ -33,10 +61,10 @@ def child(code: str, *args) -> subprocess.Popen:
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def test_round_trip(db):
-    store = LabelStore(db)
+def test_round_trip(where, tmp_path):
+    store = LabelStore(where)
     a = store.add_candidate("decals", "J1", image=b"\xff\xd8jpeg", ra=188.7, dec=-1.25)
-    b = store.add_candidate("decals", "J2", path=db.parent / "J2.jpg")
+    b = store.add_candidate("decals", "J2", path=tmp_path / "J2.jpg")
     c = store.add_candidate("sdss", "row-17")
     assert store.unlabelled() == [a, b, c] and store.unlabelled("sdss") == [c]
 
@@ -47,11 +75,11 @@ def test_round_trip(db):
     store.add_label(b, "alice", not_a_galaxy=True)
     store.close()
 
-    store = LabelStore(f"sqlite:///{db}")  # the same file by URL, in a new engine
+    store = LabelStore(as_url(where))  # the same database by URL, in a new engine
     assert store.candidate(a) | {"added_at": None} == {
         "id": a, "source": "decals", "item_key": "J1", "image": b"\xff\xd8jpeg", "path": None,
         "ra": 188.7, "dec": -1.25, "added_at": None}
-    assert store.candidate(b)["path"] == str(db.parent / "J2.jpg")
+    assert store.candidate(b)["path"] == str(tmp_path / "J2.jpg")
     answers = store.answers(a)
     assert [(x["model"], x["probabilities"], x["ood_score"]) for x in answers] == [
         ("galaxy-b0", P, 0.25), ("galaxy-b2", P[::-1], None)]
@@ -69,8 +97,8 @@ def test_round_trip(db):
     assert store.counts() == {"candidates": 3, "labelled": 2, "labels": 3, "answers": 2}
 
 
-def test_add_candidate_is_idempotent(db):
-    store = LabelStore(db)
+def test_add_candidate_is_idempotent(where):
+    store = LabelStore(where)
     first = store.add_candidate("decals", "J1", ra=10.0, dec=5.0)
     assert store.add_candidate("decals", "J1") == first
     assert store.add_candidate("decals", "J1", ra=20.0) == first
@@ -79,8 +107,8 @@ def test_add_candidate_is_idempotent(db):
     assert store.counts()["candidates"] == 2
 
 
-def test_undo_last_deletes_only_that_labellers_latest(db):
-    store = LabelStore(db)
+def test_undo_last_deletes_only_that_labellers_latest(where):
+    store = LabelStore(where)
     cid = store.add_candidate("decals", "J1")
     first = store.add_label(cid, "alice", 2)
     second = store.add_label(cid, "alice", 3)
@@ -92,11 +120,16 @@ def test_undo_last_deletes_only_that_labellers_latest(db):
     assert store.add_label(cid, "alice", 6) > bobs  # an undone label's id is not reused
 
 
-@pytest.fixture(scope="module")
-def one_candidate(tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def one_candidate(request, tmp_path_factory):
     """A store holding one candidate and nothing else, shared by the refusal tests."""
-    store = LabelStore(tmp_path_factory.mktemp("refusals") / "labels.db")
-    return store, store.add_candidate("decals", "J1")
+    if request.param == "sqlite":
+        where = tmp_path_factory.mktemp("refusals") / "labels.db"
+    else:
+        where = request.getfixturevalue("postgres_server").create_database("refusals")
+    store = LabelStore(where)
+    yield store, store.add_candidate("decals", "J1")
+    store.close()
 
 
 @pytest.mark.parametrize("write, message", [
@@ -131,8 +164,8 @@ def test_bad_writes_are_refused_and_write_nothing(one_candidate, write, message)
     assert store.counts() == {"candidates": 1, "labelled": 0, "labels": 0, "answers": 0}
 
 
-def test_unsure_may_go_with_a_class_or_not_a_galaxy(db):
-    store = LabelStore(db)
+def test_unsure_may_go_with_a_class_or_not_a_galaxy(where):
+    store = LabelStore(where)
     cid = store.add_candidate("decals", "J1")
     store.add_label(cid, "alice", 0, unsure=True)
     store.add_label(cid, "alice", not_a_galaxy=True, unsure=True)
@@ -163,16 +196,45 @@ def foreign_db(path: Path, meta_app: str | None) -> bytes:
     return path.read_bytes()
 
 
-@pytest.mark.parametrize("meta_app, message", [
+FOREIGN = [
     (None, r"not a galaxy-morph label store: it has tables \['stars'\] but no label-store meta table"),
     ("star-catalogue", "not a galaxy-morph label store: its meta table names app 'star-catalogue'"),
-])
+]
+
+
+@pytest.mark.parametrize("meta_app, message", FOREIGN)
 def test_another_sqlite_database_is_refused_and_left_unchanged(db, meta_app, message):
     before = foreign_db(db, meta_app)
     with pytest.raises(StoreError, match=message):
         LabelStore(db)
     assert db.read_bytes() == before
     assert sorted(p.name for p in db.parent.iterdir()) == ["labels.db"]  # no -wal, no -journal left
+
+
+def postgresql_contents(url: str) -> dict:
+    """{name: rows} of every table, plus every relation (tables, sequences, indexes) by kind."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        names = inspect(conn).get_table_names()
+        got = {name: conn.execute(select(text("*")).select_from(table(name))).all() for name in names}
+        got["relations"] = conn.execute(text("SELECT relname, relkind FROM pg_class WHERE relnamespace = "
+                                             "'public'::regnamespace ORDER BY relname")).all()
+    engine.dispose()
+    return got
+
+
+@pytest.mark.parametrize("meta_app, message", FOREIGN)
+def test_another_postgresql_database_is_refused_and_left_unchanged(postgres_db, meta_app, message):
+    statements = ["CREATE TABLE stars (id SERIAL PRIMARY KEY, name TEXT)",
+                  "INSERT INTO stars (name) VALUES ('Vega'), ('Deneb')"]
+    if meta_app is not None:
+        statements += ["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                       f"INSERT INTO meta VALUES ('app', '{meta_app}'), ('schema_version', '1')"]
+    sql(postgres_db, *statements)
+    before = postgresql_contents(postgres_db)
+    with pytest.raises(StoreError, match=message):
+        LabelStore(postgres_db)
+    assert postgresql_contents(postgres_db) == before
 
 
 def test_a_file_that_is_not_sqlite_is_refused_and_left_unchanged(db):
@@ -192,33 +254,30 @@ def test_in_memory_sqlite_is_refused(url):
     assert issubclass(StoreError, ValueError)
 
 
-def test_a_newer_schema_is_refused(db):
-    LabelStore(db).close()
-    with sqlite3.connect(db) as raw:
-        raw.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    raw.close()
+def test_a_newer_schema_is_refused(where):
+    LabelStore(where).close()
+    sql(where, "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="schema version 2, newer than this code's 1"):
-        LabelStore(db)
+        LabelStore(where)
 
 
-def test_an_older_schema_is_migrated(db, monkeypatch):
-    LabelStore(db).close()
-    with sqlite3.connect(db) as raw:
-        raw.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
-    raw.close()
+def test_an_older_schema_is_migrated(where, monkeypatch):
+    LabelStore(where).close()
+    sql(where, "UPDATE meta SET value = '0' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="no migration from version 0"):
-        LabelStore(db)
+        LabelStore(where)
 
     def add_note(conn):
         conn.execute(text("ALTER TABLE labels ADD COLUMN note TEXT"))
 
     monkeypatch.setitem(store_module.MIGRATIONS, 0, add_note)
-    LabelStore(db).close()
-    with sqlite3.connect(db) as raw:
-        assert raw.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
-        assert "note" in [r[1] for r in raw.execute("PRAGMA table_info(labels)")]
-    raw.close()
-    LabelStore(db).close()  # version 1 now: opens without migrating again
+    LabelStore(where).close()
+    engine = create_engine(as_url(where))
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT value FROM meta WHERE key = 'schema_version'")) == "1"
+        assert "note" in [c["name"] for c in inspect(conn).get_columns("labels")]
+    engine.dispose()
+    LabelStore(where).close()  # version 1 now: opens without migrating again
 
 
 WRITER = """
@@ -251,6 +310,26 @@ def test_two_processes_writing_at_once_lose_nothing(db):
     assert [x["class_index"] for x in store.labels(labeller="bob")] == [i % 10 for i in range(100)]
 
 
+def test_two_stores_writing_at_once_on_postgresql_lose_nothing(postgres_db):
+    # Threads, not processes: each store has its own engine and connection, so the server sees two
+    # clients all the same, without two more interpreters to start. Both create the store too.
+    together = threading.Barrier(2)
+
+    def write(name: str) -> None:
+        together.wait()
+        store = LabelStore(postgres_db)
+        cid = store.add_candidate("decals", "J1")
+        for i in range(100):
+            store.add_label(cid, name, i % 10)
+        store.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(write, ["alice", "bob"]))
+    store = LabelStore(postgres_db)
+    assert store.counts() == {"candidates": 1, "labelled": 1, "labels": 200, "answers": 0}
+    assert [x["class_index"] for x in store.labels(labeller="bob")] == [i % 10 for i in range(100)]
+
+
 KILLED = """
 import sys
 from labelling.store import LabelStore
@@ -261,9 +340,9 @@ for i in range(1_000_000):
 """
 
 
-def test_a_killed_writer_loses_no_reported_commit(db):
-    cid = LabelStore(db).add_candidate("decals", "J1")
-    writer = child(KILLED, db, cid)
+def test_a_killed_writer_loses_no_reported_commit(where):
+    cid = LabelStore(where).add_candidate("decals", "J1")
+    writer = child(KILLED, where, cid)
     reported = []
     while len(reported) < 20:
         line = writer.stdout.readline()
@@ -277,11 +356,26 @@ def test_a_killed_writer_loses_no_reported_commit(db):
     for pipe in (writer.stdin, writer.stdout, writer.stderr):
         pipe.close()
 
-    store = LabelStore(db)
+    store = LabelStore(where)
     stored = {x["id"] for x in store.labels(labeller="killed")}
     assert set(reported) <= stored
     assert len(stored) - len(reported) <= 1  # at most the one it committed but had not printed yet
-    with store.engine.connect() as conn:
-        assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    if "://" not in where:
+        with store.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
     store.add_label(cid, "alice", 1)  # and it takes writes again
     assert store.counts()["labels"] == len(stored) + 1
+
+
+def test_undos_at_once_each_undo_a_different_label(where):
+    store = LabelStore(where)
+    cid = store.add_candidate("decals", "J1")
+    ids = [store.add_label(cid, "alice", i % 10) for i in range(40)]
+
+    def undo_20(tab: LabelStore) -> list[int]:
+        return [tab.undo_last("alice")["id"] for _ in range(20)]
+
+    tabs = [LabelStore(where) for _ in range(2)]  # two dashboard tabs: two engines, two connections
+    with ThreadPoolExecutor(2) as pool:
+        undone = sum(pool.map(undo_20, tabs), [])
+    assert sorted(undone) == ids and store.labels() == []

@@ -221,32 +221,6 @@ def test_register_outside_allowed_urls_refused(torchserve, url):
     assert "allowed" in r.json()["message"]
 
 
-def test_versions_register_set_default_rollback(torchserve):
-    from torchserve_ops.archive import build_model_archive
-    from torchserve_ops.versions import Management
-
-    mar = build_model_archive(torchserve.run_dir, "b0", torchserve.model_store, "2.0", versioned_name=True)
-    mgmt = Management(torchserve.management_url, torchserve.key_file)
-    mgmt.register(mar.name)
-    try:
-        assert {v["version"]: v["default"] for v in mgmt.versions("galaxy-b0")} == {"1.0": True, "2.0": False}
-        mgmt.set_default("galaxy-b0", "2.0")
-        assert mgmt.card("galaxy-b0")["version"] == "2.0"
-        data = synthetic_images()["rgb_jpeg"]
-        assert predict(torchserve, data, "galaxy-b0").json()["version"] == "2.0"
-        assert predict(torchserve, data, "galaxy-b0/1.0").json()["version"] == "1.0"
-        # the workflow keeps its own copy until it is rebuilt over the default versions
-        assert wfpredict(torchserve, data).json()["b0"]["version"] == "1.0"
-        assert mgmt.refresh_workflow(torchserve.model_store)["versions"] == {"b0": "2.0", "b2": "1.0"}
-        assert wfpredict(torchserve, data).json()["b0"]["version"] == "2.0"
-        assert mgmt.rollback("galaxy-b0") == "1.0"
-        assert predict(torchserve, data, "galaxy-b0").json()["version"] == "1.0"
-    finally:
-        mgmt.set_default("galaxy-b0", "1.0")
-        mgmt.unregister("galaxy-b0", "2.0")
-    assert [v["version"] for v in mgmt.versions("galaxy-b0")] == ["1.0"]
-
-
 def test_describe_returns_model_card(torchserve):
     r = requests.get(torchserve.management_url + "/models/galaxy-b2", params={"customized": "true"},
                      headers=torchserve.auth("management"), timeout=30)

@@ -124,6 +124,8 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, servi
                                         (report.get("per_class") or {}).items()}
         if "macro" in report:  # the evaluation report nests it: {"macro": {"precision", "recall", "f1"}}
             card["test"]["macro_f1"] = report["macro"]["f1"]
+        if report.get("held_out_labels"):  # training.retrain: this version and its parent on the same labels
+            card["held_out_labels"] = report["held_out_labels"]
     else:
         card["test"] = None
         card["note"] = "no evaluation report (RUN/M/report.json) when this archive was built"

@@ -4,6 +4,8 @@
     python -m torchserve_ops.versions register galaxy-b0-v2.0.mar [--workers 1]
     python -m torchserve_ops.versions set-default galaxy-b0 2.0
     python -m torchserve_ops.versions rollback galaxy-b0 [--to 1.0]
+    python -m torchserve_ops.versions promote 1.1 [--models galaxy-b0 ...]   # + refresh-workflow
+    python -m torchserve_ops.versions rollback --all [--to 1.0]               # + refresh-workflow
     python -m torchserve_ops.versions unregister galaxy-b0 2.0
     python -m torchserve_ops.versions refresh-workflow [--store model_store]
 
@@ -44,7 +46,11 @@ class VersionError(RuntimeError):
 class Management:
     """Version handling on top of the project's TorchServe client (management key from the key file)."""
 
-    def __init__(self, url: str, key_file: str | os.PathLike):
+    def __init__(self, url: str | None = None, key_file: str | os.PathLike | None = None,
+                 client: TorchServeClient | None = None):
+        if client is not None:  # the dashboard's own
+            self.client = client
+            return
         if not Path(key_file).is_file():
             raise VersionError(f"no key file at {key_file}: is TorchServe running (make serve)?")
         self.client = TorchServeClient(management_url=url, key_file=key_file)
@@ -70,12 +76,45 @@ class Management:
         versions = self.versions(name)
         current = next(v["version"] for v in versions if v["default"])
         if to is None:
-            older = sorted((v["version"] for v in versions if _key(v["version"]) < _key(current)), key=_key)
+            older = sorted((v["version"] for v in versions if version_key(v["version"]) < version_key(current)),
+                           key=version_key)
             if not older:
                 raise VersionError(f"{name}: no version older than the default {current}")
             to = older[-1]
         self.set_default(name, to)
         return to
+
+    def promote(self, version: str, store: str | os.PathLike, names: list[str] | None = None) -> dict:
+        """Make `version` the default of each model in `names` (default: every member of the store's
+        workflow that has that version registered), then rebuild the workflow over the defaults."""
+        names = names or [n for n in (served_name(m) for m in members(store))
+                          if version in {v["version"] for v in self.versions(n)}]
+        if not names:
+            raise VersionError(f"no model of the ensemble has a version {version} registered")
+        for name in names:
+            self.set_default(name, version)
+        self._refresh_if_served(store)
+        return {name: version for name in names}
+
+    def rollback_all(self, store: str | os.PathLike, to: str | None = None) -> dict:
+        """rollback() every member of the store's workflow that has an older version, then rebuild
+        the workflow over the defaults."""
+        done = {}
+        for name in (served_name(m) for m in members(store)):
+            if to is not None and to not in {v["version"] for v in self.versions(name)}:
+                continue
+            try:
+                done[name] = self.rollback(name, to)
+            except VersionError:
+                continue  # nothing older: it stays
+        if not done:
+            raise VersionError("no model of the ensemble has a version older than its default")
+        self._refresh_if_served(store)
+        return done
+
+    def _refresh_if_served(self, store) -> None:
+        if any(w["workflowName"] == WORKFLOW_NAME for w in self.client.list_workflows()):
+            self.refresh_workflow(store)
 
     def card(self, name: str) -> dict:
         return self.client.describe(name)[0].get("customizedMetadata") or {}
@@ -96,7 +135,8 @@ class Management:
         return {"workflow": name, "models": urls, "versions": versions}
 
 
-def _key(version: str):
+def version_key(version: str):
+    """Sort key of a version string: 1.10 after 1.9."""
     return tuple(int(p) if p.isdigit() else p for p in str(version).replace("-", ".").split("."))
 
 
@@ -114,8 +154,14 @@ def main(argv=None):
     p.add_argument("name")
     p.add_argument("version")
     p = sub.add_parser("rollback", help="default back to the previous version")
-    p.add_argument("name")
+    p.add_argument("name", nargs="?", help="a model, or --all")
+    p.add_argument("--all", action="store_true", help="every model of the ensemble, then refresh-workflow")
     p.add_argument("--to", default=None)
+    p.add_argument("--store", default=str(REPO / "model_store"))
+    p = sub.add_parser("promote", help="a version the default of every model that has it, then refresh-workflow")
+    p.add_argument("version")
+    p.add_argument("--models", nargs="*", default=None, help="default: the ensemble's models with that version")
+    p.add_argument("--store", default=str(REPO / "model_store"))
     p = sub.add_parser("unregister", help="remove one version")
     p.add_argument("name")
     p.add_argument("version")
@@ -133,8 +179,16 @@ def main(argv=None):
             print(mgmt.register(args.file, args.workers)["status"])
         elif args.command == "set-default":
             print(mgmt.set_default(args.name, args.version)["status"])
+        elif args.command == "rollback" and args.all:
+            for name, v in mgmt.rollback_all(args.store, args.to).items():
+                print(f"{name}: default is now {v}")
         elif args.command == "rollback":
+            if not args.name:
+                ap.error("rollback: name a model, or --all")
             print(f"{args.name}: default is now {mgmt.rollback(args.name, args.to)}")
+        elif args.command == "promote":
+            for name, v in mgmt.promote(args.version, args.store, args.models).items():
+                print(f"{name}: default is now {v}")
         elif args.command == "unregister":
             print(mgmt.unregister(args.name, args.version)["status"])
         elif args.command == "refresh-workflow":

@@ -137,20 +137,21 @@ def archives_are_current(run: Path, store: Path, models: list[str], version, ver
         path = store / name
         if not path.is_file() or path.stat().st_size != seen["size"] or path.stat().st_mtime_ns != seen["mtime_ns"]:
             return False
-    newest_input = max((run / m / "model.pt").stat().st_mtime for m in models)
-    newest_input = max(newest_input, (run / "report.json").stat().st_mtime)
-    return stamp["built_at"] >= newest_input
+    inputs = [run / m / f for m in models for f in ("model.pt", "report.json")] + [run / "report.json"]
+    return stamp["built_at"] >= max(p.stat().st_mtime for p in inputs if p.is_file())
 
 
-def build_archives(run: Path, store: Path, models: list[str], version, versioned_name=False) -> list[str]:
-    """torchserve_ops.archive's CLI; returns the archive file names it wrote (also into RUN/archives.json)."""
+def build_archives(run: Path, store: Path, models: list[str], version, versioned_name=False,
+                   workflow=True) -> list[str]:
+    """torchserve_ops.archive's CLI; returns the archive file names it wrote (also into RUN/archives.json).
+    workflow=False: the model archives only (a new version beside the served workflow's)."""
     cmd = [sys.executable, "-m", "torchserve_ops.archive", "--run", str(run), "--store", str(store)]
     if version:
         cmd += ["--version", version]
     if versioned_name:
         cmd.append("--versioned-name")
     cmd += ["--models", ",".join(models)]
-    if len(models) < 2:
+    if len(models) < 2 or not workflow:
         cmd.append("--no-workflow")  # an ensemble needs two or more models
     before = {p.name: p.stat().st_mtime_ns for p in store.glob("*") if p.is_file()} if store.is_dir() else {}
     r = subprocess.run(cmd, capture_output=True, text=True)

@@ -1,12 +1,19 @@
 """Model card page: what the server really runs, from the describe API (?customized=true)."""
+import os
+from pathlib import Path
+
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import card_views, common
+from dashboard import card_views, common, views
+from torchserve_ops.versions import Management, version_key
 
 st.title("Model card")
 s = common.settings()
+STORE = Path(os.environ.get("TS_MODEL_STORE") or views.MODEL_STORE)  # where promote rebuilds the ensemble
+if flash := st.session_state.pop("card_flash", None):
+    st.success(flash, icon=":material/check_circle:")
 
 with common.guard():
     descs, defaults = common.descriptions(s["management_url"])
@@ -41,6 +48,56 @@ c.metric("Macro F1", f"{macro:.3f}" if isinstance(macro, (int, float)) else "n/a
 d.metric("Trained", str(date)[:10] if date else "n/a", help=str(date) if date else None)
 if info["note"]:
     st.caption(info["note"])
+
+held = card_views.held_out_frame(card)
+if held is not None:
+    h = card["held_out_labels"]
+    st.subheader("Before and after retraining, on the same held-out labels")
+    st.caption(f"{h.get('n')} galaxies labelled in {h.get('labels')} that neither version trained on "
+               f"(training.retrain; one galaxy is {1 / max(1, h.get('n') or 1):.0%} of the accuracy).")
+    st.dataframe(held, hide_index=True, column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                                       for c in held.columns[1:]})
+
+if len(versions) > 1:
+    st.subheader("Versions side by side")
+    cards = {}
+    for v in versions:
+        with common.guard(stop=False):
+            cards[v] = card_views.card_of(common.card(s["management_url"], model, v))
+    st.dataframe(card_views.versions_frame(cards, defaults.get(model)), hide_index=True,
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("accuracy", "macro F1")})
+    if version != defaults.get(model):
+        pending = st.session_state.get("promote_pending")
+        if pending != version:
+            if st.button(f"Make {version} the default...", key="promote_ask"):
+                st.session_state["promote_pending"] = version
+                st.rerun()
+        else:
+            st.warning(f"Make **{version}** the default of every model that has it, and rebuild the ensemble "
+                       f"over it? Requests without a version are answered by {version} from now on; "
+                       "`scripts/versions.sh rollback --all` (or the button that then shows here) goes back.",
+                       icon=":material/warning:")
+            yes, no = st.columns(2)
+            if yes.button(f"Yes, promote {version}", type="primary", key="promote_yes"):
+                st.session_state.pop("promote_pending", None)
+                with st.spinner(f"Promoting {version}..."), common.guard():
+                    done = Management(client=common.client()).promote(version, STORE)
+                st.session_state["card_flash"] = f"{', '.join(done)}: default is now {version}"
+                common.descriptions.clear()
+                common.card.clear()
+                st.rerun()
+            if no.button("Cancel", key="promote_no"):
+                st.session_state.pop("promote_pending", None)
+                st.rerun()
+    elif any(version_key(v) < version_key(version) for v in versions):
+        if st.button(f"Roll back from {version}", key="rollback_go",
+                     help="Every model of the ensemble back to its previous version, and the ensemble with them"):
+            with st.spinner("Rolling back..."), common.guard():
+                done = Management(client=common.client()).rollback_all(STORE)
+            st.session_state["card_flash"] = ", ".join(f"{m}: default is now {v}" for m, v in done.items())
+            common.descriptions.clear()
+            common.card.clear()
+            st.rerun()
 
 st.subheader("Training data")
 if isinstance(data, dict) and data:

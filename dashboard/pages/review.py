@@ -18,12 +18,14 @@ except StoreError as e:
     st.stop()
 
 with st.sidebar:
-    labeller = st.text_input("Your name", value=st.session_state.get("labeller", ""), key="labeller",
-                             help="Every label records who gave it")
+    labeller = st.text_input("Your name", key="labeller", help="Every label records who gave it",
+                             value=st.session_state.get("labeller", rv.proxy_user(st.context.headers)))
     score = st.selectbox("Queue order", SCORE_NAMES, key="review_score",
                          help="entropy / margin of the ensemble, B0-B2 disagreement, BALD over MC-dropout "
                               "passes, or random (the baseline)")
     unsure = st.toggle("Unsure", key="review_unsure", help="Mark the next label as a guess")
+    show_cam = st.toggle("Show Grad-CAM", value=True, key="review_cam",
+                         help="Where each served model looked for the class of its answer (explanations API)")
 
 done = rv.progress(store)
 c1, c2 = st.columns(2)
@@ -60,14 +62,17 @@ if found is None:
 else:
     cid, value = found
     cand = store.candidate(cid)
+    answers = rv.model_answers(store, cid)
     left, right = st.columns([1, 2], gap="large")
     try:
-        left.image(decode_image(cand["image"]), caption=f"{cand['item_key']} ({cand['source']})", width="stretch")
+        shown = decode_image(cand["image"])
+        left.image(shown, caption=f"{cand['item_key']} ({cand['source']})", width="stretch")
     except (ImageError, TypeError) as e:
+        shown = None
         left.warning(f"cannot show this image: {e}")
     with right:
         st.caption(f"galaxy {cid} · {score} {value:.3f}")
-        st.dataframe(pd.DataFrame(rv.model_answers(store, cid)), hide_index=True,
+        st.dataframe(pd.DataFrame(answers), hide_index=True,
                      column_config={"confidence": st.column_config.ProgressColumn(
                          "confidence", min_value=0.0, max_value=1.0, format="percent")})
         cols = st.columns(2)
@@ -79,6 +84,16 @@ else:
         b.button("Undo (u)", on_click=act, args=("u", cid), shortcut="u", key="undo", width="stretch")
         c.button("Not a galaxy (n)", on_click=act, args=("n", cid), shortcut="n", key="not_galaxy",
                  width="stretch")
+    if show_cam and shown is not None:  # after the buttons, so that they show while it computes
+        url = common.settings()["inference_url"]
+        with left:
+            panels = rv.gradcam_panels(lambda m, data, target: common.explain(url, m, data, target),
+                                       shown, cand["image"], answers)
+            for col, panel in zip(st.columns(len(panels)), panels):
+                if panel["image"] is None:
+                    col.caption(panel["caption"])
+                else:
+                    col.image(panel["image"], caption=panel["caption"], width="stretch")
 
 agree = rv.agreement_frame(store)
 if len(agree):
