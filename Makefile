@@ -46,7 +46,8 @@ help:
 	@echo "make classify INPUT=positions.csv OUT=catalog.fits [CUTOUT_URL=.../cutout.fits] [RA_COL=RAJ2000]"
 	@echo "make predict INPUT=... OUT=catalog.csv|.parquet [MODEL=ensemble|b0|b2] [RAY_ADDRESS=...]   offline, on Ray"
 	@echo "                  [EMBEDDINGS=1] (Parquet) each model's embedding; make similar QUERY=img.jpg [INDEX=...]"
-	@echo "make queue INPUT=dir|file.h5 [LABELS=runs/labels/labels.db] [MC=20]   galaxies for the Review page"
+	@echo "make queue INPUT=dir|file.h5|positions.csv [LABELS=runs/labels/labels.db] [MC=20]   galaxies for the Review page"
+	@echo "make queue INPUT=catalog.csv IMAGES=dir [TOP=1000]   a make classify/predict output's least certain rows"
 	@echo "make retrain LABELS=runs/labels/labels.db FROM=checkpoints/demo [VERSION=1.1] [MIX=original.h5] [EPOCHS=5]"
 	@echo "                  fine-tune on your labels, compare, register next to the served version"
 
@@ -166,11 +167,15 @@ predict: setup
 		$(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) \
 		$(if $(filter-out 0,$(EMBEDDINGS)),--embeddings)
 
-# Queue images for the dashboard's Review page (labels in LABELS, a SQLite file or SQLAlchemy URL)
+# Queue images for the dashboard's Review page (labels in LABELS, a SQLite file or SQLAlchemy URL): a folder,
+# an HDF5 file, a table of sky positions (cutouts), or a catalogue of make classify/predict with IMAGES= its input
 LABELS ?= runs/labels/labels.db
 queue: setup
 	$(PY) -m labelling.queue add --store "$(LABELS)" --input "$(INPUT)" $(if $(MC),--mc-passes $(MC)) \
-		$(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(SOURCE),--source "$(SOURCE)")
+		$(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(SOURCE),--source "$(SOURCE)") \
+		$(if $(IMAGES),--images "$(IMAGES)") $(if $(TOP),--top $(TOP)) \
+		$(if $(CUTOUT_URL),--cutout-url "$(CUTOUT_URL)") $(if $(CUTOUT_CACHE),--cache-dir "$(CUTOUT_CACHE)") \
+		$(if $(RA_COL),--ra-col "$(RA_COL)") $(if $(DEC_COL),--dec-col "$(DEC_COL)") $(if $(ID_COL),--id-col "$(ID_COL)")
 
 # Fine-tune FROM on the labels, compare on held-out labels, archive and register as the next version
 # (not the default: scripts/versions.sh promote VERSION, or the Model card page). See training/retrain.py.

@@ -2,10 +2,13 @@
 label from a key.
 
 The store is labelling.store.LabelStore at $GALAXY_LABELS (default runs/labels/labels.db), filled
-by `python -m labelling.queue add`; the order is labelling.queue.ranked.
+by `python -m labelling.queue add` and by the Classify page's uploads (queue_upload); the order
+is labelling.queue.ranked.
 """
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from dashboard import views
 from galaxy_morph.answers import MODEL_NAMES
 from galaxy_morph.specs import GALAXY10_CLASSES
 from labelling.queue import ranked
+from labelling.store import StoreError, probability_list
 from torchserve_ops.client import ServerError, ServerTimeout, ServerUnavailable, TorchServeError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,3 +120,70 @@ def gradcam_panels(explain, image, data: bytes, answers: list[dict]) -> list[dic
                        "caption": f"Grad-CAM {m} for {e.get('target_name', '?')}" if shown is not None
                        else f"No Grad-CAM from {m}: {why}"})
     return panels
+
+
+UPLOAD_SOURCE = "dashboard-upload"
+
+
+def upload_key(name: str, data: bytes) -> str:
+    """The item_key of an upload: its file name and a short hash of its bytes, so that the same
+    bytes are one candidate and two files with the same name are two."""
+    return f"{name or 'upload'}#{hashlib.sha256(data).hexdigest()[:12]}"
+
+
+def served_answers(answers) -> dict[str, dict]:
+    """{served model name: answer} for B0 and B2 from what the Classify page got: one answer or a
+    list of them, each a workflow answer (its members under "b0", "b2") or one model's answer."""
+    found = {}
+    for a in [answers] if isinstance(answers, dict) else list(answers or []):
+        if not isinstance(a, dict):
+            continue
+        if a.get("model") in MODEL_NAMES.values():
+            found[a["model"]] = a
+        for spec, name in MODEL_NAMES.items():
+            if isinstance(a.get(spec), dict):
+                found[name] = a[spec]  # a member's "model" is the workflow's node (galaxy-ensemble__b0)
+    return found
+
+
+def _checked(model: str, answer) -> tuple[str, list[float], float | None]:
+    """(version, probabilities in GALAXY10_CLASSES order, ood score) of an answer, or StoreError."""
+    if not isinstance(answer, dict):
+        raise StoreError(f"{model}'s answer is not an answer: {answer!r}")
+    version = answer.get("version")
+    if not isinstance(version, str) or not version.strip():
+        raise StoreError(f"{model}'s answer has no version")
+    try:
+        probabilities = probability_list(answer.get("probabilities") or ())
+    except StoreError as e:
+        raise StoreError(f"{model}'s answer: {e}") from None
+    ood = answer.get("ood_score")
+    if ood is not None and not (isinstance(ood, (int, float)) and math.isfinite(ood)):
+        raise StoreError(f"{model}'s answer has an unreadable ood_score {ood!r}")
+    return version, probabilities, ood
+
+
+def queue_upload(store, name: str, data: bytes, answers, ask=None) -> tuple[int, bool]:
+    """Store an uploaded image as a candidate of the review queue (source UPLOAD_SOURCE, item_key
+    upload_key) with B0's and B2's answers; returns (candidate id, whether it was added now).
+
+    `answers` is what the page got from the server (served_answers); `ask(model)` answers for a
+    model that is not among them (common.predict), and is not called when both are. A candidate
+    already stored with both answers is left as it is. A bad answer raises StoreError before
+    anything is written: a candidate without both answers would stop labelling.queue.ranked."""
+    if not data:
+        raise StoreError(f"{name}: empty image")
+    found = served_answers(answers)
+    checked = {}
+    for model in MODEL_NAMES.values():
+        if model not in found and ask is not None:
+            found[model] = ask(model)
+        if model not in found:
+            raise StoreError(f"no {model} answer for {name}: the queue ranks by both models")
+        checked[model] = _checked(model, found[model])
+    cid = store.add_candidate(UPLOAD_SOURCE, upload_key(name, data), image=data)
+    have = {a["model"] for a in store.answers(cid)}
+    missing = [m for m in MODEL_NAMES.values() if m not in have]
+    for model in missing:
+        store.add_answer(cid, model, *checked[model])
+    return cid, bool(missing)

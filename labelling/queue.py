@@ -2,9 +2,14 @@
 
     python -m labelling.queue add --store labels.db --input cutouts/ [--source survey] [--run checkpoints/demo]
     python -m labelling.queue add --store labels.db --input survey.h5 --mc-passes 20
+    python -m labelling.queue add --store labels.db --input positions.csv [--cutout-url ...]   # cutouts
+    python -m labelling.queue add --store labels.db --input catalog.csv --images cutouts/ --top 500
     python -m labelling.queue list --store labels.db [--score entropy|margin|disagreement|bald|random] [--k 20]
 
-`add` classifies each image in-process with the served checkpoints (prediction.classifier, the
+`add` reads the images as `make classify` does (a folder, an HDF5 file, or a table of sky positions
+whose cutouts are downloaded and cached); from a `make classify` / `make predict` catalogue it
+takes the --top rows whose answers have the highest entropy and reads those from --images. It
+classifies each image in-process with the served checkpoints (prediction.classifier, the
 server's own steps) and stores the galaxy (its image bytes), B0's and B2's answers and, with
 --mc-passes N, N MC-dropout passes of B0 (stored as answers of model "galaxy-b0/mc"). `list` and
 `ranked()` order the unlabelled galaxies by an acquisition score (labelling.acquisition) computed
@@ -14,7 +19,6 @@ the MC passes, or random (the baseline). Exit status 0, or 1 with a message.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -24,45 +28,95 @@ import torch
 from galaxy_morph.answers import MODEL_NAMES
 from galaxy_morph.models import mc_dropout_probabilities
 from labelling import acquisition
+from galaxy_morph.specs import GALAXY10_CLASSES
 from labelling.store import LabelStore, StoreError
-from survey.inputs import H5_SUFFIXES, IMAGE_SUFFIXES
+from survey.cutouts import add_cutout_arguments, fetcher_from_args
+from survey.inputs import InputError, open_input
+from survey.positions import PositionsError, read_positions, table_format
 
 MC_MODEL = f"{MODEL_NAMES['b0']}/mc"  # the answers that are MC-dropout passes of B0
 SCORE_NAMES = ("entropy", "margin", "disagreement", "bald", "random")
 
 
-def read_inputs(path: str | Path) -> list[tuple[str, bytes]]:
-    """(key, image bytes) from a folder of images or a Galaxy10-schema HDF5 file (rows as PNG)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise StoreError(f"no JPEG, PNG or FITS images in {path}")
-        return [(p.name, p.read_bytes()) for p in files]
-    if path.suffix.lower() in H5_SUFFIXES:
-        import h5py
-        from PIL import Image
+def read_catalogue(path: Path):
+    """A `make classify` / `make predict` output (CSV or Parquet with every class's probability
+    column and an id), as a DataFrame; None for any other table."""
+    import pandas as pd
 
-        out = []
-        with h5py.File(path, "r") as f:
-            for i, row in enumerate(f["images"]):
-                buf = io.BytesIO()
-                Image.fromarray(np.asarray(row, dtype=np.uint8)).save(buf, "PNG")
-                out.append((str(i), buf.getvalue()))
-        return out
-    raise StoreError(f"{path}: give a folder of images or a Galaxy10 HDF5 file")
+    if path.suffix.lower() == ".parquet":
+        df = pd.read_parquet(path)
+    elif path.suffix.lower() == ".csv":
+        df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=[""])
+    else:
+        return None
+    return df if {"id", *GALAXY10_CLASSES} <= set(df.columns) else None
+
+
+def least_certain(catalogue, k: int) -> list[str]:
+    """The ids of the k answered rows of a catalogue whose probabilities have the highest entropy."""
+    answered = catalogue.dropna(subset=list(GALAXY10_CLASSES))
+    if "error" in answered:
+        answered = answered[answered["error"].fillna("").astype(str) == ""]
+    p = answered[list(GALAXY10_CLASSES)].to_numpy(np.float64)
+    order = acquisition.rank(acquisition.entropy(p))[:k]
+    return [str(answered["id"].iloc[i]) for i in order]
+
+
+def read_inputs(path: str | Path, images: str | Path | None = None, top: int = 1000, fetcher=None,
+                columns: dict | None = None) -> tuple[list[tuple[str, bytes]], list[str], dict]:
+    """(key, image bytes) items, refusals ("key: why") and {key: (ra, dec)} from a folder of images,
+    a Galaxy10-schema HDF5 file (rows as PNG), a table of sky positions (cutouts fetched by
+    `fetcher`, survey.cutouts), or a catalogue of `make classify` / `make predict` whose `top` least
+    certain rows are read from `images`, the input it was made from."""
+    path = Path(path)
+    wanted, positions = None, {}
+    if path.is_file() and (catalogue := read_catalogue(path)) is not None:
+        if images is None:
+            raise StoreError(f"{path} is a catalogue of answers: give the images it was made from "
+                             "(--images folder, HDF5 file or positions table)")
+        wanted = least_certain(catalogue, top)
+        path = Path(images)
+    elif images is not None:
+        raise StoreError(f"--images is for a catalogue input; {path} is not one (no id and class columns)")
+    if table_format(path) and path.is_file():
+        try:
+            positions = {p.id: (p.ra, p.dec) for p in read_positions(path, **(columns or {}))}
+        except PositionsError as e:
+            raise StoreError(str(e)) from None
+    try:
+        stream, _ = open_input(path, fetcher=fetcher, columns=columns)
+    except InputError as e:
+        raise StoreError(str(e)) from None
+    rank = None if wanted is None else {k: i for i, k in enumerate(wanted)}
+    items, refused, seen = [], [], set()
+    for item in stream:
+        if rank is not None and item.id not in rank:
+            continue
+        seen.add(item.id)
+        try:
+            items.append((item.id, item.load()))
+        except OSError as e:  # a cutout outside the footprint, a download that failed
+            refused.append(f"{item.id}: {e}")
+    if rank is not None:
+        refused += [f"{k}: in the catalogue but not in {path}" for k in wanted if k not in seen]
+        items.sort(key=lambda it: rank[it[0]])
+    if not items and not refused:
+        raise StoreError(f"no images in {path}")
+    return items, refused, positions
 
 
 def add_images(store: LabelStore, items: list[tuple[str, bytes]], source: str, classifier,
-               mc_passes: int = 0) -> dict:
-    """Classify and queue (key, bytes) items; returns {"added", "refused"}."""
+               mc_passes: int = 0, positions: dict | None = None) -> dict:
+    """Classify and queue (key, bytes) items (at ra, dec = positions[key] where given); returns
+    {"added", "refused"}."""
     answers = classifier.classify([b for _, b in items], embeddings=bool(mc_passes))
     added, refused = 0, []
     for (key, data), answer in zip(items, answers):
         if not isinstance(answer, dict):
             refused.append(f"{key}: {answer}")
             continue
-        cid = store.add_candidate(source, key, image=data)
+        ra, dec = (positions or {}).get(key, (None, None))
+        cid = store.add_candidate(source, key, image=data, ra=ra, dec=dec)
         for m in ("b0", "b2"):
             a = answer[m]
             store.add_answer(cid, a["model"], a["version"], a["probabilities"], a.get("ood_score"))
@@ -126,10 +180,16 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     a = sub.add_parser("add", help="classify images and queue them for review")
     a.add_argument("--store", required=True, help="SQLite file or SQLAlchemy URL")
-    a.add_argument("--input", required=True, help="folder of images or Galaxy10 HDF5 file")
+    a.add_argument("--input", required=True, help="folder of images, Galaxy10 HDF5 file, table of sky positions, "
+                                                  "or a make classify / make predict catalogue (with --images)")
+    a.add_argument("--images", default=None, help="with a catalogue input: the folder, HDF5 file or positions "
+                                                  "table it was made from")
+    a.add_argument("--top", type=int, default=1000,
+                   help="with a catalogue input: queue its N least certain rows (default 1000)")
     a.add_argument("--source", default=None, help="name of this batch (default: the input's name)")
     a.add_argument("--run", default=None, help="checkpoints (default checkpoints/demo)")
     a.add_argument("--mc-passes", type=int, default=0, help="MC-dropout passes of B0, for BALD (e.g. 20)")
+    add_cutout_arguments(a)
     ls = sub.add_parser("list", help="the queue, best to label first")
     ls.add_argument("--store", required=True)
     ls.add_argument("--score", default="entropy", choices=SCORE_NAMES)
@@ -144,11 +204,15 @@ def main(argv=None) -> int:
 
             if not 0 <= args.mc_passes <= 64:
                 raise StoreError("--mc-passes must be 0..64")
+            if args.top < 1:
+                raise StoreError("--top must be 1 or more")
+            columns = {"ra_col": args.ra_col, "dec_col": args.dec_col, "id_col": args.id_col}
+            fetcher = fetcher_from_args(args) if table_format(args.images or args.input) else None
+            items, refused, positions = read_inputs(args.input, args.images, args.top, fetcher, columns)
             bundle = CheckpointBundle.from_run(Path(args.run) if args.run else default_run(), ENSEMBLE)
             clf = BatchClassifier(bundle, ENSEMBLE, device="cpu")
-            result = add_images(store, read_inputs(args.input), args.source or Path(args.input).name, clf,
-                                args.mc_passes)
-            for r in result["refused"]:
+            result = add_images(store, items, args.source or Path(args.input).name, clf, args.mc_passes, positions)
+            for r in refused + result["refused"]:
                 print(f"refused {r}", file=sys.stderr)
             print(f"queued {result['added']} galaxies; {store.counts()['candidates']} in {args.store}")
             return 0

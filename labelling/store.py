@@ -197,7 +197,7 @@ def _class(label) -> tuple[int, str]:
     return index, GALAXY10_CLASSES[index]
 
 
-def _probabilities(p) -> list[float]:
+def probability_list(p) -> list[float]:
     """A list in GALAXY10_CLASSES order from a sequence or a {class name: p} mapping (the served
     answer's "probabilities")."""
     if isinstance(p, Mapping):
@@ -338,7 +338,7 @@ class LabelStore:
         """Store a model's answer for a candidate; returns the answer's id."""
         row = {"candidate_id": candidate_id, "model": _text(model, "model"),
                "version": _text(version, "version"),
-               "probabilities": json.dumps(_probabilities(probabilities)),
+               "probabilities": json.dumps(probability_list(probabilities)),
                "ood_score": _number(ood_score, "ood_score"), "created_at": _now()}
         with self._writer.begin() as conn:
             self._require_candidate(conn, candidate_id)

@@ -58,6 +58,8 @@ from training.pipeline import Progress, archives_are_current, build_archives, re
 HELD_OUT, VAL = 0.25, 0.15  # of the labelled galaxies, by hash
 MIN_LABELS = 10  # fewer and the held-out part is a handful of galaxies or none
 LR_FACTOR = 0.1  # fine-tuning: a tenth of the spec's from-scratch learning rate
+EPOCHS = 5
+BATCH_SIZE = 16  # a few hundred labels at the spec's 64 a batch are a handful of steps an epoch
 DEFAULT_SIZE = 256  # Galaxy10 DECaLS' cutouts
 EXPORT, EXPORT_STAMP, REPORT = "labels.h5", "export.json", "retrain.json"
 
@@ -70,7 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--version", default=None, help="the new version (default: FROM's one minor step up)")
     p.add_argument("--out", default=None, help="default: runs/retrain/VERSION")
     p.add_argument("--models", default=None, help="comma-separated (default: every model in FROM)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--lr-factor", type=float, default=LR_FACTOR, help="times the spec's learning rate")
     p.add_argument("--mix", default=None, help="the original training file (Galaxy10 HDF5), mixed into train")
     p.add_argument("--mix-rows", type=int, default=None,
                    help="rows of --mix added to train (default: 4 per training label, at most the file)")
@@ -181,7 +185,8 @@ def fine_tune(args, m: str, out: Path, state: str) -> dict:
     spec = get_spec(m)
     argv = ["--model", m, "--data", str(out / EXPORT), "--out", str(out / m), "--split", str(out / tr.SPLIT_FILE),
             "--weights", str(Path(args.source) / m / "model.pt"), "--epochs", str(args.epochs),
-            "--t-max", str(args.epochs), "--lr", str(spec.lr * LR_FACTOR), "--version", args.version,
+            "--t-max", str(args.epochs), "--lr", str(spec.lr * args.lr_factor), "--batch-size", str(args.batch_size),
+            "--version", args.version,
             "--seed", str(args.seed), "--workers", "0"]
     if parent["spec"]["resize"] != spec.resize:  # FROM trained at another input size: keep it
         argv += ["--input-size", str(parent["spec"]["resize"])]
@@ -196,8 +201,16 @@ def fine_tune(args, m: str, out: Path, state: str) -> dict:
     return result
 
 
-def training_state(folder: Path, sha: str, epochs: int) -> str:
+def training_state(folder: Path, sha: str, args) -> str:
+    """'done', 'resume' or 'new'; DataError when the folder was fine-tuned with other settings."""
     meta, history = read_json(folder / "meta.json"), read_json(folder / "history.json") or []
+    epochs = args.epochs
+    if meta is not None:
+        hp = meta.get("hparams") or {}
+        wanted = {"epochs": epochs, "lr": get_spec(folder.name).lr * args.lr_factor, "batch_size": args.batch_size}
+        if {k: hp.get(k) for k in wanted} != wanted:
+            raise DataError(f"{folder} was fine-tuned with {({k: hp.get(k) for k in wanted})}, not {wanted}: "
+                            "choose another --version or --out")
     if meta is not None and meta["data"]["sha256"] == sha and len(history) >= epochs:
         return "done"
     last = folder / tr.LAST_FILE
@@ -344,7 +357,7 @@ def retrain(args) -> dict:
     # 2. Fine-tune every model from FROM.
     said = []
     for m in models:
-        state, t0 = training_state(out / m, stamp["sha256"], args.epochs), time.time()
+        state, t0 = training_state(out / m, stamp["sha256"], args), time.time()
         if state == "done":
             said.append(f"{m} done already: skipped")
         else:

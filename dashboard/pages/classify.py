@@ -1,15 +1,17 @@
 """Classify page: upload images (JPEG, PNG, g,r,z FITS), pick real Galaxy10 DECaLS samples, or type a
-sky position whose Legacy Surveys cutout is fetched (survey.cutouts); B0, B2 or the ensemble."""
+sky position whose Legacy Surveys cutout is fetched (survey.cutouts); B0, B2 or the ensemble. An
+upload, once classified, can be added to the review queue with the answers it got."""
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from dashboard import common, views
+from dashboard import common, review_views as rv, views
 from survey import cutouts
 from galaxy_morph.answers import MODEL_NAMES
 from galaxy_morph.imaging import ImageError, decode_image
 from galaxy_morph.specs import ALL_SPECS
+from labelling.store import StoreError
 from torchserve_ops.client import TorchServeError
 
 st.title("Classify a galaxy")
@@ -84,8 +86,36 @@ def similar(result: dict) -> None:
         st.dataframe(pd.DataFrame(rows).drop(columns=["path"]), hide_index=True)
 
 
+queued = st.session_state.setdefault("classify_queued", {})  # upload_key -> candidate id
+queue_notes = st.session_state.setdefault("classify_queue_notes", {})  # upload_key -> (kind, text)
+
+
+def add_to_queue(name: str, data: bytes, result: dict) -> None:
+    """The button's callback: the upload and the answers at hand into the label store; the other
+    model's answer is asked for (cached) when only one model was."""
+    key = rv.upload_key(name, data)
+
+    def ask(other: str) -> dict:
+        return common.predict(common.settings()["inference_url"], other, "model", data, None)
+
+    try:
+        store = common.label_store(rv.store_location())
+        cid, added = rv.queue_upload(store, name, data, result, ask=ask)
+        size = rv.progress(store)["queued"]
+    except StoreError as e:
+        queue_notes[key] = ("error", f"{name} was not queued: {e}")
+        return
+    except TorchServeError as e:
+        queue_notes[key] = ("error", f"{name} was not queued: {common.message(e)}")
+        return
+    queued[key] = cid
+    waiting = f"{size} galax{'y' if size == 1 else 'ies'} waiting for a label"
+    queue_notes[key] = ("success", f"Added {name} to the review queue ({waiting})." if added
+                        else f"{name} was already in the review queue ({waiting}).")
+
+
 s = common.settings()
-for name, data in images:
+for i, (name, data) in enumerate(images):
     st.divider()
     left, right = st.columns([1, 2], gap="large")
     try:
@@ -137,6 +167,16 @@ for name, data in images:
             st.bar_chart(views.probabilities_frame(result.get("probabilities", {})),
                          x="class", y="probability", horizontal=True, sort=False, height=300,
                          x_label="", y_label="probability")
+
+        if source == "Upload":
+            key = rv.upload_key(name, data)
+            done = key in queued
+            st.button("In the review queue" if done else "Add to the review queue", key=f"classify_queue_{i}",
+                      icon=":material/playlist_add_check:" if done else ":material/playlist_add:",
+                      disabled=done, on_click=add_to_queue, args=(name, data, result),
+                      help="Store this image with the answers above for labelling on the Review page")
+            if note := queue_notes.pop(key, None):
+                (st.success if note[0] == "success" else st.error)(note[1])
 
     similar(result)
 
