@@ -70,7 +70,8 @@ def card_summary(card: dict) -> dict:
     macro, macro_source = macro_f1(test)
     return {
         "accuracy": test.get("accuracy", (card.get("metrics") or {}).get("val_accuracy")),
-        "accuracy_kind": "test" if test.get("accuracy") is not None else "validation",
+        "accuracy_kind": ("held-out labels" if card.get("held_out_labels") else "test")
+        if test.get("accuracy") is not None else "validation",
         "macro_f1": macro,
         "macro_f1_source": macro_source,
         "trained_at": card.get("trained_at"),
@@ -110,13 +111,23 @@ def provenance(card: dict, model: str = "") -> dict:
     if model == WORKFLOW_NAME:
         real = ((card.get("ensemble_comparison") or {}).get("real_samples_accuracy") or {}).get("ensemble")
     synthetic = card.get("synthetic_training_data")
+    held = card.get("held_out_labels") or {}
     return {"synthetic": synthetic, "data_path": data.get("path"),
             "real_samples_accuracy": real if isinstance(real, (int, float)) else None,
-            "tta": bool((card.get("serving") or {}).get("tta"))}
+            "tta": bool((card.get("serving") or {}).get("tta")),
+            "fine_tuned": {"from": held.get("from"), "version": (held.get("previous") or {}).get("version"),
+                           "labels": held.get("labels"), "n_labels": held.get("n_labels"), "n_held_out": held.get("n"),
+                           "accuracy": (held.get("this") or {}).get("accuracy"),
+                           "before": (held.get("previous") or {}).get("accuracy")} if held else None}
 
 
 def provenance_text(p: dict) -> str:
     """One sentence for a page: trained on what, and the measured real-sample accuracy."""
+    if p.get("fine_tuned"):
+        f = p["fine_tuned"]
+        return (f"This model was **fine-tuned from `{f['from']}` ({f['version']})** on the {f['n_labels']} galaxies "
+                f"labelled in `{f['labels']}` (make retrain); on {f['n_held_out']} held-out labels it gets "
+                f"**{f['accuracy']:.0%}** right, against {f['before']:.0%} before.")
     if p["synthetic"]:
         trained = "**trained only on synthetic galaxies** (`simulation.synthetic`)"
     elif p["synthetic"] is False:
@@ -207,14 +218,13 @@ def versions_frame(cards: dict[str, dict], default: str | None) -> pd.DataFrame:
         info = card_summary(card)
         data = info["data"]
         held = card.get("held_out_labels") or {}
-        rows.append({"version": version, "default": version == default,
-                     "trained": str(info["trained_at"] or "")[:10],
-                     "training data": f"{data.get('path', '?')} ({data.get('n', '?')} images)",
+        rows.append({"version": version, "default": version == default, "accuracy": info["accuracy"],
+                     "evaluated on": f"{held.get('n')} held-out labels" if held else info["accuracy_kind"],
+                     "macro F1": info["macro_f1"],
                      "fine-tuned from": (f"{held.get('from')} ({held.get('previous', {}).get('version')})"
                                          if held else ""),
-                     "accuracy": info["accuracy"], "evaluated on": info["accuracy_kind"]
-                     if not held else f"{held.get('n')} held-out labels",
-                     "macro F1": info["macro_f1"], "calibrated": bool(card.get("calibrated"))})
+                     "training data": f"{data.get('path', '?')} ({data.get('n', '?')} images)",
+                     "trained": str(info["trained_at"] or "")[:10], "calibrated": bool(card.get("calibrated"))})
     return pd.DataFrame(rows)
 
 

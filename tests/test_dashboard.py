@@ -643,3 +643,23 @@ def test_demo_models_section_comes_from_the_docs_page():
     assert "](training.md)" not in text and "`docs/training.md`" in text  # no dead links
     assert text.endswith("More in `docs/demo_models.md`.")
     assert card_views.readme_section("Quick start").startswith("On a fresh Debian machine")  # README's own
+
+
+def test_retrained_card_reads_as_fine_tuned_and_compares_versions():
+    held = {"labels": "labels.db", "n": 21, "from": "checkpoints/demo", "n_labels": 100,
+            "this": {"version": "1.1", "accuracy": 0.476, "macro_f1": 0.4, "nll": 2.6, "ece": 0.44},
+            "previous": {"version": "1.0", "accuracy": 0.429, "macro_f1": 0.37, "nll": 2.5, "ece": 0.40}}
+    new = {"version": "1.1", "held_out_labels": held, "training_data": {"path": "runs/retrain/1.1/labels.h5", "n": 100},
+           "test": {"accuracy": 0.476, "macro_f1": 0.4}, "calibrated": True}
+    old = {"version": "1.0", "training_data": {"path": "data/synthetic_demo.h5", "n": 30000},
+           "test": {"accuracy": 0.926, "macro_f1": 0.92}, "calibrated": True}
+    text = card_views.provenance_text(card_views.provenance(new))
+    assert "fine-tuned from `checkpoints/demo` (1.0)" in text and "100 galaxies" in text and "48%" in text
+    assert card_views.card_summary(new)["accuracy_kind"] == "held-out labels"
+    table = card_views.held_out_frame(new).set_index("metric")
+    assert table.loc["accuracy"].tolist() == [0.429, 0.476] and "flagged out of distribution" not in table.index
+    assert card_views.held_out_frame(old) is None
+    versions = card_views.versions_frame({"1.0": old, "1.1": new}, "1.0").set_index("version")
+    assert versions.loc["1.0", "default"] and not versions.loc["1.1", "default"]
+    assert versions.loc["1.1", "evaluated on"] == "21 held-out labels" and versions.loc["1.0", "evaluated on"] == "test"
+    assert versions.loc["1.1", "fine-tuned from"] == "checkpoints/demo (1.0)"

@@ -268,6 +268,7 @@ def compare(args, models: list[str], out: Path, stamp: dict) -> dict:
                   "val_per_class_f1": [v["per_class"][c]["f1"] for c in GALAXY10_CLASSES],
                   "epoch": meta.get("epoch"), "hparams": meta.get("hparams"),
                   "held_out_labels": {"labels": stamp["labels"], "n": new["n"], "from": str(args.source),
+                                      "n_labels": stamp["n_labels"], "mix_rows": stamp["mix_rows"],
                                       "this": {k: v for k, v in new.items() if k not in ("per_class", "confusion_matrix")},
                                       "previous": {k: v for k, v in old.items()
                                                    if k not in ("per_class", "confusion_matrix")}}}
@@ -296,7 +297,9 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def register(args, models: list[str], archives: list[str]) -> str:
+def register(args, models: list[str], archives: list[str], rebuilt: bool) -> str:
+    """Register each archive as a non-default version; one registered from an archive rebuilt in
+    this run is registered again (unless it is the default: then it says so and leaves it)."""
     from torchserve_ops.client import locate_key_file, server_settings
     from torchserve_ops.versions import Management, VersionError
 
@@ -312,9 +315,15 @@ def register(args, models: list[str], archives: list[str]) -> str:
     for m, a in zip(models, archives):
         name = served_name(m)
         known = [v["version"] for v in mgmt.versions(name)] if name in {x["modelName"] for x in mgmt.client.list_models()} else []
-        if args.version in known:
+        if args.version in known and not rebuilt:
             done.append(f"{name} {args.version} registered already")
             continue
+        if args.version in known:
+            if mgmt.client.default_version(name) == args.version:
+                done.append(f"{name} {args.version} is the default and serves the archive built before: "
+                            f"scripts/versions.sh rollback {name}, then make retrain again")
+                continue
+            mgmt.unregister(name, args.version)
         mgmt.register(a)
         done.append(f"{name} {args.version} registered (default stays {mgmt.client.default_version(name)})")
     return "; ".join(done)
@@ -378,7 +387,8 @@ def retrain(args) -> dict:
 
     # 4. Archives with versioned names, next to the served ones.
     store_dir = Path(args.store)
-    if archives_are_current(out, store_dir, models, args.version, True):
+    rebuilt = not archives_are_current(out, store_dir, models, args.version, True)
+    if not rebuilt:
         archives = list(read_json(out / "archives.json")["files"])
         progress.line("archive", f"{', '.join(archives)} in {store_dir} are this run's: skipped")
     else:
@@ -387,7 +397,8 @@ def retrain(args) -> dict:
     archives = [f"{served_name(m)}-v{args.version}.mar" for m in models]
 
     # 5. Register, not as the default.
-    progress.line("register", "skipped (--no-register)" if args.no_register else register(args, models, archives))
+    progress.line("register", "skipped (--no-register)" if args.no_register
+                  else register(args, models, archives, rebuilt))
     print()
     print((out / "retrain.md").read_text())
     return report
