@@ -158,3 +158,33 @@ def test_labels_become_version_1_1_promoted_on_the_page_and_rolled_back(torchser
         if "1.1" in {v["version"] for v in mgmt.versions("galaxy-b0")}:
             mgmt.unregister("galaxy-b0", "1.1")
     assert [v["version"] for v in mgmt.versions("galaxy-b0")] == ["1.0"]
+
+
+def test_export_mixes_original_rows_into_train_only(tmp_path):
+    from galaxy_morph.data import create_h5, load_split
+
+    rng = np.random.default_rng(1)
+    original = tmp_path / "original.h5"
+    with create_h5(original, np.arange(12) % 10, 64, images=rng.integers(0, 255, (12, 64, 64, 3), np.uint8)):
+        pass
+    store = LabelStore(tmp_path / "labels.db")
+    for i in range(30):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (100, 100, 3), np.uint8)).save(buf, "PNG")
+        store.add_label(store.add_candidate("s", f"k{i}", image=buf.getvalue()), "a", i % 10)
+    labels = retrain.usable_labels(store, False)
+    args = retrain.parse_args(["--labels", "x", "--from", "x", "--mix", str(original), "--mix-rows", "5"])
+    stamp = retrain.export(store, labels, tmp_path / "out", args, "digest")
+    split, _ = load_split(tmp_path / "out" / "split.json")
+    assert stamp["n_labels"] == 30 and stamp["mix_rows"] == 5 and stamp["size"] == 64
+    assert sorted(np.concatenate(list(split.values()))) == list(range(35))
+    assert set(range(30, 35)) <= set(split["train"].tolist())  # the mixed rows train, never judge
+    assert max(split["test"]) < 30 and max(split["val"]) < 30
+    held = sorted(i for i in range(30) if retrain.part_of("s", f"k{i}", 0) == "test")
+    assert split["test"].tolist() == held
+    import h5py
+
+    with h5py.File(tmp_path / "out" / "labels.h5", "r") as f, h5py.File(original, "r") as o:
+        assert f["images"].shape == (35, 64, 64, 3) and f["ans"][:30].tolist() == [i % 10 for i in range(30)]
+        mixed = {bytes(f["images"][i]) for i in range(30, 35)}
+        assert mixed <= {bytes(o["images"][i]) for i in range(12)}

@@ -45,7 +45,7 @@ import torch
 
 from galaxy_morph.answers import served_name
 from galaxy_morph.calibration import CALIBRATION_FILE, ece
-from galaxy_morph.data import DataError, GalaxyH5Dataset, create_h5, file_sha256, save_split
+from galaxy_morph.data import DataError, GalaxyH5Dataset, class_names_of, create_h5, file_sha256, save_split
 from galaxy_morph.models import PretrainedUnavailable, features_and_logits, load_checkpoint, read_meta
 from galaxy_morph.ood import OOD_FILE, OODDetector
 from galaxy_morph.specs import ALL_SPECS, GALAXY10_CLASSES, get_spec
@@ -137,6 +137,8 @@ def export(store: LabelStore, labels: list[dict], out: Path, args, digest: str) 
     if args.mix:
         with h5py.File(args.mix, "r") as f:
             mix_total, size = len(f["ans"]), f["images"].shape[1]
+            if class_names_of(f) != list(GALAXY10_CLASSES):
+                raise DataError(f"--mix {args.mix}: its classes are not Galaxy10 DECaLS' in their order")
     rows, parts, skipped = [], [], []
     for lab in sorted(labels, key=lambda r: r["candidate_id"]):
         cand = store.candidate(lab["candidate_id"])
