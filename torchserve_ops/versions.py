@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -113,8 +114,13 @@ class Management:
         return done
 
     def _refresh_if_served(self, store) -> None:
-        if any(w["workflowName"] == WORKFLOW_NAME for w in self.client.list_workflows()):
+        if not any(w["workflowName"] == WORKFLOW_NAME for w in self.client.list_workflows()):
+            return
+        try:
             self.refresh_workflow(store)
+        except (OSError, subprocess.CalledProcessError) as e:  # a store elsewhere, or read-only (a pod)
+            raise VersionError(f"the defaults changed, but the ensemble was not rebuilt over them ({e}): run "
+                               "scripts/versions.sh refresh-workflow where the server's model store is") from e
 
     def card(self, name: str) -> dict:
         return self.client.describe(name)[0].get("customizedMetadata") or {}

@@ -1,5 +1,6 @@
 """Model card page: what the server really runs, from the describe API (?customized=true)."""
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import altair as alt
@@ -7,11 +8,23 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import card_views, common, views
-from torchserve_ops.versions import Management, version_key
+from torchserve_ops.versions import Management, VersionError, version_key
 
 st.title("Model card")
 s = common.settings()
 STORE = Path(os.environ.get("TS_MODEL_STORE") or views.MODEL_STORE)  # where promote rebuilds the ensemble
+
+
+@contextmanager
+def version_errors():
+    try:
+        yield
+    except VersionError as e:
+        common.descriptions.clear()
+        st.error(str(e), icon=":material/error:")
+        st.stop()
+
+
 if flash := st.session_state.pop("card_flash", None):
     st.success(flash, icon=":material/check_circle:")
 
@@ -80,7 +93,7 @@ if len(versions) > 1:
             yes, no = st.columns(2)
             if yes.button(f"Yes, promote {version}", type="primary", key="promote_yes"):
                 st.session_state.pop("promote_pending", None)
-                with st.spinner(f"Promoting {version}..."), common.guard():
+                with st.spinner(f"Promoting {version}..."), common.guard(), version_errors():
                     done = Management(client=common.client()).promote(version, STORE)
                 st.session_state["card_flash"] = f"{', '.join(done)}: default is now {version}"
                 common.descriptions.clear()
@@ -92,7 +105,7 @@ if len(versions) > 1:
     elif any(version_key(v) < version_key(version) for v in versions):
         if st.button(f"Roll back from {version}", key="rollback_go",
                      help="Every model of the ensemble back to its previous version, and the ensemble with them"):
-            with st.spinner("Rolling back..."), common.guard():
+            with st.spinner("Rolling back..."), common.guard(), version_errors():
                 done = Management(client=common.client()).rollback_all(STORE)
             st.session_state["card_flash"] = ", ".join(f"{m}: default is now {v}" for m, v in done.items())
             common.descriptions.clear()
