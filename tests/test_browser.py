@@ -189,6 +189,8 @@ def test_every_page_in_chromium(torchserve, dashboard_url, review_store, tmp_pat
                 time.sleep(0.5)
             labels = LabelStore(review_store).labels()
             assert [(lab["class_index"], lab["labeller"]) for lab in labels] == [(3, "carol")], labels
+            for model in ("galaxy-b0", "galaxy-b2"):  # the next galaxy's heatmaps, drawn after the buttons
+                page.get_by_text(f"Grad-CAM {model} for").first.wait_for(timeout=60_000)
             shoot("review")
 
             page.goto(f"{dashboard_url}/server", timeout=60_000)
