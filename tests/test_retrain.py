@@ -188,3 +188,17 @@ def test_export_mixes_original_rows_into_train_only(tmp_path):
         assert f["images"].shape == (35, 64, 64, 3) and f["ans"][:30].tolist() == [i % 10 for i in range(30)]
         mixed = {bytes(f["images"][i]) for i in range(30, 35)}
         assert mixed <= {bytes(o["images"][i]) for i in range(12)}
+
+
+def test_export_reads_a_team_store_on_postgresql(postgres_db, tmp_path):
+    store = LabelStore(postgres_db)
+    rng = np.random.default_rng(2)
+    for i in range(20):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (256, 256, 3), np.uint8)).save(buf, "JPEG")
+        cid = store.add_candidate("team", f"J{i:03d}", image=buf.getvalue())
+        store.add_label(cid, "alice" if i % 2 else "bob", i % 10)
+    args = retrain.parse_args(["--labels", postgres_db, "--from", "x"])
+    stamp = retrain.export(store, retrain.usable_labels(store, False), tmp_path / "out", args, "d")
+    assert stamp["labels"] == store.where and stamp["n_labels"] == 20 and sum(stamp["n"].values()) >= 20
+    assert stamp["n"]["test"] == sum(retrain.part_of("team", f"J{i:03d}", 0) == "test" for i in range(20))
