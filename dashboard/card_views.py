@@ -111,7 +111,7 @@ def provenance(card: dict, model: str = "") -> dict:
     if model == WORKFLOW_NAME:
         real = ((card.get("ensemble_comparison") or {}).get("real_samples_accuracy") or {}).get("ensemble")
     synthetic = card.get("synthetic_training_data")
-    held = card.get("held_out_labels") or {}
+    held = (card.get("held_out_labels") or {}) if model != WORKFLOW_NAME else {}  # a member's, not the ensemble's
     return {"synthetic": synthetic, "data_path": data.get("path"),
             "real_samples_accuracy": real if isinstance(real, (int, float)) else None,
             "tta": bool((card.get("serving") or {}).get("tta")),

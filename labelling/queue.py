@@ -31,7 +31,7 @@ from labelling import acquisition
 from galaxy_morph.specs import GALAXY10_CLASSES
 from labelling.store import LabelStore, StoreError
 from survey.cutouts import add_cutout_arguments, fetcher_from_args
-from survey.inputs import InputError, open_input
+from survey.inputs import H5_SUFFIXES, InputError, h5_size, open_input
 from survey.positions import PositionsError, read_positions, table_format
 
 MC_MODEL = f"{MODEL_NAMES['b0']}/mc"  # the answers that are MC-dropout passes of B0
@@ -75,6 +75,8 @@ def read_inputs(path: str | Path, images: str | Path | None = None, top: int = 1
             raise StoreError(f"{path} is a catalogue of answers: give the images it was made from "
                              "(--images folder, HDF5 file or positions table)")
         wanted = least_certain(catalogue, top)
+        if not wanted:
+            raise StoreError(f"{path} has no answered rows (every row has an error or no probabilities)")
         path = Path(images)
     elif images is not None:
         raise StoreError(f"--images is for a catalogue input; {path} is not one (no id and class columns)")
@@ -83,8 +85,11 @@ def read_inputs(path: str | Path, images: str | Path | None = None, top: int = 1
             positions = {p.id: (p.ra, p.dec) for p in read_positions(path, **(columns or {}))}
         except PositionsError as e:
             raise StoreError(str(e)) from None
+    skip = frozenset()
+    if wanted is not None and path.suffix.lower() in H5_SUFFIXES and path.is_file():
+        skip = frozenset(map(str, range(h5_size(path)))) - set(wanted)  # read only the chosen rows' chunks
     try:
-        stream, _ = open_input(path, fetcher=fetcher, columns=columns)
+        stream, _ = open_input(path, skip=skip, fetcher=fetcher, columns=columns)
     except InputError as e:
         raise StoreError(str(e)) from None
     rank = None if wanted is None else {k: i for i, k in enumerate(wanted)}
@@ -211,11 +216,13 @@ def main(argv=None) -> int:
             items, refused, positions = read_inputs(args.input, args.images, args.top, fetcher, columns)
             bundle = CheckpointBundle.from_run(Path(args.run) if args.run else default_run(), ENSEMBLE)
             clf = BatchClassifier(bundle, ENSEMBLE, device="cpu")
-            result = add_images(store, items, args.source or Path(args.input).name, clf, args.mc_passes, positions)
+            # the images' name: a catalogue of them queues the same galaxies, not copies
+            source = args.source or Path(args.images or args.input).name
+            result = add_images(store, items, source, clf, args.mc_passes, positions)
             for r in refused + result["refused"]:
                 print(f"refused {r}", file=sys.stderr)
             print(f"queued {result['added']} galaxies; {store.counts()['candidates']} in {args.store}")
-            return 0
+            return 0 if result["added"] else 1
         for cid, s in ranked(store, args.score, args.source)[:args.k]:
             print(f"{cid}\t{store.candidate(cid)['item_key']}\t{s:.4f}")
         return 0

@@ -34,6 +34,8 @@ def test_positions_table_is_queued_with_its_cutouts_and_positions(tmp_path, caps
     assert sorted(cands) == ["m51", "ngc4321"]
     assert (cands["ngc4321"]["ra"], cands["ngc4321"]["dec"]) == pytest.approx((185.7288, 15.8223))
     assert cands["m51"]["image"][:2] == b"\xff\xd8" and len(s.answers()) == 4  # B0 and B2 for each
+    table.write_text("id,ra,dec\nnowhere,,\n")
+    assert main(["add", "--store", str(store), "--input", str(table), "--run", DEMO]) == 1  # nothing queued
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 
@@ -21,13 +22,13 @@ from simulation.synthetic import render_galaxy
 from tests.conftest import REPO
 from tests.test_dashboard import point_at
 from tests.test_review import review_page
-from torchserve_ops.versions import Management
+from torchserve_ops.versions import Management, VersionError, version_key
 from training import retrain
 
 APP = str(REPO / "dashboard" / "app.py")
 
 
-def test_versions_split_and_label_filters(tmp_path):
+def test_versions_split_and_label_filters(tmp_path, capsys):
     assert [retrain.next_version(v) for v in ("1.0", "1.9", "2", "1.0-rc")] == ["1.1", "1.10", "2.1", "1.0-rc.1"]
     parts = [retrain.part_of("survey", f"J{i:04d}", 0) for i in range(2000)]
     assert parts == [retrain.part_of("survey", f"J{i:04d}", 0) for i in range(2000)]  # stable
@@ -41,10 +42,17 @@ def test_versions_split_and_label_filters(tmp_path):
     store.add_label(ids[2], "a", not_a_galaxy=True)
     assert [(lab["candidate_id"], lab["class_index"]) for lab in retrain.usable_labels(store, False)] == [(ids[0], 4)]
     assert len(retrain.usable_labels(store, True)) == 2
-    # too few labels: a message and exit status 2, nothing written
+    assert sorted(["1.10", "1.0-rc", "1.9", "1.0"], key=version_key) == ["1.0", "1.0-rc", "1.9", "1.10"]
+    # too few labels, bad options, a version another run archived: a message and exit 2, nothing written
     out = tmp_path / "out"
     assert retrain.main(["--labels", str(tmp_path / "labels.db"), "--from", str(REPO / "checkpoints" / "demo"),
                          "--out", str(out), "--no-register"]) == 2
+    demo = ["--labels", str(tmp_path / "labels.db"), "--from", str(REPO / "checkpoints" / "demo"), "--out", str(out)]
+    assert retrain.main([*demo, "--epochs", "0"]) == 2
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "galaxy-b0-v1.1.mar").write_bytes(b"another run's")
+    assert retrain.main([*demo, "--store", str(tmp_path / "store")]) == 2
+    assert "built by another run" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -120,6 +128,13 @@ def test_labels_become_version_1_1_promoted_on_the_page_and_rolled_back(torchser
             assert row["accuracy"] == pytest.approx(np.mean(right))
         assert (out / "b0" / "ood.npz").is_file() == (ts.run_dir / "b0" / "ood.npz").is_file()
 
+        # Every model is checked before any default changes.
+        with pytest.raises(VersionError, match="galaxy-b2"):
+            mgmt.promote("1.1", ts.model_store, names=["galaxy-b0", "galaxy-b2"])
+        with pytest.raises(VersionError, match="version 9.9"):
+            mgmt.rollback_all(ts.model_store, to="9.9")
+        assert mgmt.client.default_version("galaxy-b0") == "1.0"
+
         # The Model card page shows both versions and promotes 1.1 when asked twice.
         at = AppTest.from_file(APP, default_timeout=120).run().switch_page("pages/model_card.py").run()
         at.selectbox(key="card_model").set_value("galaxy-b0").run()
@@ -151,6 +166,10 @@ def test_labels_become_version_1_1_promoted_on_the_page_and_rolled_back(torchser
         assert retrain.main(argv) == 0
         stages = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
         assert len(stages) == 5 and all("skipped" in s or "registered already" in s for s in stages), stages
+        other = tmp_path / "other"  # the same labels from other checkpoints: refused, not skipped
+        shutil.copytree(ts.run_dir / "b0", other / "b0")
+        assert retrain.main([*argv[:2], "--from", str(other), *argv[4:]]) == 2
+        assert "was fine-tuned with" in capsys.readouterr().err
     finally:
         if mgmt.client.default_version("galaxy-b0") != "1.0":
             mgmt.set_default("galaxy-b0", "1.0")

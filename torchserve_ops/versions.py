@@ -85,25 +85,36 @@ class Management:
         self.set_default(name, to)
         return to
 
-    def promote(self, version: str, store: str | os.PathLike, names: list[str] | None = None) -> dict:
+    def _has(self, name: str, version: str) -> bool:
+        return version in {v["version"] for v in self.versions(name)}
+
+    def promote(self, version: str, store: str | os.PathLike, names: list[str] | None = None,
+                include: tuple = ()) -> dict:
         """Make `version` the default of each model in `names` (default: every member of the store's
-        workflow that has that version registered), then rebuild the workflow over the defaults."""
-        names = names or [n for n in (served_name(m) for m in members(store))
-                          if version in {v["version"] for v in self.versions(n)}]
-        if not names:
-            raise VersionError(f"no model of the ensemble has a version {version} registered")
+        workflow that has that version registered, and the models in `include`), then rebuild the
+        workflow over the defaults. Every model is checked before any default changes."""
+        if names is None:
+            names = [n for n in (served_name(m) for m in members(store)) if self._has(n, version)]
+            names += [n for n in include if n not in names]
+        lacking = [n for n in names if not self._has(n, version)]
+        if not names or lacking:
+            raise VersionError(f"no version {version} registered for {', '.join(lacking) or 'any model of the ensemble'}")
         for name in names:
             self.set_default(name, version)
         self._refresh_if_served(store)
         return {name: version for name in names}
 
-    def rollback_all(self, store: str | os.PathLike, to: str | None = None) -> dict:
-        """rollback() every member of the store's workflow that has an older version, then rebuild
-        the workflow over the defaults."""
+    def rollback_all(self, store: str | os.PathLike, to: str | None = None, include: tuple = ()) -> dict:
+        """rollback() every member of the store's workflow (and each model in `include`) that has an
+        older version (or version `to`), then rebuild the workflow over the defaults."""
+        names = [served_name(m) for m in members(store)]
+        names += [n for n in include if n not in names]
+        if to is not None:
+            names = [n for n in names if self._has(n, to)]
+            if not names:
+                raise VersionError(f"no model of the ensemble has a version {to}")
         done = {}
-        for name in (served_name(m) for m in members(store)):
-            if to is not None and to not in {v["version"] for v in self.versions(name)}:
-                continue
+        for name in names:
             try:
                 done[name] = self.rollback(name, to)
             except VersionError:
@@ -127,7 +138,7 @@ class Management:
 
     def refresh_workflow(self, store: str | os.PathLike, name: str = WORKFLOW_NAME) -> dict:
         """Rebuild the workflow archive over the current default versions and re-register it."""
-        from torchserve_ops.archive import build_workflow_archive
+        from torchserve_ops.archive import BUILT_FROM, build_workflow_archive
 
         urls, f1, versions = {}, {}, {}
         for m in members(store, name):
@@ -135,6 +146,8 @@ class Management:
             urls[m], versions[m] = d["modelUrl"], d["modelVersion"]
             f1[m] = (d.get("customizedMetadata") or {}).get("val_per_class_f1")
         build_workflow_archive(Path(store), urls, f1, versions, name)
+        # The store's .war now names these versions: make serve rebuilds the store from its RUN again.
+        (Path(store) / BUILT_FROM).unlink(missing_ok=True)
         if any(w["workflowName"] == name for w in self.client.list_workflows()):
             self.client.unregister_workflow(name)
         self.client.register_workflow(f"{name}.war")
@@ -142,8 +155,8 @@ class Management:
 
 
 def version_key(version: str):
-    """Sort key of a version string: 1.10 after 1.9."""
-    return tuple(int(p) if p.isdigit() else p for p in str(version).replace("-", ".").split("."))
+    """Sort key of a version string: 1.10 after 1.9; numbers before words (1.0 before 1.0-rc)."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in str(version).replace("-", ".").split("."))
 
 
 def main(argv=None):

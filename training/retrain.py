@@ -45,7 +45,7 @@ import torch
 
 from galaxy_morph.answers import served_name
 from galaxy_morph.calibration import CALIBRATION_FILE, ece
-from galaxy_morph.data import DataError, GalaxyH5Dataset, class_names_of, create_h5, file_sha256, save_split
+from galaxy_morph.data import DataError, GalaxyH5Dataset, create_h5, file_sha256, inspect_h5, save_split
 from galaxy_morph.models import PretrainedUnavailable, features_and_logits, load_checkpoint, read_meta
 from galaxy_morph.ood import OOD_FILE, OODDetector
 from galaxy_morph.specs import ALL_SPECS, GALAXY10_CLASSES, get_spec
@@ -137,8 +137,6 @@ def export(store: LabelStore, labels: list[dict], out: Path, args, digest: str) 
     if args.mix:
         with h5py.File(args.mix, "r") as f:
             mix_total, size = len(f["ans"]), f["images"].shape[1]
-            if class_names_of(f) != list(GALAXY10_CLASSES):
-                raise DataError(f"--mix {args.mix}: its classes are not Galaxy10 DECaLS' in their order")
     rows, parts, skipped = [], [], []
     for lab in sorted(labels, key=lambda r: r["candidate_id"]):
         cand = store.candidate(lab["candidate_id"])
@@ -168,16 +166,18 @@ def export(store: LabelStore, labels: list[dict], out: Path, args, digest: str) 
                     f["ans"][len(rows) + j] = src["ans"][r]
     os.replace(tmp, out / EXPORT)
     idx = {s: [i for i, p in enumerate(parts) if p == s] for s in ("train", "val", "test")}
+    if not idx["val"]:  # the best epoch needs one at least, and never a held-out one
+        idx["val"] = [idx["train"].pop()]
+        if not idx["train"]:
+            raise DataError(f"{len(parts)} usable labels leave no training galaxy: label more on the Review page")
     idx["train"] += list(range(len(rows), len(rows) + mix_n))
-    if not idx["val"]:  # the best epoch needs something to choose by
-        idx["val"] = idx["test"]
     sha = file_sha256(out / EXPORT)
     save_split(out / tr.SPLIT_FILE, {k: np.asarray(v, np.int64) for k, v in idx.items()},
                data_sha256=sha, n=len(rows) + mix_n, seed=args.seed, fractions=[1 - HELD_OUT - VAL, VAL, HELD_OUT],
                class_names=list(GALAXY10_CLASSES))
     stamp = {"digest": digest, "sha256": sha, "labels": store.where, "n_labels": len(rows), "mix": args.mix,
              "mix_rows": mix_n, "size": size, "skipped": skipped,
-             "n": {k: len(v) for k, v in idx.items()}, "val_is_test": not parts.count("val")}
+             "n": {k: len(v) for k, v in idx.items()}}
     (out / EXPORT_STAMP).write_text(json.dumps(stamp, indent=1))
     return stamp
 
@@ -209,7 +209,8 @@ def training_state(folder: Path, sha: str, args) -> str:
     epochs = args.epochs
     if meta is not None:
         hp = meta.get("hparams") or {}
-        wanted = {"epochs": epochs, "lr": get_spec(folder.name).lr * args.lr_factor, "batch_size": args.batch_size}
+        wanted = {"epochs": epochs, "lr": get_spec(folder.name).lr * args.lr_factor, "batch_size": args.batch_size,
+                  "weights": str(Path(args.source) / folder.name / "model.pt")}
         if {k: hp.get(k) for k in wanted} != wanted:
             raise DataError(f"{folder} was fine-tuned with {({k: hp.get(k) for k in wanted})}, not {wanted}: "
                             "choose another --version or --out")
@@ -286,8 +287,7 @@ def markdown(result: dict) -> str:
              f"Labels: {result['labels']}: {e['n_labels']} galaxies, {e['n']['train']} training rows "
              f"({e['mix_rows']} of them from {e['mix']})," if e["mix"] else
              f"Labels: {result['labels']}: {e['n_labels']} galaxies, {e['n']['train']} training rows,",
-             f"{e['n']['val']} validation, {e['n']['test']} held out." +
-             (" (No validation galaxies: the held-out ones chose the best epoch too.)" if e["val_is_test"] else ""),
+             f"{e['n']['val']} validation, {e['n']['test']} held out.",
              "", "| model | version | accuracy | macro F1 | NLL | ECE | flagged OOD |", "|---|---|---|---|---|---|---|"]
     for m, r in result["models"].items():
         for row in (r["previous"], r["this"]):
@@ -299,34 +299,40 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def register(args, models: list[str], archives: list[str], rebuilt: bool) -> str:
-    """Register each archive as a non-default version; one registered from an archive rebuilt in
-    this run is registered again (unless it is the default: then it says so and leaves it)."""
-    from torchserve_ops.client import locate_key_file, server_settings
+def register(args, models: list[str], archives: list[str], out: Path) -> str:
+    """Register each archive beside the served versions, never as a default. A version registered
+    from an older build of its archive (OUT/registered.json) is registered again, unless it is the
+    default; a model the server does not serve is left for the user to register."""
+    from torchserve_ops.client import ServerUnavailable, locate_key_file, server_settings
     from torchserve_ops.versions import Management, VersionError
 
     key_file = args.key_file or str(locate_key_file())
     url = args.management_url or server_settings()["management_url"]
+    later = "; ".join(f"scripts/versions.sh register {a}" for a in archives)
     try:
         mgmt = Management(url, key_file)
-        mgmt.client.list_models()
-    except (VersionError, TorchServeError, OSError) as e:
-        return f"no TorchServe to register with ({e}); later: " + "; ".join(
-            f"scripts/versions.sh register {a}" for a in archives)
+        served = {x["modelName"] for x in mgmt.client.list_models()}
+    except (VersionError, ServerUnavailable) as e:
+        return f"no TorchServe to register with ({e}); later: {later}"
+    seen = read_json(out / "registered.json") or {}
     done = []
     for m, a in zip(models, archives):
-        name = served_name(m)
-        known = [v["version"] for v in mgmt.versions(name)] if name in {x["modelName"] for x in mgmt.client.list_models()} else []
-        if args.version in known and not rebuilt:
-            done.append(f"{name} {args.version} registered already")
+        name, built = served_name(m), (Path(args.store) / a).stat().st_mtime_ns
+        if name not in served:
+            done.append(f"{name} is not served: scripts/versions.sh register {a} makes {args.version} its default")
             continue
-        if args.version in known:
+        if args.version in {v["version"] for v in mgmt.versions(name)}:
+            if seen.get(name) == built:
+                done.append(f"{name} {args.version} registered already")
+                continue
             if mgmt.client.default_version(name) == args.version:
-                done.append(f"{name} {args.version} is the default and serves the archive built before: "
-                            f"scripts/versions.sh rollback {name}, then make retrain again")
+                done.append(f"{name} {args.version} is the default, from an older build of {a}: make another version "
+                            f"the default, scripts/versions.sh unregister {name} {args.version}, then run this again")
                 continue
             mgmt.unregister(name, args.version)
         mgmt.register(a)
+        seen[name] = built
+        (out / "registered.json").write_text(json.dumps(seen, indent=1))
         done.append(f"{name} {args.version} registered (default stays {mgmt.client.default_version(name)})")
     return "; ".join(done)
 
@@ -340,8 +346,19 @@ def retrain(args) -> dict:
         raise DataError(f"{source}: no checkpoint for {', '.join(missing) or 'any model'} (RUN/M/model.pt)")
     args.version = args.version or next_version(read_meta(source / models[0]).get("version", "1.0"))
     out = Path(args.out or f"runs/retrain/{args.version}")
-    if args.mix and not Path(args.mix).is_file():
-        raise DataError(f"--mix {args.mix}: no such file")
+    if args.epochs < 1 or args.batch_size < 1 or not args.lr_factor > 0 or (args.mix_rows or 0) < 0:
+        raise DataError("--epochs and --batch-size must be 1 or more, --lr-factor above 0, --mix-rows 0 or more")
+    if args.mix:
+        info = inspect_h5(args.mix)  # DataError unless a Galaxy10-schema file
+        if info["class_names"] != list(GALAXY10_CLASSES):
+            raise DataError(f"--mix {args.mix}: its classes are not Galaxy10 DECaLS' in their order")
+    store_dir = Path(args.store)
+    ours = set((read_json(out / "archives.json") or {}).get("files", {}))
+    taken = [f"{served_name(m)}-v{args.version}.mar" for m in models
+             if (store_dir / f"{served_name(m)}-v{args.version}.mar").is_file()
+             and f"{served_name(m)}-v{args.version}.mar" not in ours]
+    if taken:  # another run's version VERSION, perhaps served: never overwritten
+        raise DataError(f"{', '.join(taken)} in {store_dir} were built by another run: choose another --version")
     progress = Progress(5)
 
     # 1. Export (or skip: the same labels and options as the export there).
@@ -357,7 +374,7 @@ def retrain(args) -> dict:
                 and file_sha256(out / EXPORT) == stamp["sha256"]:
             progress.line("export", f"{out / EXPORT} holds these {stamp['n_labels']} labels already: skipped")
         else:
-            if stamp:  # other labels than the run there: its models are not these labels' models
+            if stamp and stamp["digest"] != digest:  # other labels: the models there are not these labels' models
                 raise DataError(f"{out} was made from other labels ({stamp['n_labels']} then): choose another "
                                 f"--version or --out, or remove {out}")
             stamp = export(store, labels, out, args, digest)
@@ -381,16 +398,14 @@ def retrain(args) -> dict:
     report = read_json(out / REPORT)
     newest = max((out / m / "model.pt").stat().st_mtime for m in models)
     if report and sorted(report["models"]) == sorted(models) and (out / REPORT).stat().st_mtime >= newest \
-            and report["export"]["digest"] == digest:
+            and report["export"]["digest"] == digest and report["from"] == str(args.source):
         progress.line("compare", f"{out / 'retrain.md'} is newer than every checkpoint: skipped")
     else:
         report = compare(args, models, out, stamp)
         progress.line("compare", f"{out / 'retrain.md'}")
 
     # 4. Archives with versioned names, next to the served ones.
-    store_dir = Path(args.store)
-    rebuilt = not archives_are_current(out, store_dir, models, args.version, True)
-    if not rebuilt:
+    if archives_are_current(out, store_dir, models, args.version, True):
         archives = list(read_json(out / "archives.json")["files"])
         progress.line("archive", f"{', '.join(archives)} in {store_dir} are this run's: skipped")
     else:
@@ -400,7 +415,7 @@ def retrain(args) -> dict:
 
     # 5. Register, not as the default.
     progress.line("register", "skipped (--no-register)" if args.no_register
-                  else register(args, models, archives, rebuilt))
+                  else register(args, models, archives, out))
     print()
     print((out / "retrain.md").read_text())
     return report

@@ -94,7 +94,7 @@ if len(versions) > 1:
             if yes.button(f"Yes, promote {version}", type="primary", key="promote_yes"):
                 st.session_state.pop("promote_pending", None)
                 with st.spinner(f"Promoting {version}..."), common.guard(), version_errors():
-                    done = Management(client=common.client()).promote(version, STORE)
+                    done = Management(client=common.client()).promote(version, STORE, include=(model,))
                 st.session_state["card_flash"] = f"{', '.join(done)}: default is now {version}"
                 common.descriptions.clear()
                 common.card.clear()
@@ -106,7 +106,7 @@ if len(versions) > 1:
         if st.button(f"Roll back from {version}", key="rollback_go",
                      help="Every model of the ensemble back to its previous version, and the ensemble with them"):
             with st.spinner("Rolling back..."), common.guard(), version_errors():
-                done = Management(client=common.client()).rollback_all(STORE)
+                done = Management(client=common.client()).rollback_all(STORE, include=(model,))
             st.session_state["card_flash"] = ", ".join(f"{m}: default is now {v}" for m, v in done.items())
             common.descriptions.clear()
             common.card.clear()
