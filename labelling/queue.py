@@ -30,8 +30,8 @@ from galaxy_morph.models import mc_dropout_probabilities
 from labelling import acquisition
 from galaxy_morph.specs import GALAXY10_CLASSES
 from labelling.store import LabelStore, StoreError
-from survey.cutouts import add_cutout_arguments, fetcher_from_args
-from survey.inputs import H5_SUFFIXES, InputError, h5_size, open_input
+from survey.cutouts import add_cutout_arguments, fetcher_from_args, position_loaders
+from survey.inputs import H5_SUFFIXES, InputError, Item, h5_size, open_input
 from survey.positions import PositionsError, read_positions, table_format
 
 MC_MODEL = f"{MODEL_NAMES['b0']}/mc"  # the answers that are MC-dropout passes of B0
@@ -80,18 +80,21 @@ def read_inputs(path: str | Path, images: str | Path | None = None, top: int = 1
         path = Path(images)
     elif images is not None:
         raise StoreError(f"--images is for a catalogue input; {path} is not one (no id and class columns)")
-    if table_format(path) and path.is_file():
+    if table_format(path) and path.is_file():  # read once: the positions, and a cutout loader for each
         try:
-            positions = {p.id: (p.ra, p.dec) for p in read_positions(path, **(columns or {}))}
+            table = read_positions(path, **(columns or {}))
         except PositionsError as e:
             raise StoreError(str(e)) from None
-    skip = frozenset()
-    if wanted is not None and path.suffix.lower() in H5_SUFFIXES and path.is_file():
-        skip = frozenset(map(str, range(h5_size(path)))) - set(wanted)  # read only the chosen rows' chunks
-    try:
-        stream, _ = open_input(path, skip=skip, fetcher=fetcher, columns=columns)
-    except InputError as e:
-        raise StoreError(str(e)) from None
+        positions = {p.id: (p.ra, p.dec) for p in table}
+        stream = (Item(i, load) for i, load in position_loaders(table, fetcher))
+    else:
+        skip = frozenset()
+        if wanted is not None and path.suffix.lower() in H5_SUFFIXES and path.is_file():
+            skip = frozenset(map(str, range(h5_size(path)))) - set(wanted)  # read only the chosen rows' chunks
+        try:
+            stream, _ = open_input(path, skip=skip)
+        except InputError as e:
+            raise StoreError(str(e)) from None
     rank = None if wanted is None else {k: i for i, k in enumerate(wanted)}
     items, refused, seen = [], [], set()
     for item in stream:

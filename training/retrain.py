@@ -46,7 +46,7 @@ import torch
 from galaxy_morph.answers import served_name
 from galaxy_morph.calibration import CALIBRATION_FILE, ece
 from galaxy_morph.data import DataError, GalaxyH5Dataset, create_h5, file_sha256, inspect_h5, save_split
-from galaxy_morph.models import PretrainedUnavailable, features_and_logits, load_checkpoint, read_meta
+from galaxy_morph.models import PretrainedUnavailable, class_probabilities, load_checkpoint, read_meta
 from galaxy_morph.ood import OOD_FILE, OODDetector
 from galaxy_morph.specs import ALL_SPECS, GALAXY10_CLASSES, get_spec
 from labelling.store import LabelStore, StoreError
@@ -223,12 +223,16 @@ def training_state(folder: Path, sha: str, args) -> str:
 
 
 def held_out_scores(folder: Path, data: Path, indices) -> dict:
-    """A checkpoint's answers on the held-out rows, as its archive answers (calibrated)."""
+    """A checkpoint's answers on the held-out rows, as its archive answers (calibrated), from one
+    forward pass that also gives the features its out-of-distribution head reads."""
     from sklearn.metrics import f1_score
 
     ckpt = load_checkpoint(folder)
-    logp, y = predict_split(ckpt.model, ckpt.spec, str(data), indices, torch.device("cpu"), False, 32, 0)
-    p = softmax(logp, ckpt.temperature(False))
+    ds = GalaxyH5Dataset(str(data), indices, ckpt.transform)
+    x, y = torch.stack([ds[i][0] for i in range(len(ds))]), ds.labels[ds.indices]
+    probs, f = (torch.cat(t) for t in zip(*(class_probabilities(ckpt.model, c, with_features=True)
+                                            for c in x.split(32))))
+    p = softmax(probs.clamp_min(1e-12).log().double().numpy(), ckpt.temperature(False))
     pred = p.argmax(1)
     s = scores(y, pred, list(GALAXY10_CLASSES))
     present = sorted(set(y.tolist()))
@@ -239,11 +243,7 @@ def held_out_scores(folder: Path, data: Path, indices) -> dict:
            "temperature": ckpt.temperature(False)}
     detector = OODDetector.load(folder)
     if detector is not None:
-        ds = GalaxyH5Dataset(str(data), indices, ckpt.transform)
-        with torch.no_grad():
-            x = torch.stack([ds[i][0] for i in range(len(ds))])
-            f = torch.cat([features_and_logits(ckpt.model, c)[0] for c in x.split(32)]).numpy()
-        row["ood_flagged"] = float(np.mean(detector.score(f) > detector.threshold))
+        row["ood_flagged"] = float(np.mean(detector.score(f.numpy()) > detector.threshold))
     return row
 
 
