@@ -17,6 +17,7 @@ from typing import Sequence
 from galaxy_morph.specs import SPECS
 
 MODEL_PREFIX = "galaxy-"
+DEFAULT_VERSION = "1.0"  # a checkpoint or archive that names no version
 WORKFLOW_NAME = f"{MODEL_PREFIX}ensemble"
 WORKFLOW_SETTINGS = "ensemble.json"  # in the .war: name, members ("models") and their F1
 EMBEDDING_DIGITS = 6  # significant digits: cosine distances stay exact to ~1e-6 at any scale

@@ -16,6 +16,7 @@ IMAGE_FIELDS = ("data", "body", "image", "file")
 OPTION_FIELDS = ("target", "rule", "embedding", "mc_dropout")
 EMBEDDING_HEADER = "X-Embedding"  # a header reaches every workflow node, a body field only the first
 MC_HEADER = "X-MC-Dropout"  # number of MC-dropout passes (0: off)
+RULE_HEADER = "X-Ensemble-Rule"  # the workflow's rule: seed, mean or weighted
 TRUE = ("1", "true", "yes", "on")
 
 

@@ -25,7 +25,7 @@ from galaxy_morph.imaging import ImageError, decode_image
 from galaxy_morph.specs import PAIR  # the members of an ensemble.json without a "models" entry
 from handlers.payload import RequestError, error_body, header, read_request
 
-RULE_HEADER = "X-Ensemble-Rule"
+from handlers.payload import RULE_HEADER  # noqa: F401  (re-exported)
 SETTINGS_FILE = WORKFLOW_SETTINGS
 # TorchServe 0.12 attaches the promise for a node's answer only after queueing its job; an answer
 # that comes back sooner is lost and the request stalls until the node's timeout-ms. Function
