@@ -17,7 +17,6 @@ import pandas as pd
 from dashboard import views
 from galaxy_morph.answers import MODEL_NAMES
 from galaxy_morph.specs import GALAXY10_CLASSES
-from labelling.queue import ranked
 from labelling.store import StoreError, probability_list
 from torchserve_ops.client import ServerError, ServerTimeout, ServerUnavailable, TorchServeError
 
@@ -44,6 +43,9 @@ def proxy_user(headers) -> str:
 
 
 def next_candidate(store, score: str, skipped: set) -> tuple[int, float] | None:
+    # labelling.queue loads torch (MC dropout); imported here so the module's HTTP paths do not.
+    from labelling.queue import ranked
+
     queue = ranked(store, score, exclude=skipped)
     return queue[0] if queue else None
 

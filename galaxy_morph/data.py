@@ -14,10 +14,8 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from torch.utils.data import Dataset
 
 from galaxy_morph.specs import GALAXY10_CLASSES
-from galaxy_morph.transforms import to_pil
 
 SPLITS = ("train", "val", "test")
 # The `source` attribute of the files simulation.synthetic writes; checkpoints record it, so the
@@ -119,8 +117,11 @@ def create_h5(path: str | os.PathLike, labels, size: int, *, images=None, ra=Non
     return f
 
 
-class GalaxyH5Dataset(Dataset):
-    """Rows `indices` of a Galaxy10-schema file as (tensor, label) pairs.
+class GalaxyH5Dataset:
+    """Rows `indices` of a Galaxy10-schema file as (tensor, label) pairs: a map-style dataset for
+    torch's DataLoader, which needs only __len__ and __getitem__. It does not subclass
+    torch.utils.data.Dataset so that this module, which survey I/O and the HTTP clients import for
+    the schema helpers above, loads neither torch nor torchvision.
 
     The HDF5 handle is opened lazily in each process: h5py handles must not cross a fork, so a
     DataLoader worker opens its own on first use.
@@ -138,6 +139,8 @@ class GalaxyH5Dataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i):
+        from galaxy_morph.transforms import to_pil
+
         if self._file is None:
             self._file = h5py.File(self.path, "r")
         row = int(self.indices[i])
