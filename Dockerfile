@@ -7,11 +7,15 @@
 #   docker build --build-arg RUN=runs/my-run --build-arg VERSION=2.0 -t galaxy-morph:2.0-cpu .
 #   docker run --rm -p 127.0.0.1:8080:8080 galaxy-morph:1.0-cpu         # tokens are off: loopback only
 #
-# The steps are the Makefile's own: `make setup java` (the venv from requirements.txt, Java 17) and
-# `make archive` (model_store/galaxy-b0.mar, galaxy-b2.mar, galaxy-ensemble.war from the checkpoints
-# in RUN, with the serving settings of DEVICE: for cuda bf16, batches of 32, JPEGs decoded on the GPU). DEVICE=cpu takes the same pinned torch/torchvision versions from PyTorch's CPU-only wheel
-# index (about 3 GB smaller); DEVICE=cuda takes PyPI's wheels, which carry the CUDA libraries: the
-# node needs only the NVIDIA driver and container toolkit (Kubernetes: the NVIDIA device plugin).
+# The steps are the Makefile's own: `make setup java` (the venv from the runtime lock requirements.txt,
+# then the project itself with --no-deps; LOCK=requirements.txt leaves out the test and benchmark tools;
+# Java 17) and `make archive` (model_store/galaxy-b0.mar, galaxy-b2.mar, galaxy-ensemble.war from the
+# checkpoints in RUN, with the serving settings of DEVICE: for cuda bf16, batches of 32, JPEGs decoded on
+# the GPU). DEVICE=cpu takes the same pinned torch/torchvision versions from PyTorch's CPU-only wheel
+# index (about 3 GB smaller; uv reads the index from UV_EXTRA_INDEX_URL, not pip's variable, and takes
+# its 2.14.1+cpu over PyPI's 2.14.1 only with unsafe-best-match); DEVICE=cuda takes PyPI's wheels, which
+# carry the CUDA libraries: the node needs only the NVIDIA driver and container toolkit (Kubernetes: the
+# NVIDIA device plugin).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
@@ -20,9 +24,7 @@ ARG RUN=checkpoints/demo
 ARG VERSION=
 ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 
-ENV PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    GALAXY_MORPH_DEVICE=${DEVICE}
+ENV PYTHONUNBUFFERED=1
 
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends make \
@@ -30,32 +32,35 @@ RUN apt-get update -qq \
 
 WORKDIR /app
 
-# Dependencies first (a layer that changes only with requirements.txt), then the code.
+# The packages pyproject.toml installs (editable, as make setup does) must be here before it runs.
 COPY Makefile requirements.txt pyproject.toml ./
 COPY galaxy_morph galaxy_morph
+COPY galaxy_morph_cli galaxy_morph_cli
 COPY handlers handlers
 COPY torchserve_ops torchserve_ops
 COPY survey survey
 COPY prediction prediction
 COPY labelling labelling
+COPY training training
+COPY simulation simulation
+COPY dashboard dashboard
 RUN case "$DEVICE" in \
-      cpu) export PIP_EXTRA_INDEX_URL="$TORCH_CPU_INDEX" ;; \
+      cpu) export UV_EXTRA_INDEX_URL="$TORCH_CPU_INDEX" UV_INDEX_STRATEGY=unsafe-best-match ;; \
       cuda) ;; \
       *) echo "DEVICE must be cpu or cuda, got $DEVICE" >&2; exit 1 ;; \
     esac \
- && make setup java \
+ && make setup java LOCK=requirements.txt \
  && rm -rf /var/lib/apt/lists/* /root/.cache
 
 COPY config.properties ./
 COPY deploy deploy
 COPY ${RUN} ${RUN}
 RUN mkdir -p model_store \
- && make archive RUN=${RUN} VERSION=${VERSION} DEVICE=${DEVICE} \
+ && make archive RUN=${RUN} VERSION=${VERSION} DEVICE=${DEVICE} LOCK=requirements.txt \
  && ls -l model_store
 
-# The dashboard runs from the same image (deploy/k8s/base/dashboard-deployment.yaml): its pages, the
-# real samples of its gallery, and the text it shows from README.md and docs/demo_models.md.
-COPY dashboard dashboard
+# The dashboard runs from the same image (deploy/k8s/base/dashboard-deployment.yaml): its pages (copied
+# above), the real samples of its gallery, and the text it shows from README.md and docs/demo_models.md.
 COPY samples samples
 COPY README.md ./
 COPY docs/demo_models.md docs/

@@ -54,11 +54,13 @@ help:
 setup: $(STAMP)
 
 # uv installs the pinned requirements in parallel: about 45 s on a fresh 2-core machine, where pip
-# took about 3 min (torch's CUDA wheels alone are 4 GB).
-$(STAMP): requirements.txt pyproject.toml
+# took about 3 min (torch's CUDA wheels alone are 4 GB). LOCK: requirements-dev.txt is the runtime lock
+# requirements.txt plus the test and benchmark tools; the Dockerfile sets LOCK=requirements.txt.
+LOCK ?= requirements-dev.txt
+$(STAMP): requirements.txt $(LOCK) pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q uv==$(UV_VERSION)
-	$(PY) -m uv pip install -q --python $(PY) -r requirements.txt
+	$(PY) -m uv pip install -q --python $(PY) -r $(LOCK)
 	$(PY) -m uv pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
@@ -114,15 +116,15 @@ models: setup
 		$(if $(VERSION),--version $(VERSION))
 
 train: setup
-	$(PY) -m training.train --model $(MODEL) --data $(DATA) --out $(OUT) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(VENV)/bin/galaxy-morph train --model $(MODEL) --data $(DATA) --out $(OUT) $(if $(EPOCHS),--epochs $(EPOCHS))
 
 # RUN is required here: the shipped checkpoints/demo reports are not to be overwritten by accident.
 evaluate: setup
 	$(if $(filter file,$(origin RUN)),$(error make evaluate needs RUN=dir (a run with its training data)))
-	$(PY) -m training.evaluate --run $(RUN) $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(filter-out 0,$(TTA)),--tta)
+	$(VENV)/bin/galaxy-morph evaluate --run $(RUN) $(if $(filter command line,$(origin DATA)),--data $(DATA)) $(if $(filter-out 0,$(TTA)),--tta)
 
 archive: setup
-	$(PY) -m torchserve_ops.archive --run $(RUN) --store model_store $(if $(VERSION),--version $(VERSION)) \
+	$(VENV)/bin/galaxy-morph archive --run $(RUN) --store model_store $(if $(VERSION),--version $(VERSION)) \
 		--device $(or $(DEVICE),cpu) $(if $(filter-out 0,$(TTA)),--tta)
 
 serve: setup java
@@ -151,7 +153,7 @@ bench-gpu: setup java
 INPUT ?=
 CATALOG ?= catalog.csv
 classify: setup
-	$(PY) -m torchserve_ops.bulk --input "$(INPUT)" --out "$(if $(filter command line,$(origin OUT)),$(OUT),$(CATALOG))" \
+	$(VENV)/bin/galaxy-morph classify --input "$(INPUT)" --out "$(if $(filter command line,$(origin OUT)),$(OUT),$(CATALOG))" \
 		--model $(if $(filter command line,$(origin MODEL)),$(MODEL),galaxy-ensemble) $(if $(SERVERS),--servers $(SERVERS)) \
 		$(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(if $(RULE),--rule $(RULE)) \
 		$(if $(CUTOUT_URL),--cutout-url "$(CUTOUT_URL)") $(if $(CUTOUT_LAYER),--layer $(CUTOUT_LAYER)) \
@@ -162,7 +164,7 @@ classify: setup
 # Offline classification on Ray Data (no server): local Ray unless RAY_ADDRESS names a cluster.
 # Checkpoints: RUN=dir with b0/ and b2/ (default checkpoints/demo, else runs/demo).
 predict: setup
-	$(PY) -m prediction.ray_predict --input "$(INPUT)" --out "$(if $(filter command line,$(origin OUT)),$(OUT),$(CATALOG))" \
+	$(VENV)/bin/galaxy-morph predict --input "$(INPUT)" --out "$(if $(filter command line,$(origin OUT)),$(OUT),$(CATALOG))" \
 		--model $(if $(filter command line,$(origin MODEL)),$(MODEL),ensemble) $(if $(RULE),--rule $(RULE)) \
 		$(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS)) \
 		$(if $(filter-out 0,$(EMBEDDINGS)),--embeddings)
@@ -171,7 +173,7 @@ predict: setup
 # an HDF5 file, a table of sky positions (cutouts), or a catalogue of make classify/predict with IMAGES= its input
 LABELS ?= runs/labels/labels.db
 queue: setup
-	$(PY) -m labelling.queue add --store "$(LABELS)" --input "$(INPUT)" $(if $(MC),--mc-passes $(MC)) \
+	$(VENV)/bin/galaxy-morph queue add --store "$(LABELS)" --input "$(INPUT)" $(if $(MC),--mc-passes $(MC)) \
 		$(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(SOURCE),--source "$(SOURCE)") \
 		$(if $(IMAGES),--images "$(IMAGES)") $(if $(TOP),--top $(TOP)) \
 		$(if $(CUTOUT_URL),--cutout-url "$(CUTOUT_URL)") $(if $(CUTOUT_CACHE),--cache-dir "$(CUTOUT_CACHE)") \
@@ -181,13 +183,13 @@ queue: setup
 # (not the default: scripts/versions.sh promote VERSION, or the Model card page). See training/retrain.py.
 FROM ?= checkpoints/demo
 retrain: setup
-	$(PY) -m training.retrain --labels "$(LABELS)" --from "$(FROM)" $(if $(VERSION),--version $(VERSION)) \
+	$(VENV)/bin/galaxy-morph retrain --labels "$(LABELS)" --from "$(FROM)" $(if $(VERSION),--version $(VERSION)) \
 		$(if $(MIX),--mix "$(MIX)") $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(filter command line,$(origin MODELS)),--models $(MODELS))
 
 # The k nearest galaxies to an image (default index: the real samples, built by make serve)
 INDEX ?= runs/similarity/samples.npz
 similar: setup
-	$(PY) -m prediction.similarity query --index "$(INDEX)" --image "$(QUERY)" --k $(or $(K),5) \
+	$(VENV)/bin/galaxy-morph similar query --index "$(INDEX)" --image "$(QUERY)" --k $(or $(K),5) \
 		$(if $(filter command line,$(origin RUN)),--run $(RUN))
 
 clean:
