@@ -21,6 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import psutil  # noqa: E402
 
+from galaxy_morph.answers import DEFAULT_VERSION  # noqa: E402
 from galaxy_morph.specs import PAIR  # noqa: E402
 from survey.samples import SAMPLES_DIR, sample_files  # noqa: E402
 
@@ -78,7 +79,7 @@ def checkpoints(tmp: Path) -> tuple[Path, str]:
     run = tmp / "run"
     for i, name in enumerate(PAIR):
         torch.manual_seed(i)
-        save_checkpoint(run / name, build_model(name), get_spec(name), GALAXY10_CLASSES, version="1.0",
+        save_checkpoint(run / name, build_model(name), get_spec(name), GALAXY10_CLASSES, version=DEFAULT_VERSION,
                         data={"path": "random-init", "sha256": None, "n": 0})
     return run, "random-init (no demo checkpoints)"
 

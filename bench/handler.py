@@ -25,6 +25,7 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl  # noqa: E402
 
 from bench.common import sample_payloads  # noqa: E402
 from bench.raw import classify_bytes  # noqa: E402
+from galaxy_morph.answers import DEFAULT_VERSION  # noqa: E402
 from torchserve_ops.archive import model_config_for  # noqa: E402
 from handlers.galaxy_handler import GalaxyHandler  # noqa: E402
 
@@ -35,7 +36,7 @@ BATCH = 8
 def context(model_dir: Path, name: str, n: int, yaml_config: dict | None = None, metrics=None) -> Context:
     """A TorchServe Context for a batch of n requests, as the worker builds one (the worker keeps
     one metrics cache for its life: pass it in)."""
-    ctx = Context(name, str(model_dir), {"model": {"modelName": name, "modelVersion": "1.0"}}, BATCH,
+    ctx = Context(name, str(model_dir), {"model": {"modelName": name, "modelVersion": DEFAULT_VERSION}}, BATCH,
                   None, ts.__version__, metrics=metrics or MetricsCacheYamlImpl(METRICS_YAML),
                   model_yaml_config=yaml_config or {})
     ctx.request_processor = [RequestProcessor({}) for _ in range(n)]

@@ -34,11 +34,19 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-from handlers.payload import EMBEDDING_HEADER
+from handlers.payload import EMBEDDING_HEADER, RULE_HEADER
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEY_FILE_NAME = "key_file.json"
 DEFAULT_KEY_FILE = REPO_ROOT / KEY_FILE_NAME  # where `make serve` starts TorchServe
+DEFAULT_HOST = "127.0.0.1"
+# TorchServe's listeners: the variable that moves each one and its port by default. The launcher
+# (torchserve_ops.server) binds them; the client reads the first three.
+PORT_ENV = {"inference": ("TS_INFERENCE_PORT", 8080), "management": ("TS_MANAGEMENT_PORT", 8081),
+            "metrics": ("TS_METRICS_PORT", 8082),
+            "grpc_inference": ("TS_GRPC_INFERENCE_PORT", 7070),
+            "grpc_management": ("TS_GRPC_MANAGEMENT_PORT", 7071)}
+DEFAULT_URLS = {kind: f"http://{DEFAULT_HOST}:{port}" for kind, (_, port) in PORT_ENV.items()}
 
 # (connect, read) seconds. Registering a model waits for its workers to start.
 TIMEOUT = (3.0, 30.0)
@@ -137,12 +145,10 @@ def server_settings(env: dict | None = None) -> dict:
     "key_file"} from TS_HOST, TS_INFERENCE_PORT, TS_MANAGEMENT_PORT, TS_METRICS_PORT, TS_KEY_FILE
     (defaults 127.0.0.1, 8080, 8081, 8082, locate_key_file())."""
     env = os.environ if env is None else env
-    host = env.get("TS_HOST") or "127.0.0.1"
-    return {"host": host,
-            "inference_url": f"http://{host}:{env.get('TS_INFERENCE_PORT') or 8080}",
-            "management_url": f"http://{host}:{env.get('TS_MANAGEMENT_PORT') or 8081}",
-            "metrics_url": f"http://{host}:{env.get('TS_METRICS_PORT') or 8082}",
-            "key_file": locate_key_file(env)}
+    host = env.get("TS_HOST") or DEFAULT_HOST
+    urls = {f"{kind}_url": f"http://{host}:{env.get(PORT_ENV[kind][0]) or PORT_ENV[kind][1]}"
+            for kind in ("inference", "management", "metrics")}
+    return {"host": host, **urls, "key_file": locate_key_file(env)}
 
 
 def read_key_file(path: str | os.PathLike) -> dict:
@@ -196,9 +202,9 @@ def _error_body(resp: requests.Response) -> tuple[Any, str, str]:
 class TorchServeClient:
     """One TorchServe instance: three base URLs and its key file."""
 
-    def __init__(self, inference_url: str = "http://127.0.0.1:8080",
-                 management_url: str = "http://127.0.0.1:8081",
-                 metrics_url: str | None = "http://127.0.0.1:8082",
+    def __init__(self, inference_url: str = DEFAULT_URLS["inference"],
+                 management_url: str = DEFAULT_URLS["management"],
+                 metrics_url: str | None = DEFAULT_URLS["metrics"],
                  key_file: str | os.PathLike | None = DEFAULT_KEY_FILE,
                  keys: dict | None = None, timeout=TIMEOUT):
         """`management_url` / `metrics_url` None: a remote inference endpoint only (no token
@@ -343,13 +349,13 @@ class TorchServeClient:
     def predict_workflow(self, name: str, image: bytes, rule: str | None = None, embedding: bool = False) -> dict:
         """The ensemble workflow: adds "source", "rule", "b0", "b2" to the per-image answer.
 
-        The rule (seed, mean, weighted) travels in the X-Ensemble-Rule header. TorchServe answers
+        The rule (seed, mean, weighted) travels in the RULE_HEADER (X-Ensemble-Rule). TorchServe answers
         a workflow with HTTP 200 even when a node failed; an {"error", "code"} body is raised here
         as a ServerError like any other refusal. `embedding`: each member's answer carries its
         "embedding" (the header reaches every node)."""
         headers = _image_headers(embedding)
         if rule:
-            headers["X-Ensemble-Rule"] = rule
+            headers[RULE_HEADER] = rule
         url_path = f"/wfpredict/{name}"
         out = self._json("POST", "inference", url_path, data=image, headers=headers)
         if isinstance(out, dict) and "error" in out and "label" not in out:

@@ -36,18 +36,15 @@ import psutil
 
 from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
 from galaxy_morph.specs import PAIR
-from torchserve_ops.client import KEY_FILE_NAME, TorchServeClient, TorchServeError, read_key_file
+from torchserve_ops.client import (DEFAULT_HOST, KEY_FILE_NAME, PORT_ENV, TorchServeClient, TorchServeError,
+                                   read_key_file)
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "config.properties"
-HOST = "127.0.0.1"
+HOST = DEFAULT_HOST
 # The default pair's archives; a workflow names its own members (PAIR without an ensemble.json list).
 ARCHIVES = tuple(f"{served_name(m)}.mar" for m in PAIR)
 WORKFLOW = f"{WORKFLOW_NAME}.war"
-PORT_ENV = {"inference": ("TS_INFERENCE_PORT", 8080), "management": ("TS_MANAGEMENT_PORT", 8081),
-            "metrics": ("TS_METRICS_PORT", 8082),
-            "grpc_inference": ("TS_GRPC_INFERENCE_PORT", 7070),
-            "grpc_management": ("TS_GRPC_MANAGEMENT_PORT", 7071)}
 PID_FILE = "torchserve.pid"
 
 

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler, RandomSampler
 
+from galaxy_morph.answers import DEFAULT_VERSION
 from galaxy_morph.data import (DataError, GalaxyH5Dataset, file_sha256, inspect_h5, load_split,
                                make_split, save_split)
 from galaxy_morph.models import PretrainedUnavailable, build_model, save_checkpoint
@@ -41,7 +42,7 @@ from training.loop import (default_workers, head, make_ema, make_loader, mixer, 
                            warmup_cosine, world)
 from training.recipes import RECIPES, SWITCHES, get_recipe
 
-VERSION = "1.0"
+VERSION = DEFAULT_VERSION
 SPLIT_FILE = "split.json"
 LAST_FILE = "last.pt"
 
