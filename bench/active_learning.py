@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from galaxy_morph.files import atomic_path
 from galaxy_morph.specs import GALAXY10_CLASSES
 from bench.active_learning_report import (MARK_BEGIN, MARK_END, labels_to_reach, markdown, plot,  # noqa: F401
                                           summarise, write_markdown)
@@ -165,10 +166,8 @@ def load_or_render(cfg: Config, path, workers: int = 1, log=print) -> dict:
     data = {"pool_x": pool_x, "pool_y": pool_y, "test_x": test_x, "test_y": test_y,
             "start_x": np.stack([s[0] for s in starts]), "start_y": np.stack([s[1] for s in starts]),
             "start_seeds": np.asarray(cfg.seeds, np.int64)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part.npz")
-    np.savez(tmp, key=json.dumps(key), **data)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no ".npz"
+        np.savez(f, key=json.dumps(key), **data)
     log(f"data: rendered {cfg.pool + cfg.test + cfg.start * len(cfg.seeds)} galaxies in "
         f"{time.perf_counter() - t0:.0f} s -> {path}")
     return data

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
+
+from galaxy_morph.files import atomic_path, atomic_write_json
 
 PLAN_FILE = "plan.json"
 FORMATS = {".csv": "csv", ".parquet": "parquet"}
@@ -50,7 +51,7 @@ class PartStore:
             raise OutputError(f"{self.out} already exists: delete it or choose another --out")
         else:
             self.dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(plan_file, json.dumps(plan, indent=2).encode())
+            atomic_write_json(plan_file, plan, indent=2)
 
     @property
     def suffix(self) -> str:
@@ -64,17 +65,16 @@ class PartStore:
 
     def write(self, key: str, rows: list[list]) -> Path:
         path = self.path(key)
-        tmp = path.with_name(path.name + ".tmp")
-        if self.format == "csv":
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                w = csv.writer(f, lineterminator="\n")
-                w.writerow(self.header)
-                w.writerows(rows)
-        else:
-            import pyarrow.parquet as pq
+        with atomic_path(path) as tmp:
+            if self.format == "csv":
+                with open(tmp, "w", newline="", encoding="utf-8") as f:
+                    w = csv.writer(f, lineterminator="\n")
+                    w.writerow(self.header)
+                    w.writerows(rows)
+            else:
+                import pyarrow.parquet as pq
 
-            pq.write_table(self._table(rows), tmp)
-        os.replace(tmp, path)
+                pq.write_table(self._table(rows), tmp)
         return path
 
     def _table(self, rows: list[list]):
@@ -98,36 +98,29 @@ class PartStore:
         missing = [k for k in keys if not self.done(k)]
         if missing:
             raise OutputError(f"{len(missing)} shard(s) not classified yet ({missing[0]}...): re-run to resume")
-        tmp = self.out.with_name(self.out.name + ".tmp")
         n = 0
-        if self.format == "csv":
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                csv.writer(f, lineterminator="\n").writerow(self.header)
-                for k in keys:
-                    with open(self.path(k), encoding="utf-8") as part:
-                        part.readline()  # its header
-                        for line in part:
-                            f.write(line)
-                            n += 1
-        else:
-            import pyarrow.parquet as pq
+        with atomic_path(self.out) as tmp:
+            if self.format == "csv":
+                with open(tmp, "w", newline="", encoding="utf-8") as f:
+                    csv.writer(f, lineterminator="\n").writerow(self.header)
+                    for k in keys:
+                        with open(self.path(k), encoding="utf-8") as part:
+                            part.readline()  # its header
+                            for line in part:
+                                f.write(line)
+                                n += 1
+            else:
+                import pyarrow.parquet as pq
 
-            writer = None
-            try:
-                for k in keys:
-                    table = pq.read_table(self.path(k))
-                    writer = writer or pq.ParquetWriter(tmp, table.schema)
-                    writer.write_table(table)
-                    n += table.num_rows
-            finally:
-                if writer is not None:
-                    writer.close()
-        os.replace(tmp, self.out)
+                writer = None
+                try:
+                    for k in keys:
+                        table = pq.read_table(self.path(k))
+                        writer = writer or pq.ParquetWriter(tmp, table.schema)
+                        writer.write_table(table)
+                        n += table.num_rows
+                finally:
+                    if writer is not None:
+                        writer.close()
         shutil.rmtree(self.dir)
         return n
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

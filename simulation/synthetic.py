@@ -31,6 +31,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from galaxy_morph.data import SYNTHETIC_SOURCE, create_h5
+from galaxy_morph.files import atomic_path
 from galaxy_morph.legacy_rgb import sdss_rgb, to_uint8
 from galaxy_morph.specs import GALAXY10_CLASSES
 from simulation.galaxies import ARM_RGB, BULGE_RGB, DISK_RGB, RENDERERS, Canvas, blob, frame_scale, log_uniform
@@ -262,19 +263,13 @@ def generate(path, n: int = DEFAULT_N, seed: int = 0, size: int = 256, class_wei
     if n < 1:
         raise ValueError("n must be at least 1")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, 0x6A1A])
     labels = _labels(n, rng, class_weights)
     ra, dec = _positions(n, rng)
     redshift = rng.gamma(4.0, 0.025, n)
     redshift[rng.random(n) < 0.05] = np.nan
-    tmp = path.with_name(path.name + ".part")
-    try:
+    with atomic_path(path) as tmp:  # nothing half-written under either name
         _write(tmp, labels, ra, dec, redshift, seed, size, chunk, progress, workers)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # nothing half-written under either name
-        raise
-    tmp.replace(path)
     return path
 
 

@@ -26,10 +26,10 @@ import csv
 import os
 import re
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from galaxy_morph.files import atomic_path
 from survey.positions import TABLE_FORMATS as FORMATS
 from survey.rows import BASE_COLUMNS as BASE, CatalogError
 
@@ -176,21 +176,15 @@ def write_table(table, out: str | os.PathLike) -> Path:
     if out.parent and not out.parent.exists():
         raise CatalogError(f"folder for {out} does not exist: {out.parent}")
     table = table.copy(copy_data=False)
-    fd, tmp = tempfile.mkstemp(dir=out.parent or ".", prefix=f".{out.name}.", suffix=out.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         if fmt == "fits":
             description = table.meta.pop("description", "")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 table.write(tmp, format="fits", overwrite=True)
-            _fits_column_cards(tmp, table, description)
+            _fits_column_cards(str(tmp), table, description)
         else:
             table.write(tmp, format=fmt, overwrite=True)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 

@@ -33,12 +33,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
+from galaxy_morph.files import atomic_write_bytes
 from galaxy_morph.imaging import IMAGE_SIGNATURES
 from survey.positions import Position, parse_angle
 
@@ -161,15 +161,7 @@ class CutoutFetcher:
         return None
 
     def _write_cache(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, data)
 
     # -- HTTP -------------------------------------------------------------------------------
     def _session(self):

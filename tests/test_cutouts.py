@@ -68,7 +68,7 @@ def test_jpeg_and_fits_answers_are_cached_by_position_and_parameters(service, tm
     small = CutoutFetcher(CutoutParams(url=service.url(), size=64), cache_dir=tmp_path / "cache")
     assert decode_image(small.fetch(10.0, 5.0)).size == (64, 64)
     assert service.requests[(10.0, 5.0)] == 3, "another size is another cache entry"
-    assert not list((tmp_path / "cache").rglob(".part-*")), "no temporary files left behind"
+    assert not list((tmp_path / "cache").rglob(".*.tmp")), "no temporary files left behind"
 
 
 def test_retries_with_backoff_then_succeeds(service, tmp_path):

@@ -128,7 +128,7 @@ def test_cli_writes_file(tmp_path):
     out = tmp_path / "cli.h5"
     assert synthetic.main(["--out", str(out), "--n", "10", "--size", "48", "--seed", "2"]) == 0
     assert inspect_h5(out)["n"] == 10
-    assert not list(tmp_path.glob("*.part"))
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_sky_is_grey_and_images_are_jpeg_like():
