@@ -10,10 +10,15 @@ import numpy as np
 import pandas as pd
 
 from galaxy_morph.answers import WORKFLOW_NAME
+from galaxy_morph.data import SYNTHETIC_SOURCE
 from galaxy_morph.specs import GALAXY10_CLASSES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
+# Synthetic files (and so the checkpoints trained on them) record SYNTHETIC_SOURCE, the generator's
+# old module; the page names the one that makes them now.
+GENERATOR = "simulation.synthetic"
+
 
 def card_of(description: list[dict] | dict) -> dict:
     """The handler's model card from a describe answer (customizedMetadata), {} when none."""
@@ -75,7 +80,7 @@ def card_summary(card: dict) -> dict:
         "macro_f1": macro,
         "macro_f1_source": macro_source,
         "trained_at": card.get("trained_at"),
-        "data": card.get("training_data") or {},
+        "data": training_data(card),
         "per_class": test.get("per_class") or {},
         "confusion_matrix": test.get("confusion_matrix"),
         "class_names": card.get("class_names") or list(GALAXY10_CLASSES),
@@ -83,6 +88,14 @@ def card_summary(card: dict) -> dict:
         "note": card.get("note"),
         "calibration": card.get("calibration") if card.get("calibrated") else None,
     }
+
+
+def training_data(card: dict) -> dict:
+    """The card's "training_data" as the page shows it: a synthetic file's source is GENERATOR."""
+    data = card.get("training_data") or {}
+    if isinstance(data, dict) and data.get("source") == SYNTHETIC_SOURCE:
+        data = {**data, "source": GENERATOR}
+    return data
 
 
 def reliability_frame(calibration: dict) -> pd.DataFrame:
@@ -129,7 +142,7 @@ def provenance_text(p: dict) -> str:
                 f"labelled in `{f['labels']}` (make retrain); on {f['n_held_out']} held-out labels it gets "
                 f"**{f['accuracy']:.0%}** right, against {f['before']:.0%} before.")
     if p["synthetic"]:
-        trained = "**trained only on synthetic galaxies** (`simulation.synthetic`)"
+        trained = f"**trained only on synthetic galaxies** (`{GENERATOR}`)"
     elif p["synthetic"] is False:
         trained = f"trained on `{p['data_path']}`"
     else:

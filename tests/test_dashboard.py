@@ -515,6 +515,16 @@ def test_macro_f1_from_the_per_class_scores_of_a_model_card():
     assert card_views.macro_f1({"per_class": {"a": {"f1": None}}}) == (None, None)
 
 
+def test_model_card_names_the_generator_where_it_lives_now():
+    """The demo checkpoints record their data's source as galaxy_morph.synthetic (what the
+    generator writes into its files); the Training data table names simulation.synthetic."""
+    card = demo_card("b0")
+    assert card["training_data"]["source"] == "galaxy_morph.synthetic"  # the shipped record, unchanged
+    assert card_views.card_summary(card)["data"]["source"] == "simulation.synthetic"
+    assert card["training_data"]["source"] == "galaxy_morph.synthetic"  # not edited in place
+    assert card_views.card_summary({"training_data": {"source": "mine"}})["data"] == {"source": "mine"}
+
+
 def test_workflow_metrics_of_the_real_server(torchserve):
     """POST /wfpredict/galaxy-ensemble with the inference token: the server names the workflow's
     models galaxy-ensemble__b0 and galaxy-ensemble__b2, and the table shows them readably."""

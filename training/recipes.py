@@ -5,7 +5,7 @@
 A recipe is what training adds on top of a spec; the spec keeps the architecture, preprocessing,
 optimiser, learning rate, label smoothing and batch size. `augmented` has every switch below;
 `strong` drops the two that measured harmful (jitter and mix: B0, 12 epochs, 64 px, 4,000
-synthetic galaxies, `training.ablate`; README, *The strong recipe*). Each switch and its source:
+synthetic galaxies, `training.ablate`; docs/training.md, *Ablation*). Each switch and its source:
 
 - schedule: linear warm-up, then cosine decay to zero over the whole run, stepped every batch
   (torch's LinearLR + CosineAnnealingLR in a SequentialLR: training.train.warmup_cosine), and
