@@ -21,6 +21,10 @@ DEFAULT_VERSION = "1.0"  # a checkpoint or archive that names no version
 WORKFLOW_NAME = f"{MODEL_PREFIX}ensemble"
 WORKFLOW_SETTINGS = "ensemble.json"  # in the .war: name, members ("models") and their F1
 EMBEDDING_DIGITS = 6  # significant digits: cosine distances stay exact to ~1e-6 at any scale
+# The catalogue of a classification run (make classify, make predict, Predictor.predict): these,
+# one probability column per class between them, then the trailing ones (source, rule: ensemble only)
+CATALOGUE_BASE = ["id", "label", "class_name", "confidence", "error"]
+CATALOGUE_TRAILING = ["model", "version", "in_distribution", "ood_score", "source", "rule"]
 PREDICTION_KEYS = ("model", "version", "label", "class_name", "confidence", "probabilities", "calibrated",
                    "in_distribution", "ood_score")
 
@@ -28,6 +32,11 @@ PREDICTION_KEYS = ("model", "version", "label", "class_name", "confidence", "pro
 def served_name(spec_name: str) -> str:
     """The TorchServe model name of a spec: "b0" -> "galaxy-b0"."""
     return f"{MODEL_PREFIX}{spec_name}"
+
+
+def workflow_member_name(spec_name: str) -> str:
+    """What TorchServe names a model node of the ensemble workflow (its answers carry it)."""
+    return f"{WORKFLOW_NAME}__{spec_name}"
 
 
 MODEL_NAMES = {spec: served_name(spec) for spec in SPECS}  # {"b0": "galaxy-b0", "b2": "galaxy-b2"}

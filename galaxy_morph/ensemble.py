@@ -68,9 +68,31 @@ def check_rule(rule: str, models: Sequence[str]) -> None:
                          f"use the mean or weighted rule for other sets of models")
 
 
-def default_rule(models: Sequence[str]) -> str:
-    """The rule an ensemble of these models uses when none is asked for: the seed's for two."""
-    return "seed" if len(models) == 2 else "mean"
+def rules_for(models: Sequence[str]) -> tuple:
+    """The rules that apply to these models: `seed` is a two-model rule."""
+    return RULES if len(models) == 2 else tuple(r for r in RULES if r != "seed")
+
+
+def fallback_rule(models: Sequence[str]) -> str:
+    """The rule of an ensemble whose run measured none (no ensemble.json): the mean, which needs
+    no weights and, unlike `seed`, lets every model count."""
+    return "mean"
+
+
+def choose_rule(figures: Mapping[str, Mapping[str, float]]) -> str:
+    """The rule with the lowest NLL on the validation split, ties broken by accuracy:
+    figures = {rule: {"nll": ..., "accuracy": ...}}."""
+    return min(figures, key=lambda r: (round(figures[r]["nll"], 6), -figures[r]["accuracy"]))
+
+
+def default_rule(settings: Mapping, models: Sequence[str]) -> str:
+    """The rule an ensemble answers with when none is asked for: the run's measured choice
+    (settings["default_rule"] from its ensemble.json, when made for these models), else the fallback."""
+    rule = settings.get("default_rule")
+    made_for = settings.get("rule_models")
+    if rule in rules_for(models) and (made_for is None or list(made_for) == list(models)):
+        return rule
+    return fallback_rule(models)
 
 
 def seed_rule(probs: Mapping[str, Sequence[float]]) -> dict:
@@ -118,6 +140,18 @@ def combine_models(rule: str, probs: Mapping[str, Sequence[float]],
             raise ValueError("the weighted rule needs every model's per-class validation F1")
         return weighted_rule(probs, f1)
     raise ValueError(f"unknown ensemble rule {rule!r}: choose one of {', '.join(RULES)}")
+
+
+def ensemble_answer(answers: Mapping[str, dict], rule: str, f1: Mapping[str, Sequence[float]] | None = None,
+                    name: str | None = None) -> dict:
+    """The ensemble's answer from its members' answers {spec name: answer dict}, in rule order (B0
+    first): what the workflow's aggregate node and galaxy_morph.Predictor both return."""
+    from galaxy_morph.answers import WORKFLOW_NAME, ensemble_prediction
+
+    names = list(next(iter(answers.values()))["probabilities"])
+    probs = {m: [a["probabilities"][n] for n in names] for m, a in answers.items()}
+    combined = combine_models(rule, probs, f1 if rule == "weighted" else None)
+    return ensemble_prediction(name or WORKFLOW_NAME, combined, names, dict(answers))
 
 
 def combine(rule: str, p_b0, p_b2, f1_b0=None, f1_b2=None) -> dict:

@@ -9,8 +9,10 @@ forward unchanged (a workflow answer is always HTTP 200 in TorchServe 0.12: see 
 The members (the model nodes, B0 first) and their per-class validation F1 come from ensemble.json,
 which `python -m torchserve_ops.archive` packs into the .war next to this file; an archive without a
 member list is the B0 + B2 pair. The rule comes from the `X-Ensemble-Rule` header: seed, mean or
-weighted; by default seed for two members and mean for more. `seed` is a two-model rule: a
+weighted; by default the run's measured rule ("default_rule" in ensemble.json, chosen by
+training.evaluate: the lowest NLL on validation), else mean. `seed` is a two-model rule: a
 workflow of three or more members refuses it in `pre` with a 400 body, before any model runs.
+The answer is galaxy_morph.ensemble.ensemble_answer's, the same as galaxy_morph.Predictor's.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ import json
 import os
 import time
 
-from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, ensemble_prediction
-from galaxy_morph.ensemble import RULES, check_rule, combine_models, default_rule
+from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS
+from galaxy_morph.ensemble import RULES, check_rule, default_rule, ensemble_answer
 from galaxy_morph.imaging import ImageError, decode_image
 from galaxy_morph.specs import PAIR  # the members of an ensemble.json without a "models" entry
 from handlers.payload import RequestError, error_body, header, read_request
@@ -36,9 +38,9 @@ RACE_GUARD_S = float(os.environ.get("GALAXY_RACE_GUARD_S", "0.005"))
 _settings = {}
 
 
-def rule_of(context, idx: int, members=PAIR) -> str:
-    """The requested rule, or the members' default; RequestError when it cannot combine them."""
-    rule = (header(context, idx, RULE_HEADER) or default_rule(members)).strip().lower()
+def rule_of(context, idx: int, members=PAIR, conf: dict | None = None) -> str:
+    """The requested rule, or the archive's default; RequestError when it cannot combine them."""
+    rule = (header(context, idx, RULE_HEADER) or default_rule(conf or {}, members)).strip().lower()
     if rule not in RULES:
         raise RequestError(f"unknown ensemble rule {rule!r}: choose one of {', '.join(RULES)} "
                      f"in the {RULE_HEADER} header")
@@ -73,11 +75,12 @@ def pre(data, context):
     if data is None:
         return None
     time.sleep(RACE_GUARD_S)
-    members = members_of(settings(context))
+    conf = settings(context)
+    members = members_of(conf)
     out = []
     for i, row in enumerate(data):
         try:
-            rule_of(context, i, members)
+            rule_of(context, i, members, conf)
             image, _ = read_request(row)
             decode_image(image)  # refuse bad images here, before the models see them
             out.append(json.dumps({"image": base64.b64encode(image).decode("ascii")}))
@@ -106,21 +109,19 @@ def ensemble(data, context):
             for a in answers.values():
                 if "error" in a:
                     raise RequestError(a["error"], int(a.get("code", 400)))
-            rule = rule_of(context, i, members)
+            rule = rule_of(context, i, members, conf)
             f1 = conf.get("val_per_class_f1") or {}
             missing = [m for m in members if not f1.get(m)]
             if rule == "weighted" and missing:
                 raise RequestError(f"the weighted rule needs every model's per-class validation F1 "
                                    f"(missing: {', '.join(missing)}), and this workflow archive was "
                                    f"built without their evaluation reports")
-            names = list(answers[members[0]]["probabilities"])
-            probs = {m: [a["probabilities"][n] for n in names] for m, a in answers.items()}
-            result = combine_models(rule, probs, f1 if rule == "weighted" else None)
+            result = ensemble_answer(answers, rule, f1, conf["name"])
         except (RequestError, ImageError) as e:
             out.append(json.dumps(error_body(str(e), e.status)))
             continue
         except (KeyError, TypeError, ValueError) as e:
             out.append(json.dumps(error_body(f"ensemble failed: {e}", 400)))
             continue
-        out.append(json.dumps(ensemble_prediction(conf["name"], result, names, answers)))
+        out.append(json.dumps(result))
     return out

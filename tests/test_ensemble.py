@@ -115,9 +115,18 @@ def test_seed_rule_is_for_two_models_only():
 
 
 def test_rule_check_and_default_without_probabilities():
-    from galaxy_morph.ensemble import check_rule, default_rule
+    from galaxy_morph.ensemble import check_rule, choose_rule, default_rule
 
-    assert default_rule(["b0", "b2"]) == "seed" and default_rule(["b0", "b2", "convnext"]) == "mean"
+    pair, trio = ["b0", "b2"], ["b0", "b2", "convnext"]
+    assert default_rule({}, pair) == "mean" and default_rule({}, trio) == "mean"  # nothing measured
+    assert default_rule({"default_rule": "seed"}, pair) == "seed"  # measured: kept, even seed
+    assert default_rule({"default_rule": "seed"}, trio) == "mean"  # a two-model rule cannot serve three
+    assert default_rule({"default_rule": "weighted", "rule_models": pair}, trio) == "mean"  # chosen for others
+    assert default_rule({"default_rule": "weighted", "rule_models": trio}, trio) == "weighted"
+    figures = {"seed": {"nll": 0.9, "accuracy": 0.93}, "mean": {"nll": 0.31, "accuracy": 0.95},
+               "weighted": {"nll": 0.31, "accuracy": 0.96}}
+    assert choose_rule(figures) == "weighted"  # the lowest NLL, then the higher accuracy
+    assert choose_rule({**figures, "mean": {"nll": 0.2, "accuracy": 0.5}}) == "mean"
     check_rule("seed", ["b0", "b2"])
     check_rule("mean", ["b0", "b2", "convnext"])
     with pytest.raises(ValueError, match="got 3: b0, b2, convnext; use the mean or weighted rule"):

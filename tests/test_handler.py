@@ -171,7 +171,7 @@ def test_embedding_on_request_is_the_penultimate_layer(handler, b0_dir, sample_i
     assert "embedding" not in out[3]
     from galaxy_morph.imaging import decode_image
 
-    x = handler.transform(decode_image(data)).unsqueeze(0)
+    x = handler.member.transform(decode_image(data)).unsqueeze(0)
     with torch.inference_mode():
         expected, _ = features_and_logits(handler.model, x)
     for o in out[:3]:
@@ -279,11 +279,28 @@ def test_ensemble_applies_core_rule(rule):
     rows = [{"b0": fake_answer(probs(s)), "b2": fake_answer(probs(s + 100), "galaxy-ensemble__b2")} for s in range(6)]
     out = [json.loads(o) for o in workflow.ensemble(rows, wf_context(len(rows), rule))]
     for s, o in enumerate(out):
-        want = ensemble.combine((rule or "seed").lower(), probs(s), probs(s + 100))
+        want = ensemble.combine((rule or "mean").lower(), probs(s), probs(s + 100))  # no measured rule: mean
         assert o["label"] == want["label"] and o["source"] == want["source"] and o["rule"] == want["rule"]
         assert o["confidence"] == pytest.approx(want["confidence"])
         assert o["class_name"] == GALAXY10_CLASSES[want["label"]]
         assert o["b0"]["model"] == "galaxy-ensemble__b0" and o["b2"]["model"] == "galaxy-ensemble__b2"
+
+
+@pytest.mark.parametrize("measured", ["seed", "weighted", "mean"])
+def test_ensemble_default_is_the_archives_measured_rule(monkeypatch, measured):
+    """ensemble.json's default_rule (training.evaluate's choice) answers when no header asks; a header
+    still picks any rule."""
+    f1 = {"b0": list(np.linspace(0.2, 0.9, 10)), "b2": list(np.linspace(0.9, 0.2, 10))}
+    monkeypatch.setattr(workflow, "_settings", {"name": "galaxy-ensemble", "default_rule": measured,
+                                                "val_per_class_f1": f1})
+    rows = [{"b0": fake_answer(probs(s)), "b2": fake_answer(probs(s + 100))} for s in range(4)]
+    out = [json.loads(o) for o in workflow.ensemble(rows, wf_context(len(rows)))]
+    assert {o["rule"] for o in out} == {measured}
+    for s, o in enumerate(out):
+        assert o["label"] == ensemble.combine(measured, probs(s), probs(s + 100), f1["b0"], f1["b2"])["label"]
+    seed = [json.loads(o) for o in workflow.ensemble(rows, wf_context(len(rows), "seed"))]
+    assert [o["label"] for o in seed] == [int(np.argmax(probs(s))) for s in range(4)]  # B0's, always
+    assert {o["rule"] for o in seed} == {"seed"}
 
 
 def test_ensemble_weighted_needs_f1(monkeypatch):
@@ -483,7 +500,7 @@ def test_gpu_settings_answer_as_the_cpu_settings(sample_images):
 
     ref = make_handler(SHIPPED_B0, **DEVICE_CONFIG["cpu"]["handler"])
     gpu_like = make_handler(SHIPPED_B0, **DEVICE_CONFIG["cuda"]["handler"])
-    assert gpu_like.autocast_dtype == torch.bfloat16 and gpu_like.decoder == "device"
+    assert gpu_like.member.autocast_dtype == torch.bfloat16 and gpu_like.decoder == "device"
     # half the samples, five of each class: bf16 on a CPU is slow (~0.25 s an image)
     rows = [{"body": p.read_bytes()} for p in sample_images[::2]]
     out_ref, _ = run(ref, SHIPPED_B0, rows)
