@@ -22,11 +22,12 @@ COMMANDS = {
     "classify": ("torchserve_ops.bulk", "serving",
                  "classify a folder, HDF5 file or table of sky positions through TorchServe (make classify)"),
     "predict": ("prediction.ray_predict", "ray", "classify offline on Ray Data, no server (make predict)"),
-    "similar": ("prediction.similarity", "ray", "build a similarity index or query the nearest galaxies (make similar)"),
+    "similar": ("prediction.similarity", "ray", "build a similarity index, or find the nearest galaxies (make similar)"),
     "queue": ("labelling.queue", "dashboard", "queue the least certain galaxies for the Review page (make queue)"),
-    "retrain": ("training.retrain", "training", "fine-tune on your labels, compare, register the next version (make retrain)"),
+    "retrain": ("training.retrain", "training",
+                "fine-tune on your labels, compare, register the next version (make retrain)"),
     "train": ("training.train", "training", "train one model on a Galaxy10-schema HDF5 file (make train)"),
-    "evaluate": ("training.evaluate", "training", "evaluate a run's checkpoints and the ensemble rules (make evaluate)"),
+    "evaluate": ("training.evaluate", "training", "evaluate a run's checkpoints and ensemble rules (make evaluate)"),
     "archive": ("torchserve_ops.archive", "serving", "build the TorchServe archives from a run (make archive)"),
 }
 
