@@ -22,7 +22,7 @@ COMMANDS = {
     "classify": ("torchserve_ops.bulk", "serving",
                  "classify a folder, HDF5 file or table of sky positions through TorchServe (make classify)"),
     "predict": ("prediction.ray_predict", "ray", "classify offline on Ray Data, no server (make predict)"),
-    "similar": ("prediction.similarity", "ray", "build a similarity index, or find the nearest galaxies (make similar)"),
+    "similar": ("prediction.similarity", "ray", "build a similarity index, find the nearest galaxies (make similar)"),
     "queue": ("labelling.queue", "dashboard", "queue the least certain galaxies for the Review page (make queue)"),
     "retrain": ("training.retrain", "training",
                 "fine-tune on your labels, compare, register the next version (make retrain)"),
