@@ -25,15 +25,15 @@ ML = {"torch", "torchvision", "timm", "captum"}
 # a decision, made here. The HTTP side (survey I/O, torchserve_ops, the dashboard's plain modules)
 # has no deep-learning stack; only handlers/, torchserve_ops.server and bench/ import TorchServe's `ts`.
 THIRD_PARTY = {
-    "galaxy_morph": {"numpy", "PIL", "h5py", "astropy", "sklearn", "pandas", "tqdm", "huggingface_hub"} | ML,
-    "handlers": {"torch", "captum", "ts"},
+    "galaxy_morph": {"numpy", "scipy", "PIL", "h5py", "astropy", "sklearn", "pandas", "tqdm", "huggingface_hub"} | ML,
+    "handlers": {"torch", "ts"},
     "survey": {"numpy", "PIL", "h5py", "astropy", "requests", "urllib3"},
     "simulation": {"numpy", "scipy", "PIL", "h5py", "matplotlib", "tqdm"},
     "torchserve_ops": {"numpy", "h5py", "yaml", "tqdm"},
     "torchserve_ops.client": {"requests", "tenacity", "prometheus_client"},
     "torchserve_ops.pool": {"tenacity"},
     "torchserve_ops.server": {"psutil", "ts"},  # ts: where its Java frontend is installed
-    "prediction": {"numpy", "PIL", "h5py", "pyarrow", "faiss", "ray", "torch"},
+    "prediction": {"numpy", "PIL", "h5py", "pyarrow", "ray", "torch"},
     "prediction.parts": {"pyarrow"},
     "prediction.similarity": {"numpy", "pyarrow", "faiss"},
     "labelling": {"numpy", "pandas", "torch"},
