@@ -2,6 +2,7 @@
 and the reliability of probabilities (ECE and the reliability diagram's bins).
 
     probs = calibrate(probs, ckpt.temperature(tta=False))     # softmax(log p / T): argmax unchanged
+    t = fit_temperature(val_logp, val_y); ece(softmax(val_logp, t), val_y); nll(probs, y)
 
 A checkpoint folder's calibration.json (written by training.evaluate) holds one entry per answering
 mode, "plain" and "tta" (the mean over the 8 dihedral views), each with the temperature, the data it
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from galaxy_morph.files import atomic_write_json
+
 CALIBRATION_FILE = "calibration.json"
 ECE_BINS = 15
 
@@ -30,6 +33,33 @@ def calibrate(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     if temperature == 1.0:
         return probs
     return torch.softmax(probs.clamp_min(1e-12).log() / temperature, dim=-1)
+
+
+def softmax(logp, t: float = 1.0) -> np.ndarray:
+    """Row-wise softmax(logp / t) of float64 log-probabilities (or logits): temperature scaling."""
+    z = np.asarray(logp, np.float64) / t
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def nll(probs, y) -> float:
+    """Mean negative log-likelihood of the true classes."""
+    probs, y = np.asarray(probs, np.float64), np.asarray(y)
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
+
+
+def fit_temperature(logp, y) -> float:
+    """The temperature that minimises the NLL of softmax(logp / T) on (logp, y) (Guo et al. 2017)."""
+    from scipy.optimize import minimize_scalar
+
+    logp, y = np.asarray(logp, np.float64), np.asarray(y)
+
+    def loss(log_t):
+        z = logp / np.exp(log_t)
+        z = z - z.max(1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
+    return float(np.exp(minimize_scalar(loss, bounds=(-4, 4), method="bounded").x))
 
 
 def reliability(probs, y, bins: int = ECE_BINS) -> dict:
@@ -70,7 +100,4 @@ def write_calibration(ckpt_dir: str | os.PathLike, tta: bool, entry: dict) -> Pa
     path = Path(ckpt_dir) / CALIBRATION_FILE
     data = read_calibration(ckpt_dir)
     data[mode(tta)] = entry
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path, data)

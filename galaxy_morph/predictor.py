@@ -98,6 +98,7 @@ class Member:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         ckpt = load_checkpoint(ckpt_dir, map_location="cpu")
+        self.ckpt_dir = Path(ckpt_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = ckpt.model.to(self.device, memory_format=torch.channels_last).eval()
         self.meta, self.spec, self.class_names = ckpt.meta, ckpt.spec, ckpt.class_names

@@ -9,8 +9,8 @@
 `add` reads the images as `make classify` does (a folder, an HDF5 file, or a table of sky positions
 whose cutouts are downloaded and cached); from a `make classify` / `make predict` catalogue it
 takes the --top rows whose answers have the highest entropy and reads those from --images. It
-classifies each image in-process with the served checkpoints (prediction.classifier, the
-server's own steps) and stores the galaxy (its image bytes), B0's and B2's answers and, with
+classifies each image in-process with the served checkpoints (galaxy_morph.Predictor, the
+server's own answer path) and stores the galaxy (its image bytes), B0's and B2's answers and, with
 --mc-passes N, N MC-dropout passes of B0 (stored as answers of model "galaxy-b0/mc"). `list` and
 `ranked()` order the unlabelled galaxies by an acquisition score (labelling.acquisition) computed
 from the stored answers: entropy and margin of the ensemble mean, B0/B2 disagreement, BALD over
@@ -23,10 +23,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from galaxy_morph.answers import MODEL_NAMES
-from galaxy_morph.models import mc_dropout_probabilities
 from labelling import acquisition
 from galaxy_morph.specs import GALAXY10_CLASSES
 from labelling.store import LabelStore, StoreError
@@ -113,11 +111,11 @@ def read_inputs(path: str | Path, images: str | Path | None = None, top: int = 1
     return items, refused, positions
 
 
-def add_images(store: LabelStore, items: list[tuple[str, bytes]], source: str, classifier,
+def add_images(store: LabelStore, items: list[tuple[str, bytes]], source: str, predictor,
                mc_passes: int = 0, positions: dict | None = None) -> dict:
-    """Classify and queue (key, bytes) items (at ra, dec = positions[key] where given); returns
-    {"added", "refused"}."""
-    answers = classifier.classify([b for _, b in items], embeddings=bool(mc_passes))
+    """Classify (a galaxy_morph.Predictor of the ensemble) and queue (key, bytes) items (at ra, dec =
+    positions[key] where given); returns {"added", "refused"}."""
+    answers = predictor.answer_batch([b for _, b in items], mc_passes=mc_passes)
     added, refused = 0, []
     for (key, data), answer in zip(items, answers):
         if not isinstance(answer, dict):
@@ -125,14 +123,12 @@ def add_images(store: LabelStore, items: list[tuple[str, bytes]], source: str, c
             continue
         ra, dec = (positions or {}).get(key, (None, None))
         cid = store.add_candidate(source, key, image=data, ra=ra, dec=dec)
-        for m in ("b0", "b2"):
+        for m in ("b0", "b2"):  # under their served names, as the Classify page stores them
             a = answer[m]
-            store.add_answer(cid, a["model"], a["version"], a["probabilities"], a.get("ood_score"))
+            store.add_answer(cid, MODEL_NAMES[m], a["version"], a["probabilities"], a.get("ood_score"))
         if mc_passes:  # the head's passes over the features B0 just classified with
-            b0 = classifier.models["b0"]
-            feats = torch.tensor([answer["b0"]["embedding"]])
-            for p in mc_dropout_probabilities(b0.model, feats, mc_passes, b0.temperature)[:, 0].tolist():
-                store.add_answer(cid, MC_MODEL, b0.version, p)
+            for p in answer["b0"]["mc_dropout"]["probabilities"]:
+                store.add_answer(cid, MC_MODEL, answer["b0"]["version"], p)
         added += 1
     return {"added": added, "refused": refused}
 
@@ -207,7 +203,7 @@ def main(argv=None) -> int:
     try:
         store = LabelStore(args.store)
         if args.command == "add":
-            from prediction.classifier import ENSEMBLE, BatchClassifier, CheckpointBundle
+            from galaxy_morph.predictor import ENSEMBLE, Predictor
             from prediction.ray_predict import default_run
 
             if not 0 <= args.mc_passes <= 64:
@@ -217,8 +213,7 @@ def main(argv=None) -> int:
             columns = {"ra_col": args.ra_col, "dec_col": args.dec_col, "id_col": args.id_col}
             fetcher = fetcher_from_args(args) if table_format(args.images or args.input) else None
             items, refused, positions = read_inputs(args.input, args.images, args.top, fetcher, columns)
-            bundle = CheckpointBundle.from_run(Path(args.run) if args.run else default_run(), ENSEMBLE)
-            clf = BatchClassifier(bundle, ENSEMBLE, device="cpu")
+            clf = Predictor.from_run(Path(args.run) if args.run else default_run(), ENSEMBLE, device="cpu")
             # the images' name: a catalogue of them queues the same galaxies, not copies
             source = args.source or Path(args.images or args.input).name
             result = add_images(store, items, source, clf, args.mc_passes, positions)

@@ -2,18 +2,17 @@
 
     python -m prediction.ray_predict --input samples/galaxy10_decals --out /tmp/p.csv
     python -m prediction.ray_predict --input data/survey.h5 --out survey.parquet --model b2 \
-        [--run checkpoints/demo] [--rule seed|mean|weighted] [--address ray://head:10001] \
+        [--run checkpoints/demo] [--rule mean|weighted|seed] [--address ray://head:10001] \
         [--actors N] [--cpus-per-actor 1] [--gpus-per-actor 0] [--batch-size 64] [--shard-size 1024]
         [--embeddings]
     make predict INPUT=... OUT=... [MODEL=b0|b2|ensemble] [RULE=seed] [RAY_ADDRESS=...] [EMBEDDINGS=1]
 
 Input: a folder of JPEG/PNG images, a Galaxy10-schema HDF5 file, or Parquet shards with an `image`
 column (prediction/inputs.py). It is cut into shards; Ray Data reads shards in tasks and classifies
-them with `map_batches` over a pool of model actors, each holding the checkpoints
-(prediction/classifier.py: the core's models, transforms and ensemble rules, as the server runs
-them). Output: the bulk classifier's columns, CSV or Parquet (by the --out suffix). --embeddings
+them with `map_batches` over a pool of model actors, each holding a galaxy_morph.Predictor (the
+server's answer path, in-process). Output: the bulk classifier's columns, CSV or Parquet (by the --out suffix). --embeddings
 (Parquet only) adds each model's penultimate-layer features as a list<float32> column
-`embedding_b0`, `embedding_b2`: the input of a similarity index (prediction/similarity.py).
+`embedding_b0`, `embedding_b2` (one per member of the run): the input of a similarity index (prediction/similarity.py).
 
 Resume: each finished shard is written to OUT.parts/ at once; run the same command again and only
 the missing shards are classified, then the parts are merged into OUT. Local Ray is started and
@@ -34,20 +33,42 @@ from pathlib import Path
 
 import numpy as np
 
+from galaxy_morph.predictor import ENSEMBLE, CheckpointError, Predictor, run_members
+from galaxy_morph.specs import ALL_SPECS
 from survey.rows import header_for, row_for
-from prediction.classifier import (ENSEMBLE, MEMBERS, BatchClassifier, CheckpointBundle,
-                                   CheckpointError)
 from prediction.inputs import DEFAULT_SHARD_SIZE, InputError, Shard, plan_shards, read_shard
 from prediction.parts import OutputError, PartStore, output_format
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS = (REPO / "checkpoints" / "demo", REPO / "runs" / "demo")
-CHOICES = MEMBERS + (ENSEMBLE,)  # --model
+CHOICES = tuple(ALL_SPECS) + (ENSEMBLE,)  # --model
+RUN_FILES = ("model.pt", "meta.json", "calibration.json", "ood.npz", "report.json")
 
 
 def default_run() -> Path:
     """checkpoints/demo when the repository ships it, else runs/demo (make demo-models)."""
     return next((d for d in DEFAULT_RUNS if (d / "b0" / "meta.json").is_file()), DEFAULT_RUNS[-1])
+
+
+def pack_run(run: Path, model: str) -> dict[str, bytes]:
+    """{relative path: bytes} of what a Predictor of `model` loads from RUN: model actors on other
+    machines of a Ray cluster need no shared file system."""
+    members = run_members(run) if model == ENSEMBLE else [model]
+    if not members or not all((run / m / "model.pt").is_file() and (run / m / "meta.json").is_file()
+                              for m in members):
+        raise CheckpointError(f"no {model} checkpoint in {run}: expected {run}/M/model.pt and meta.json "
+                              f"(make demo-models, or --run DIR with b0/ and b2/)")
+    files = {f"{m}/{f}": (run / m / f).read_bytes() for m in members for f in RUN_FILES if (run / m / f).is_file()}
+    if model == ENSEMBLE and (run / "ensemble.json").is_file():
+        files["ensemble.json"] = (run / "ensemble.json").read_bytes()
+    return files
+
+
+def unpack_run(files: dict[str, bytes], folder: Path) -> Path:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
 
 
 # --- Ray Data stages (run in Ray workers) ---------------------------------------------------------
@@ -71,20 +92,23 @@ def load_shards(batch: dict) -> dict:
 
 
 class ModelActor:
-    """A Ray Data actor: loads the checkpoints once, then classifies batch after batch."""
+    """A Ray Data actor: loads the run's Predictor once, then answers batch after batch."""
 
-    def __init__(self, bundle_ref, model: str, rule: str, threads: int, embeddings: bool = False):
+    def __init__(self, files_ref, model: str, rule: str | None, threads: int, embeddings: bool = False):
+        import tempfile
+
         import ray
         import torch
 
         torch.set_num_threads(max(1, threads))
-        bundle = ray.get(bundle_ref[0])  # in a list, so that Ray Data hands over the reference
-        self.classifier = BatchClassifier(bundle, model, rule)
+        files = ray.get(files_ref[0])  # in a list, so that Ray Data hands over the reference
+        with tempfile.TemporaryDirectory(prefix="galaxy-run-") as tmp:
+            self.predictor = Predictor.from_run(unpack_run(files, Path(tmp)), model, rule, device=None)
         self.embeddings = embeddings
 
     def __call__(self, batch: dict) -> dict:
         items = batch["pixels"] if "pixels" in batch else batch["image"]
-        answers = self.classifier.classify(list(items), self.embeddings)
+        answers = self.predictor.answer_batch(list(items), self.embeddings, batch_size=len(items) or 1)
         return {"shard": batch["shard"], "pos": batch["pos"], "id": batch["id"],
                 "answer": np.array([json.dumps(a) if isinstance(a, dict) else "" for a in answers], dtype=object),
                 "error": np.array(["" if isinstance(a, dict) else str(a) for a in answers], dtype=object)}
@@ -111,8 +135,8 @@ def start_ray(address: str | None, num_cpus: int | None):
     return True
 
 
-def classify_shards(pending: list[Shard], bundle: CheckpointBundle, store: PartStore, args,
-                    class_names: list[str], log=print) -> int:
+def classify_shards(pending: list[Shard], files: dict, store: PartStore, args,
+                    class_names: list[str], members: list[str], log=print) -> int:
     """Run the Ray Data pipeline over the pending shards, writing each part as it completes."""
     import ray
 
@@ -123,14 +147,13 @@ def classify_shards(pending: list[Shard], bundle: CheckpointBundle, store: PartS
                              override_num_blocks=len(pending))
     ds = ds.map_batches(load_shards, batch_size=1, batch_format="numpy")
     ds = ds.map_batches(ModelActor, batch_size=args.batch_size, batch_format="numpy",
-                        fn_constructor_kwargs={"bundle_ref": [ray.put(bundle)], "model": args.model,
+                        fn_constructor_kwargs={"files_ref": [ray.put(files)], "model": args.model,
                                                "rule": args.rule, "threads": max(1, int(args.cpus_per_actor)),
                                                "embeddings": args.embeddings},
                         compute=ray.data.ActorPoolStrategy(size=args.actors), num_cpus=args.cpus_per_actor,
                         num_gpus=args.gpus_per_actor or None)
     # the catalogue's own columns; embedding columns, when asked for, come after them
-    header = store.header[:len(store.header) - len(embedding_columns(args.model))] if args.embeddings \
-        else store.header
+    header = store.header[:len(store.header) - len(members)] if args.embeddings else store.header
     by_index = {s.index: s for s in pending}
     rows: dict[int, list] = defaultdict(list)
     written = 0
@@ -139,7 +162,7 @@ def classify_shards(pending: list[Shard], bundle: CheckpointBundle, store: PartS
                                                       batch["answer"], batch["error"]):
             shard, answer = int(shard), json.loads(answer) if answer else None
             row = row_for(str(item_id), answer, str(error), header, class_names)
-            rows[shard].append((int(pos), row + embeddings_of(answer, args.model) if args.embeddings else row))
+            rows[shard].append((int(pos), row + embeddings_of(answer, args.model, members) if args.embeddings else row))
             if len(rows[shard]) == by_index[shard].n:
                 done = [r for _, r in sorted(rows.pop(shard), key=lambda x: x[0])]
                 store.write(by_index[shard].key, done)
@@ -148,15 +171,14 @@ def classify_shards(pending: list[Shard], bundle: CheckpointBundle, store: PartS
     return written
 
 
-def embedding_columns(model: str) -> list[str]:
-    return [f"embedding_{m}" for m in (MEMBERS if model == ENSEMBLE else (model,))]
+def embedding_columns(members: list[str]) -> list[str]:
+    return [f"embedding_{m}" for m in members]
 
 
-def embeddings_of(answer: dict | None, model: str) -> list:
+def embeddings_of(answer: dict | None, model: str, members: list[str]) -> list:
     """The answer's embedding per model (a workflow answer carries its members'); None: refused."""
     if answer is None:
-        return [None] * len(embedding_columns(model))
-    members = MEMBERS if model == ENSEMBLE else (model,)
+        return [None] * len(members)
     return [(answer[m] if model == ENSEMBLE else answer)["embedding"] for m in members]
 
 
@@ -166,7 +188,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--input", required=True, help="image folder, Galaxy10 HDF5 file, or Parquet file/folder")
     ap.add_argument("--out", required=True, help="catalogue to write: .csv or .parquet")
     ap.add_argument("--model", default=ENSEMBLE, choices=CHOICES)
-    ap.add_argument("--rule", default="seed", choices=("seed", "mean", "weighted"), help="ensemble rule")
+    ap.add_argument("--rule", default=None, choices=("mean", "weighted", "seed"),
+                    help="ensemble rule (default: the run's measured rule, RUN/ensemble.json, else mean)")
     ap.add_argument("--run", default=None, help="checkpoint folder with b0/ and b2/ "
                     "(default: checkpoints/demo, else runs/demo)")
     ap.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
@@ -199,13 +222,15 @@ def main(argv=None) -> int:
         if output_format(out) != "parquet" and args.embeddings:
             raise OutputError(f"{out}: embeddings are written to Parquet only: use an --out ending in .parquet")
         shards = plan_shards(args.input, args.shard_size)
-        bundle = CheckpointBundle.from_run(run, args.model)
-        BatchClassifier.check_rule(bundle, args.model, args.rule)
-        class_names = list(bundle.meta(MEMBERS[0] if args.model == ENSEMBLE else args.model)["class_names"])
+        files = pack_run(run, args.model)
+        predictor = Predictor.from_run(run, args.model, args.rule, device="cpu")  # checks model and rule here
+        members, class_names = list(predictor.members), predictor.class_names
+        rule = predictor.rule
+        del predictor  # the actors load their own
         header = header_for(class_names, workflow=args.model == ENSEMBLE) + (
-            embedding_columns(args.model) if args.embeddings else [])
+            embedding_columns(members) if args.embeddings else [])
         plan = {"input": str(Path(args.input).resolve()), "shards": len(shards), "shard_size": args.shard_size,
-                "model": args.model, "rule": args.rule if args.model == ENSEMBLE else None,
+                "model": args.model, "rule": rule,
                 "run": str(run.resolve()), "header": header}
         store = PartStore(out, plan, header, class_names)
     except (InputError, CheckpointError, OutputError, ValueError) as e:
@@ -218,7 +243,7 @@ def main(argv=None) -> int:
     if pending:
         started = start_ray(args.address, args.num_cpus)
         try:
-            classify_shards(pending, bundle, store, args, class_names)
+            classify_shards(pending, files, store, args, class_names, members)
         except KeyboardInterrupt:
             print("interrupted: finished shards are kept, re-run to resume", file=sys.stderr)
             return 3

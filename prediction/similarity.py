@@ -12,7 +12,8 @@
     index.nearest({"b0": answer["b0"]["embedding"], "b2": answer["b2"]["embedding"]}, k=5)
 
 An embedding is a model's penultimate-layer features (B0: 1280, B2: 1408 numbers), as the server
-answers them with `?embedding=true` and `make predict EMBEDDINGS=1` writes them. Distances are
+answers them when asked (the `X-Embedding: true` header, or an `embedding=true` form field) and
+`make predict EMBEDDINGS=1` writes them. Distances are
 cosine distances (1 - cos, 0..2). The "both" space joins the two models' unit vectors (each scaled
 by 1/sqrt(2), so the joint vector is a unit vector too). Labels are the true classes where the
 index knows them (the sample folder's file names), else the models' predicted class.
@@ -23,7 +24,6 @@ where it is faster (docs/similarity.md has the measurement). Exit status: 0, or 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from galaxy_morph.files import inputs_digest
 from galaxy_morph.imaging import ImageError
 from galaxy_morph.specs import PAIR
 from survey.inputs import IMAGE_SUFFIXES
@@ -197,49 +198,44 @@ def image_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def bundle_of(run: str | Path | None):
-    from prediction.classifier import ENSEMBLE, CheckpointBundle
+def predictor_of(run: str | Path | None):
+    """The run's ensemble (default checkpoints/demo) as a galaxy_morph.Predictor, on the CPU."""
+    from galaxy_morph.predictor import ENSEMBLE, Predictor
     from prediction.ray_predict import default_run
 
-    return CheckpointBundle.from_run(Path(run) if run else default_run(), ENSEMBLE)
+    return Predictor.from_run(Path(run) if run else default_run(), ENSEMBLE, device="cpu")
 
 
-def classifier(bundle):
-    from prediction.classifier import ENSEMBLE, BatchClassifier
+def inputs_of(folder: str | Path, ckpt_dirs) -> str:
+    """The digest of what an index over `folder` is made from: the images and each member's weights."""
+    from galaxy_morph.models import WEIGHTS_FILE
 
-    return BatchClassifier(bundle, ENSEMBLE, device="cpu")
-
-
-def weights_of(bundle) -> dict:
-    """{model: sha256 of its weights}: which checkpoints an index's embeddings came from."""
-    return {m: hashlib.sha256(bundle.files[m]["model.pt"]).hexdigest() for m in PAIR}
+    return inputs_digest(Path(folder).resolve(), *(Path(d) / WEIGHTS_FILE for d in ckpt_dirs))
 
 
-def is_current(out: str | Path, folder: str | Path, bundle) -> bool:
-    """An index at `out` already built from this folder with these checkpoints."""
+def is_current(out: str | Path, folder: str | Path, run: str | Path | None) -> bool:
+    """An index at `out` already built from these images with the checkpoints of `run`."""
+    from galaxy_morph.predictor import run_members
+    from prediction.ray_predict import default_run
+
+    run = Path(run) if run else default_run()
     try:
         meta = SimilarityIndex.load(out).meta
     except SimilarityError:
         return False
-    return meta.get("source") == str(Path(folder).resolve()) and meta.get("weights") == weights_of(bundle)
+    return meta.get("inputs") == inputs_of(folder, [run / m for m in run_members(run)])
 
 
-def embed(clf, images: list[bytes]) -> list:
-    """Each image's workflow-style answer with both members' embeddings (or its ImageError)."""
-    return clf.classify(images, embeddings=True)
-
-
-def build_from_images(folder: str | Path, bundle, batch: int = 32) -> SimilarityIndex:
-    """Embed every image in a folder with B0 and B2 (a prediction.classifier.CheckpointBundle);
+def build_from_images(folder: str | Path, predictor, batch: int = 32) -> SimilarityIndex:
+    """Embed every image in a folder with B0 and B2 (a galaxy_morph.Predictor of the ensemble);
     sample-named files (class_<k>_<i>.jpg) keep their true label, other files get the ensemble's
     predicted class."""
-    clf = classifier(bundle)
-    names = clf.class_names
+    names = predictor.class_names
     files = image_files(folder)
     ids, labels, paths, labelled, vectors = [], [], [], [], {m: [] for m in PAIR}
     for start in range(0, len(files), batch):
         chunk = files[start:start + batch]
-        for path, answer in zip(chunk, embed(clf, [p.read_bytes() for p in chunk])):
+        for path, answer in zip(chunk, predictor.answer_batch([p.read_bytes() for p in chunk], embeddings=True)):
             if isinstance(answer, ImageError):
                 print(f"skipped {path.name}: {answer}", file=sys.stderr)
                 continue
@@ -252,8 +248,8 @@ def build_from_images(folder: str | Path, bundle, batch: int = 32) -> Similarity
                 vectors[m].append(answer[m]["embedding"])
     if not ids:
         raise SimilarityError(f"no image in {folder} could be read")
-    meta = {"source": str(Path(folder).resolve()), "versions": {m: clf.models[m].version for m in PAIR},
-            "weights": weights_of(bundle),
+    meta = {"source": str(Path(folder).resolve()), "versions": {m: predictor.members[m].version for m in PAIR},
+            "inputs": inputs_of(folder, [m.ckpt_dir for m in predictor.members.values()]),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     return SimilarityIndex({m: np.array(v) for m, v in vectors.items()}, ids, labels, paths, labelled, meta)
 
@@ -334,11 +330,11 @@ def main(argv=None) -> int:
             if args.catalog:
                 index = build_from_catalog(args.catalog)
             else:
-                folder, bundle = args.images or SAMPLES_DIR, bundle_of(args.run)
-                if args.if_stale and is_current(args.out, folder, bundle):
+                folder = args.images or SAMPLES_DIR
+                if args.if_stale and is_current(args.out, folder, args.run):
                     print(f"{args.out} is up to date")
                     return 0
-                index = build_from_images(folder, bundle)
+                index = build_from_images(folder, predictor_of(args.run))
             index.save(args.out)
             print(f"indexed {len(index)} galaxies ({', '.join(index.spaces)}) in {args.out} "
                   f"in {time.time() - t0:.1f} s")
@@ -357,14 +353,14 @@ def main(argv=None) -> int:
             path = Path(args.image)
             if not path.is_file():
                 raise SimilarityError(f"no image file {path}")
-            answer = embed(classifier(bundle_of(args.run)), [path.read_bytes()])[0]
+            answer = predictor_of(args.run).answer_batch([path.read_bytes()], embeddings=True)[0]
             if isinstance(answer, ImageError):
                 raise SimilarityError(f"{path}: {answer}")
             query, exclude = {m: answer[m]["embedding"] for m in PAIR}, None
         else:
             query, exclude = index.embeddings_of(args.id), args.id
         found = index.nearest(query, args.k, args.space, exclude)
-    except ValueError as e:  # SimilarityError, prediction.classifier.CheckpointError
+    except ValueError as e:  # SimilarityError, galaxy_morph.predictor.CheckpointError
         print(f"error: {e}", file=sys.stderr)
         return 1
     for r in found:

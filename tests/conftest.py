@@ -97,14 +97,14 @@ def torchserve(make_torchserve):
 @pytest.fixture(scope="session")
 def similarity_index(tmp_path_factory, served_archives) -> Path:
     """A similarity index over two real samples per class, embedded with the served models."""
-    from prediction.similarity import build_from_images, bundle_of
+    from prediction.similarity import build_from_images, predictor_of
 
     run_dir, _ = served_archives
     root = tmp_path_factory.mktemp("similar")
     (root / "images").mkdir()
     for p in sorted(SAMPLES.glob("class_*_[01].jpg")):
         shutil.copy2(p, root / "images" / p.name)
-    return build_from_images(root / "images", bundle_of(run_dir)).save(root / "samples.npz")
+    return build_from_images(root / "images", predictor_of(run_dir)).save(root / "samples.npz")
 
 
 @pytest.fixture(scope="session")

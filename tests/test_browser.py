@@ -36,9 +36,9 @@ def review_store(served_archives, tmp_path) -> Path:
     """A label store with four real samples queued, classified with the served checkpoints."""
     from labelling.queue import add_images
     from labelling.store import LabelStore
-    from prediction.classifier import ENSEMBLE, BatchClassifier, CheckpointBundle
+    from galaxy_morph import Predictor
 
-    clf = BatchClassifier(CheckpointBundle.from_run(served_archives[0], ENSEMBLE), ENSEMBLE, device="cpu")
+    clf = Predictor.from_run(served_archives[0], "ensemble", device="cpu")
     items = [(p.name, p.read_bytes()) for p in sorted(SAMPLE.parent.glob("class_[0-3]_4.jpg"))]
     add_images(LabelStore(tmp_path / "labels.db"), items, "samples", clf)
     return tmp_path / "labels.db"

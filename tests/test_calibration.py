@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from galaxy_morph.calibration import calibrate, ece, read_calibration, reliability, write_calibration
+from galaxy_morph.calibration import (calibrate, ece, fit_temperature, read_calibration, reliability, softmax,
+                                      write_calibration)
 from galaxy_morph.imaging import decode_image
 from galaxy_morph.models import load_checkpoint
 from tests.test_handler import b0_dir, image_bytes, make_context  # noqa: F401 (b0_dir: a fixture)
@@ -44,10 +45,10 @@ def test_temperature_fitted_on_overconfident_logits_lowers_the_ece():
     y = rng.integers(0, 5, 3000)
     logits = rng.normal(size=(3000, 5))
     logits[np.arange(3000), y] += 1.5
-    logp = np.log(ev.softmax(logits * 4))  # four times too sharp
-    t = ev.fit_temperature(logp, y)
+    logp = np.log(softmax(logits * 4))  # four times too sharp
+    t = fit_temperature(logp, y)
     assert t > 2
-    assert ece(ev.softmax(logp, t), y) < 0.5 * ece(ev.softmax(logp), y)
+    assert ece(softmax(logp, t), y) < 0.5 * ece(softmax(logp), y)
 
 
 def test_handler_answers_the_calibrated_probabilities_that_evaluate_computes(b0_dir, tmp_path):  # noqa: F811
@@ -64,10 +65,10 @@ def test_handler_answers_the_calibrated_probabilities_that_evaluate_computes(b0_
     assert all(a["calibrated"] is True for a in answers)
     served = np.array([list(a["probabilities"].values()) for a in answers])
     ckpt = load_checkpoint(d)
-    want = ev.calibrated_probabilities(ckpt, [decode_image(b) for b in data])
-    assert served == pytest.approx(want, abs=1e-5)
-    plain = ev.softmax(ev.log_probs(ckpt.model, [torch.stack([ckpt.transform(decode_image(b)) for b in data])],
-                                    torch.device("cpu")))
+    logp = ev.log_probs(ckpt.model, [torch.stack([ckpt.transform(decode_image(b)) for b in data])],
+                        torch.device("cpu"))
+    assert served == pytest.approx(softmax(logp, ckpt.temperature()), abs=1e-5)  # what evaluate fits and scores
+    plain = softmax(logp)
     assert np.abs(served - plain).max() > 1e-3  # the temperature was applied
     assert (served.max(1) < plain.max(1)).all()  # T > 1 lowers the confidence
 

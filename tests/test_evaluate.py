@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from galaxy_morph import GALAXY10_CLASSES, get_spec
+from galaxy_morph.calibration import fit_temperature, softmax
 from galaxy_morph.data import file_sha256, inspect_h5, make_split, save_split
 from galaxy_morph.models import build_model, dihedral, save_checkpoint
 from tests.test_data import make_h5
@@ -50,7 +51,7 @@ def test_model_reports(run_dir):
         assert cal["temperature"] == pytest.approx(r["temperature"]) and cal["fitted_on"]["split"] == "val"
         assert sum(cal["reliability_before"]["count"]) == sum(cal["reliability_after"]["count"]) == r["n_val"]
         assert set(r["ensemble"]) == {"seed", "mean", "weighted"}
-        assert set(r["ensemble"]["weighted"]) == {"accuracy", "macro_f1"}
+        assert set(r["ensemble"]["weighted"]) == {"accuracy", "macro_f1", "nll"}
         assert 0 <= r["real_samples_accuracy"] <= 1
         for png in ("confusion.png", "curves.png"):
             assert (run_dir / name / png).read_bytes()[:4] == b"\x89PNG"
@@ -60,12 +61,41 @@ def test_top_report(run_dir):
     top = json.loads((run_dir / "report.json").read_text())
     assert set(top["models"]) == {"b0", "b2"} and set(top["ensemble"]) == {"seed", "mean", "weighted"}
     assert set(top["accuracy"]) == {"b0", "b2", "ensemble_seed", "ensemble_mean", "ensemble_weighted"}
-    assert set(top["real_samples_accuracy"]) == {"b0", "b2", "ensemble", "n"}
+    assert set(top["real_samples_accuracy"]) == {"b0", "b2", "ensemble", "ensemble_rule", "n"}
     assert top["real_samples_accuracy"]["n"] == 100
     md = (run_dir / "report.md").read_text()
     for text in ("| b0 |", "| b2 |", "ensemble `weighted`", "Edge-on with Bulge", "Real Galaxy10", "b0/confusion.png"):
         assert text in md
     assert (run_dir / "confusion_ensemble.png").is_file()
+
+
+def test_default_rule_is_chosen_by_validation_nll(run_dir):
+    """RUN/ensemble.json: every rule's validation figures, recomputed here from the calibrated members'
+    validation probabilities; the default is the lowest NLL; the Predictor answers with it."""
+    from galaxy_morph import Predictor
+    from galaxy_morph.calibration import nll
+    from galaxy_morph.data import load_split
+
+    settings = json.loads((run_dir / "ensemble.json").read_text())
+    top = json.loads((run_dir / "report.json").read_text())
+    assert top["ensemble_settings"] == settings and settings["rule_models"] == ["b0", "b2"]
+    val = settings["validation"]
+    assert set(val) == {"seed", "mean", "weighted"} and settings["chosen_on"]["split"] == "val"
+    assert settings["default_rule"] == min(val, key=lambda r: (round(val[r]["nll"], 6), -val[r]["accuracy"]))
+    assert f"Ensemble default rule: `{settings['default_rule']}`" in (run_dir / "report.md").read_text()
+    # the mean rule's validation NLL from scratch
+    probs, y = {}, None
+    for m in ("b0", "b2"):
+        ckpt_meta = json.loads((run_dir / m / "meta.json").read_text())
+        split, _ = load_split(run_dir / m / "split.json")
+        t = json.loads((run_dir / m / "report.json").read_text())["temperature"]
+        from galaxy_morph.models import load_checkpoint
+        ckpt = load_checkpoint(run_dir / m)
+        logp, y = ev.predict_split(ckpt.model, ckpt.spec, ckpt_meta["data"]["path"], split["val"],
+                                   torch.device("cpu"), False, 64, 0)
+        probs[m] = softmax(logp, t)
+    assert nll((probs["b0"] + probs["b2"]) / 2, y) == pytest.approx(val["mean"]["nll"], rel=1e-6)
+    assert Predictor.from_run(run_dir, device="cpu").rule == settings["default_rule"]
 
 
 def test_single_model_and_tta(run_dir, tmp_path):
@@ -108,9 +138,9 @@ def test_ece_and_temperature():
     y = rng.integers(0, 3, 500)
     logits = rng.normal(size=(500, 3))
     logits[np.arange(500), y] += 1.0
-    t = ev.fit_temperature(logits * 5, y)
+    t = fit_temperature(logits * 5, y)
     assert 3 < t < 8
-    assert ev.softmax(np.array([[0.0, np.log(3)]])) == pytest.approx(np.array([[0.25, 0.75]]))
+    assert softmax(np.array([[0.0, np.log(3)]])) == pytest.approx(np.array([[0.25, 0.75]]))
 
 
 def test_scores_hand_computed():
@@ -137,11 +167,12 @@ def test_demo_tiny(tmp_path, monkeypatch, capsys):
         shutil.copy2(ev.SAMPLES / f"class_{k}_0.jpg", samples)
     assert demo.main(["--data", str(data), "--out", str(out), "--samples", str(samples)]) == 0
     top = json.loads((out / "report.json").read_text())
-    assert set(top["real_samples_accuracy"]) == {"b0", "b2", "ensemble", "n"}
+    assert set(top["real_samples_accuracy"]) == {"b0", "b2", "ensemble", "ensemble_rule", "n"}
     assert top["real_samples_accuracy"]["n"] == top["real_samples_tta"]["n"] == 10
     assert top["real_samples_tta"]["tta"] is True and top["real_samples"]["tta"] is False
     for table in (top["real_samples"], top["real_samples_tta"]):
-        assert set(table["accuracy"]) == {"b0", "b2", "ensemble", "ensemble_mean", "ensemble_weighted"}
+        assert set(table["accuracy"]) == {"b0", "b2", "ensemble", "ensemble_seed", "ensemble_mean", "ensemble_weighted"}
+        assert table["rule"] == json.loads((out / "ensemble.json").read_text())["default_rule"]
         for name, cm in table["confusion"].items():
             assert sum(map(sum, cm)) == 10 and sum(cm[k][k] for k in range(10)) == round(10 * table["accuracy"][name])
     for m in ("b0", "b2"):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from galaxy_morph.calibration import reliability, write_calibration
+from galaxy_morph.calibration import fit_temperature, reliability, softmax, write_calibration
 from galaxy_morph.data import DataError, file_sha256, load_split
 from galaxy_morph.models import load_checkpoint
 
@@ -32,8 +32,6 @@ def calibration_entry(val_logp, val_y, data_sha256: str) -> dict:
     """The temperature fitted on the validation split (minimum NLL) and the split's reliability
     before and after. A fitted temperature that would raise the validation ECE is not kept: T = 1
     then, and `fitted_temperature` records what the fit gave."""
-    from training.evaluate import fit_temperature, softmax
-
     fitted = fit_temperature(val_logp, val_y)
     before = reliability(softmax(val_logp), val_y)
     after = reliability(softmax(val_logp, fitted), val_y)

@@ -30,7 +30,8 @@ import torch
 
 from simulation import synthetic
 from galaxy_morph.data import SYNTHETIC_SOURCE, DataError
-from galaxy_morph.models import load_checkpoint
+from galaxy_morph.ensemble import rules_for
+from galaxy_morph.predictor import ENSEMBLE, SETTINGS_FILE, Predictor
 from galaxy_morph.specs import GALAXY10_CLASSES
 from training import evaluate as ev
 from training import train as tr
@@ -90,27 +91,25 @@ def train_one(name, args, out, split=None):
 
 
 def real_sample_tables(run, samples=ev.SAMPLES, device="cpu", tta=False) -> dict:
-    """Accuracy, per-class accuracy and confusion matrices of b0, b2 (those in RUN) and, with both,
-    the ensemble rules (seed: what the workflow serves) on the real samples; `tta`: as served with
-    the 8 dihedral views. None when the folder holds no samples."""
-    models = {}
-    for name in DEMO:
-        if (Path(run) / name / "model.pt").is_file():
-            ckpt = load_checkpoint(Path(run) / name)
-            models[name] = (ckpt.model, ckpt.spec, ckpt.meta)
-    probs, y = ev.sample_probabilities(models, samples, torch.device(device), tta)
+    """Accuracy, per-class accuracy and confusion matrices on the real samples of b0, b2 (those in
+    RUN) and, with both, of every ensemble rule ("ensemble": the run's default rule, what the
+    workflow serves; "ensemble_<rule>": each rule), answered as served (galaxy_morph.Predictor,
+    calibrated); `tta`: with the 8 dihedral views. None when the folder holds no samples."""
+    names = [n for n in DEMO if (Path(run) / n / "model.pt").is_file()]
+    predictor = Predictor.from_run(run, ENSEMBLE if len(names) > 1 else names[0], tta=tta, device=device)
+    probs, y = ev.sample_probabilities(predictor, samples)
     if probs is None:
         return None
-    f1 = {n: (json.loads((Path(run) / n / "report.json").read_text()).get("val_per_class_f1")
-              if (Path(run) / n / "report.json").is_file() else None) for n in models}
+    f1 = {n: m.f1 for n, m in predictor.members.items()}
     preds = {n: p.argmax(1) for n, p in probs.items()}
-    for rule in ("seed", "mean", "weighted") if len(probs) == 2 else ():
-        if rule != "weighted" or all(f1.values()):
-            preds["ensemble" if rule == "seed" else f"ensemble_{rule}"] = \
-                ev.ensemble_probs(rule, probs, f1).argmax(1)
+    if predictor.workflow:
+        preds["ensemble"] = ev.ensemble_probs(predictor.rule, probs, f1).argmax(1)
+        for rule in rules_for(names):
+            if rule != "weighted" or all(f1.values()):
+                preds[f"ensemble_{rule}"] = ev.ensemble_probs(rule, probs, f1).argmax(1)
     k = len(GALAXY10_CLASSES)
-    out = {"n": int(len(y)), "tta": tta, "class_names": list(GALAXY10_CLASSES), "accuracy": {},
-           "per_class": {}, "confusion": {}}
+    out = {"n": int(len(y)), "tta": tta, "class_names": list(GALAXY10_CLASSES), "rule": predictor.rule,
+           "accuracy": {}, "per_class": {}, "confusion": {}}
     for name, pred in preds.items():
         cm = np.zeros((k, k), int)
         np.add.at(cm, (y, pred), 1)
@@ -136,7 +135,7 @@ def ship(run, dest) -> None:
         state = torch.load(run / name / "model.pt", map_location="cpu", weights_only=True)
         half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         torch.save(half, tmp / name / "model.pt")
-    for f in ("report.json", "report.md", "confusion_ensemble.png"):
+    for f in ("report.json", "report.md", "confusion_ensemble.png", SETTINGS_FILE):
         if (run / f).is_file():
             shutil.copy2(run / f, tmp / f)
     if dest.exists():
@@ -193,7 +192,7 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
     if top.get("real_samples_accuracy"):
         print("real samples accuracy: " + ", ".join(
-            f"{k} {v:.2f}" for k, v in top["real_samples_accuracy"].items() if k != "n"))
+            f"{k} {v:.2f}" for k, v in top["real_samples_accuracy"].items() if not isinstance(v, str) and k != "n"))
     print(f"report: {out / 'report.md'}")
     if "b0" in acc and acc["b0"] < MIN_B0_ACCURACY:
         print(f"FAILED: b0 reached {acc['b0']:.3f} test accuracy on synthetic data, below the "

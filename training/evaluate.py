@@ -9,30 +9,33 @@ RUN/NAME/report.json, confusion.png and curves.png. The data file defaults to th
 the checkpoint and must have the recorded SHA256. The temperature is fitted on the validation split
 (where the per-class F1 that weights the `weighted` rule comes from too) and written, with the
 split's reliability before and after, to RUN/NAME/calibration.json for this mode (plain or --tta):
-the served archives apply it, and the ensemble figures here combine the calibrated members. When the class names are
-Galaxy10's and the real sample folder exists, the 100 real images are scored as well
+the served archives apply it, and the ensemble figures here combine the calibrated members. The
+ensemble's default rule is chosen on the validation split too, as the rule with the lowest NLL
+(ties: accuracy), and written with every rule's figures to RUN/ensemble.json, which the Predictor,
+Ray and the archives' workflow answer with. When the class names are Galaxy10's and the real sample
+folder exists, the 100 real images are scored as well, through galaxy_morph.Predictor as served
 ("real_samples_accuracy").
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import minimize_scalar
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from torch.utils.data import DataLoader
 
 from galaxy_morph import GALAXY10_CLASSES
-from galaxy_morph.calibration import ece, write_calibration
+from galaxy_morph.calibration import ece, nll, softmax, write_calibration
 from galaxy_morph.data import DataError, GalaxyH5Dataset, file_sha256, load_split
-from galaxy_morph.ensemble import RULES, combine_models
+from galaxy_morph.ensemble import choose_rule, combine_models, rules_for
+from galaxy_morph.files import atomic_write_json, atomic_write_text
 from galaxy_morph.imaging import decode_image
 from galaxy_morph.models import class_probabilities, load_checkpoint, read_meta
+from galaxy_morph.predictor import ENSEMBLE, SETTINGS_FILE, Member, Predictor
 from galaxy_morph.specs import ALL_SPECS
 from galaxy_morph.transforms import eval_transform
 from training.calibrate import calibration_entry
@@ -70,11 +73,6 @@ def find_checkpoints(run: Path, models=None) -> dict[str, Path]:
     return found
 
 
-def ensemble_rules(n_models: int) -> tuple:
-    """The rules that apply to n models: `seed` is a two-model rule."""
-    return RULES if n_models == 2 else tuple(r for r in RULES if r != "seed")
-
-
 @torch.no_grad()
 def log_probs(model, batches, device, tta=False) -> np.ndarray:
     """Log of the (TTA-averaged) softmax, float64 rows; softmax(logp / T) is temperature scaling."""
@@ -89,23 +87,6 @@ def predict_split(model, spec, data, indices, device, tta, batch_size, workers):
     dl = DataLoader(ds, batch_size=batch_size, num_workers=workers)
     labels = ds.labels[ds.indices]
     return log_probs(model, (x for x, _ in dl), device, tta), labels
-
-
-def softmax(logp, t=1.0):
-    z = logp / t
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-def fit_temperature(logp, y) -> float:
-    def nll(log_t):
-        z = logp / np.exp(log_t)
-        z = z - z.max(1, keepdims=True)
-        return float(np.mean(np.log(np.exp(z).sum(1)) - z[np.arange(len(y)), y]))
-    return float(np.exp(minimize_scalar(nll, bounds=(-4, 4), method="bounded").x))
-
-
 
 
 def scores(y, pred, class_names) -> dict:
@@ -177,9 +158,7 @@ def plot_curves(history, title, path):
 
 
 def write_json(path, obj):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, indent=2)
 
 
 def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, workers=0, device=None,
@@ -189,7 +168,7 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ckpts = find_checkpoints(run, models)
     sha_cache = {}
-    models, reports, preds, calibrations = {}, {}, {}, {}
+    reports, preds, calibrations = {}, {}, {}
     for name, folder in ckpts.items():
         ckpt = load_checkpoint(folder)
         model, meta, spec = ckpt.model, ckpt.meta, ckpt.spec
@@ -205,7 +184,7 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
               f"{' x8 (TTA)' if tta else ''} on {device}", file=sys.stderr, flush=True)
         val = predict_split(model, spec, path, split["val"], device, tta, batch_size, workers)
         test = predict_split(model, spec, path, split["test"], device, tta, batch_size, workers)
-        models[name], preds[name] = (model, spec, meta), {"val": val, "test": test, "split": split}
+        preds[name] = {"val": val, "test": test, "split": split}
 
         names = meta["class_names"]
         val_scores = scores(val[1], val[0].argmax(1), names)
@@ -223,30 +202,38 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
              "epoch": meta.get("epoch"), "hparams": meta.get("hparams")}
         reports[name] = r
 
-    ensemble = {}
+    ensemble, settings = {}, None
     if len(reports) >= 2:
         first = next(iter(reports))
         same = all(r["class_names"] == reports[first]["class_names"]
-                   and np.array_equal(preds[n]["split"]["test"], preds[first]["split"]["test"])
+                   and all(np.array_equal(preds[n]["split"][k], preds[first]["split"][k]) for k in ("val", "test"))
                    for n, r in reports.items())
         if not same:
-            print(f"warning: {', '.join(reports)} differ in classes or test split: no ensemble", file=sys.stderr)
+            print(f"warning: {', '.join(reports)} differ in classes or split: no ensemble", file=sys.stderr)
         else:
             # Each member calibrated, as the served models answer the workflow.
-            probs = {n: softmax(preds[n]["test"][0], r["temperature"]) for n, r in reports.items()}
             f1 = {n: r["val_per_class_f1"] for n, r in reports.items()}
-            y = preds[first]["test"][1]
-            for rule in ensemble_rules(len(reports)):
-                p = ensemble_probs(rule, probs, f1)
-                ensemble[rule] = {**scores(y, p.argmax(1), reports[first]["class_names"]), "ece": ece(p, y),
-                                  "models": list(reports)}
+            figures = {}
+            for part in ("val", "test"):
+                probs = {n: softmax(preds[n][part][0], r["temperature"]) for n, r in reports.items()}
+                y = preds[first][part][1]
+                for rule in rules_for(list(reports)):
+                    p = ensemble_probs(rule, probs, f1)
+                    figures.setdefault(part, {})[rule] = {"nll": nll(p, y), "accuracy": float(np.mean(p.argmax(1) == y)),
+                                                          "ece": ece(p, y)}
+                    if part == "test":
+                        ensemble[rule] = {**scores(y, p.argmax(1), reports[first]["class_names"]), "ece": ece(p, y),
+                                          "nll": nll(p, y), "models": list(reports)}
+            chosen = choose_rule(figures["val"])
+            settings = {"default_rule": chosen, "rule_models": list(reports),
+                        "chosen_on": {"split": "val", "n": int(len(preds[first]["val"][1])), "tta": tta,
+                                      "data_sha256": reports[first]["data"]["sha256"],
+                                      "how": "the lowest NLL of the calibrated members' combination, ties by accuracy"},
+                        "validation": figures["val"], "test": figures["test"]}
             for r in reports.values():
-                r["ensemble"] = {rule: {"accuracy": e["accuracy"], "macro_f1": e["macro"]["f1"]}
+                r["ensemble"] = {rule: {"accuracy": e["accuracy"], "macro_f1": e["macro"]["f1"], "nll": e["nll"]}
                                  for rule, e in ensemble.items()}
-
-    real = None
-    if samples and Path(samples).is_dir() and all(r["class_names"] == list(GALAXY10_CLASSES) for r in reports.values()):
-        real = score_samples(models, reports, samples, device, tta)
+                r["ensemble_default_rule"] = chosen
 
     # Everything is computed: now write.
     single = (run / "meta.json").is_file()
@@ -258,55 +245,65 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
         if hist.is_file():
             plot_curves(json.loads(hist.read_text()), f"{name} training curves", folder / "curves.png")
         r["figures"] = {"confusion": "confusion.png", "curves": "curves.png" if hist.is_file() else None}
-        write_json(folder / "report.json", r)
         write_calibration(folder, tta, calibrations[name])
-    shown = next((r for r in ("seed", "mean") if r in ensemble), None)
+    if settings and not (run / "meta.json").is_file():
+        atomic_write_json(run / SETTINGS_FILE, settings)
+    real = None
+    if samples and Path(samples).is_dir() and all(r["class_names"] == list(GALAXY10_CLASSES) for r in reports.values()):
+        real = score_samples(ckpts, reports, samples, device, tta, settings["default_rule"] if settings else None)
+    for name, r in reports.items():
+        write_json(ckpts[name] / "report.json", r)
+    shown = settings["default_rule"] if settings else None
     if shown:
         plot_confusion(ensemble[shown]["confusion_matrix"], next(iter(reports.values()))["class_names"],
                        f"ensemble ({shown} rule) test confusion (accuracy {ensemble[shown]['accuracy']:.3f})",
                        run / "confusion_ensemble.png")
-    top = {"run": str(run), "tta": tta, "models": reports, "ensemble": ensemble,
+    top = {"run": str(run), "tta": tta, "models": reports, "ensemble": ensemble, "ensemble_settings": settings,
            "accuracy": {**{n: r["accuracy"] for n, r in reports.items()},
                         **{f"ensemble_{k}": e["accuracy"] for k, e in ensemble.items()}}}
     if real:
         top["real_samples_accuracy"] = real
     if not single:
         write_json(run / "report.json", top)
-    (run / "report.md.tmp").write_text(markdown(top))
-    os.replace(run / "report.md.tmp", run / "report.md")
+    atomic_write_text(run / "report.md", markdown(top))
     return top
 
 
-def calibrated_probabilities(ckpt, images, tta=False, device="cpu") -> np.ndarray:
-    """A checkpoint's calibrated probabilities for PIL images, as its served archive answers them."""
-    x = torch.stack([ckpt.transform(im) for im in images])
-    return softmax(log_probs(ckpt.model, x.split(32), torch.device(device), tta), ckpt.temperature(tta))
+def sample_predictor(ckpts: dict, device, tta=False, rule=None, temperatures: dict | None = None) -> Predictor:
+    """The checkpoints answering as served (one model, or their ensemble with `rule`); `temperatures`
+    {name: T} stands in for calibration files not written yet."""
+    members = {}
+    for name, folder in ckpts.items():
+        members[name] = m = Member(folder, device, tta)
+        if temperatures:
+            m.temperature, m.calibrated = temperatures[name], True
+    return Predictor(members, ENSEMBLE if len(members) > 1 else next(iter(members)), rule)
 
 
-def sample_probabilities(models, folder, device, tta=False):
-    """Each model's softmax over the real sample JPEGs (never trained on) and their labels;
-    `models` {name: (model, spec, ...)}. (None, labels) when the folder holds none."""
+def sample_probabilities(predictor: Predictor, folder):
+    """Each member's served (calibrated) probabilities over the real sample JPEGs and their labels:
+    ({name: (n, classes)}, y); (None, labels) when the folder holds none."""
     images, y = load_samples(folder)
     if not len(y):
         return None, y
-    probs = {}
-    for name, (model, spec, *_) in models.items():
-        tf = eval_transform(spec)
-        x = torch.stack([tf(im) for im in images])
-        probs[name] = softmax(log_probs(model, x.split(32), device, tta))
+    answers = predictor.answer_batch(images)
+    names = predictor.class_names
+    probs = {m: np.array([[(a[m] if predictor.workflow else a)["probabilities"][c] for c in names] for a in answers])
+             for m in predictor.members}
     return probs, y
 
 
-def score_samples(models, reports, folder, device, tta=False) -> dict:
-    """Accuracy of each model and of the ensemble (seed rule for two models, else mean) on the
-    real sample JPEGs."""
-    probs, y = sample_probabilities(models, folder, device, tta)
+def score_samples(ckpts, reports, folder, device, tta=False, rule=None) -> dict:
+    """Accuracy of each model and of the ensemble (its default rule) on the real sample JPEGs,
+    answered as served."""
+    predictor = sample_predictor(ckpts, device, tta, rule, {n: r["temperature"] for n, r in reports.items()})
+    probs, y = sample_probabilities(predictor, folder)
     if probs is None:
         return None
     real = {name: float(np.mean(p.argmax(1) == y)) for name, p in probs.items()}
     if len(probs) >= 2:
-        rule = "seed" if len(probs) == 2 else "mean"
-        real["ensemble"] = float(np.mean(ensemble_probs(rule, probs).argmax(1) == y))
+        real["ensemble"] = float(np.mean(ensemble_probs(predictor.rule, probs).argmax(1) == y))
+        real["ensemble_rule"] = predictor.rule
     real["n"] = int(len(y))
     for name, r in reports.items():
         r["real_samples_accuracy"] = real[name]
@@ -330,6 +327,14 @@ def markdown(top) -> str:
     for rule, e in ensemble.items():
         lines.append(f"| ensemble `{rule}` | {e['accuracy']:.3f} | {e['macro']['precision']:.3f} "
                      f"| {e['macro']['recall']:.3f} | {e['macro']['f1']:.3f} | {e['ece']:.3f} | | |")
+    settings = top.get("ensemble_settings")
+    if settings:
+        val = settings["validation"]
+        lines += ["", f"Ensemble default rule: `{settings['default_rule']}`, the lowest NLL on the validation "
+                      f"split ({settings['chosen_on']['n']} rows; RUN/ensemble.json).", "",
+                  "| rule | validation NLL | validation accuracy | validation ECE | test NLL |", "|---|---|---|---|---|"]
+        lines += [f"| `{r}` | {v['nll']:.3f} | {v['accuracy']:.3f} | {v['ece']:.3f} | {settings['test'][r]['nll']:.3f} |"
+                  for r, v in val.items()]
     cols = {**{n: r["per_class"] for n, r in reports.items()}, **{k: e["per_class"] for k, e in ensemble.items()}}
     lines += ["", "## Per class on the test split (precision / recall / F1)", "",
               "| class | support | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
@@ -338,9 +343,10 @@ def markdown(top) -> str:
         lines.append(f"| {c} | {any_r['per_class'][c]['support']} | " + " | ".join(cells) + " |")
     if top.get("real_samples_accuracy"):
         real = top["real_samples_accuracy"]
+        shown = {k: v for k, v in real.items() if k not in ("n", "ensemble_rule")}
         lines += ["", f"## Real Galaxy10 DECaLS samples ({real['n']} images, never seen in training)", "",
-                  "| " + " | ".join(k for k in real if k != "n") + " |", "|---" * (len(real) - 1) + "|",
-                  "| " + " | ".join(f"{v:.2f}" for k, v in real.items() if k != "n") + " |"]
+                  "| " + " | ".join(shown) + " |", "|---" * len(shown) + "|",
+                  "| " + " | ".join(f"{v:.2f}" for v in shown.values()) + " |"]
     single = (Path(top["run"]) / "meta.json").is_file()
     lines += ["", "## Figures", ""]
     for n, r in reports.items():
@@ -365,7 +371,8 @@ def main(argv=None) -> int:
     for k, v in top["accuracy"].items():
         print(f"{k:>18s} test accuracy {v:.4f}")
     if top.get("real_samples_accuracy"):
-        print("real samples:", {k: round(v, 3) for k, v in top["real_samples_accuracy"].items()})
+        print("real samples:", {k: v if isinstance(v, str) else round(v, 3)
+                                for k, v in top["real_samples_accuracy"].items()})
     print(f"report: {Path(args.run) / 'report.md'}")
     return 0
 

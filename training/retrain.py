@@ -52,7 +52,8 @@ from galaxy_morph.specs import ALL_SPECS, GALAXY10_CLASSES, get_spec
 from labelling.store import LabelStore, StoreError
 from torchserve_ops.client import TorchServeError
 from training import train as tr
-from training.evaluate import predict_split, scores, softmax
+from galaxy_morph.calibration import softmax
+from training.evaluate import predict_split, scores
 from training.pipeline import Progress, archives_are_current, build_archives, read_json
 
 HELD_OUT, VAL = 0.25, 0.15  # of the labelled galaxies, by hash
