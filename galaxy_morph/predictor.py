@@ -29,11 +29,11 @@ from galaxy_morph.answers import (CATALOGUE_BASE, CATALOGUE_TRAILING, WORKFLOW_N
                                   prediction, served_name, workflow_member_name)
 from galaxy_morph.calibration import calibrate
 from galaxy_morph.ensemble import RULES, check_rule, default_rule, ensemble_answer
-from galaxy_morph.imaging import MAX_PIXELS, ImageError, decode_image, to_rgb8
+from galaxy_morph.imaging import ImageError, decode_image, to_rgb8
 from galaxy_morph.models import (WEIGHTS_FILE, class_probabilities, classifier_layer, head_dropout_rate,
                                  load_checkpoint, mc_dropout_probabilities)
 from galaxy_morph.ood import OODDetector, cheap_check, verdict
-from galaxy_morph.specs import ALL_SPECS
+from galaxy_morph.specs import ALL_SPECS, PAIR
 from galaxy_morph.transforms import eval_tensor_transform
 from galaxy_morph.uncertainty import mutual_information
 
@@ -218,6 +218,10 @@ class Predictor:
         choice = model[len(served_name("")):] if model.startswith(served_name("")) else model
         if choice != ENSEMBLE and choice not in names:
             raise CheckpointError(f"unknown model {model!r} for {run}: choose one of {', '.join(names + [ENSEMBLE])}")
+        if choice == ENSEMBLE and len(names) < 2:
+            missing = [m for m in PAIR if m not in names]
+            raise CheckpointError(f"an ensemble needs two or more checkpoints; {run} has {', '.join(names)} only "
+                                  f"(no {' or '.join(missing)} checkpoint: {run}/M/{WEIGHTS_FILE})")
         if rule is not None and rule not in RULES:
             raise ValueError(f"unknown ensemble rule {rule!r}: choose one of {', '.join(RULES)}")
         chosen = names if choice == ENSEMBLE else [choice]

@@ -34,12 +34,13 @@ else
     fi
     stale=0
     [[ -f "$STORE/galaxy-ensemble.war" ]] || stale=1
-    for m in "${models[@]}"; do  # missing, or a checkpoint newer than its archive (retrained)
-        if [[ ! -f "$STORE/galaxy-$m.mar" || "$RUN/$m/model.pt" -nt "$STORE/galaxy-$m.mar" ]]; then stale=1; fi
+    for m in "${models[@]}"; do
+        [[ -f "$STORE/galaxy-$m.mar" ]] || stale=1
     done
     options=(--device "$DEVICE")
     [[ -n "$TTA" && "$TTA" != 0 ]] && options+=(--tta)
-    # torchserve_ops.archive stamps the store with the checkpoints and options it was built from
+    # torchserve_ops.archive stamps the store with a digest of what it was built from: the checkpoint
+    # folders, the run's reports and ensemble settings, the options and the shipped code
     model_list="$(IFS=,; echo "${models[*]}")"
     built_from="$("$PY" -m torchserve_ops.archive --run "$RUN" --models "$model_list" "${options[@]}" --print-built-from)"
     [[ "$(cat "$STORE/.built_from" 2>/dev/null)" == "$built_from" ]] || stale=1

@@ -409,7 +409,8 @@ def test_archive_models_come_from_the_run(tmp_path, capsys):
     for m in ("convnext", "b0", "notaspec"):
         (tmp_path / "run" / m).mkdir(parents=True)
         (tmp_path / "run" / m / "model.pt").write_bytes(b"w")
-    assert archive.checkpoints_in(tmp_path / "run") == ["b0", "convnext"]
+    from galaxy_morph.predictor import run_members
+    assert run_members(tmp_path / "run") == ["b0", "convnext"]
     assert archive.workflow_members(["convnext", "b2", "b0"]) == ["b0", "convnext", "b2"]
     with pytest.raises(SystemExit, match="needs two or more models, got b0"):
         archive.build_all(tmp_path / "run", tmp_path / "store", models=["b0"])
@@ -568,6 +569,31 @@ def test_archive_settings_per_device():
         archive.model_config_for("b0", "b0", "tpu")
     assert archive.workflow_config_for("cpu") == {"batch-size": 8, "max-batch-delay": 10}
     assert archive.workflow_config_for("cuda", {"batch-size": 4}) == {"batch-size": 4, "max-batch-delay": 5}
-    stamp = archive.built_from("x", ["b0", "b2"], "cuda", True)
-    assert re.search(r"/x models=b0,b2 device=cuda tta=1 code=[0-9a-f]{16}$", stamp), stamp
-    assert stamp.endswith(archive.shipped_code_digest())  # a change to the shipped code makes the store stale
+
+def test_store_stamp_follows_every_input(tmp_path, monkeypatch):
+    """The store's stamp changes with a checkpoint file, the run's ensemble settings, the options and
+    the shipped code; and not with a file's time."""
+    import os
+
+    from torchserve_ops import archive
+
+    run = tmp_path / "run"
+    for m in ("b0", "b2"):
+        (run / m).mkdir(parents=True)
+        (run / m / "model.pt").write_bytes(m.encode())
+    stamp = archive.built_from(run, ["b0", "b2"])
+    assert re.fullmatch(r"[0-9a-f]{16}", stamp) and archive.built_from(run, ["b0", "b2"]) == stamp
+    os.utime(run / "b0" / "model.pt", (1, 1))
+    assert archive.built_from(run, ["b0", "b2"]) == stamp
+    changed = {archive.built_from(run, ["b0", "b2"], "cuda"), archive.built_from(run, ["b0", "b2"], tta=True),
+               archive.built_from(run, ["b0"])}
+    (run / "ensemble.json").write_text('{"default_rule": "mean"}')
+    changed.add(archive.built_from(run, ["b0", "b2"]))
+    (run / "b2" / "model.pt").write_bytes(b"retrained")
+    changed.add(archive.built_from(run, ["b0", "b2"]))
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "__init__.py").write_text("")
+    monkeypatch.setattr(archive, "SHIPPED", (type("M", (), {"__file__": str(code / "__init__.py")}),))
+    changed.add(archive.built_from(run, ["b0", "b2"]))
+    assert stamp not in changed and len(changed) == 6

@@ -81,8 +81,7 @@ def test_archive_stamp_decides_the_skip(tmp_path):
         (store / name).write_bytes(b"archive")
         st = (store / name).stat()
         files[name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    stamp = {"store": str(store.resolve()), "models": ["b0", "b2"], "version": None,
-             "built_at": time.time() + 1, "files": files}
+    stamp = {"inputs": pipeline.archive_inputs(run_dir, store, ["b0", "b2"], None), "files": files}
     (run_dir / pipeline.ARCHIVE_STAMP).write_text(json.dumps(stamp))
     assert pipeline.archives_are_current(run_dir, store, ["b0", "b2"], None)
     assert not pipeline.archives_are_current(run_dir, store, ["b0", "b2"], "2.0")  # another version
@@ -91,8 +90,11 @@ def test_archive_stamp_decides_the_skip(tmp_path):
     (store / "galaxy-b2.mar").write_bytes(b"archive")
     os.utime(store / "galaxy-b2.mar", ns=(files["galaxy-b2.mar"]["mtime_ns"],) * 2)
     assert pipeline.archives_are_current(run_dir, store, ["b0", "b2"], None)
-    stamp["built_at"] = 0  # a checkpoint newer than the archives
-    (run_dir / pipeline.ARCHIVE_STAMP).write_text(json.dumps(stamp))
+    (run_dir / "b2" / "model.pt").write_bytes(b"retrained")  # a checkpoint changed since
+    assert not pipeline.archives_are_current(run_dir, store, ["b0", "b2"], None)
+    (run_dir / "b2" / "model.pt").write_bytes(b"w")
+    assert pipeline.archives_are_current(run_dir, store, ["b0", "b2"], None)
+    (run_dir / "ensemble.json").write_text('{"default_rule": "mean"}')  # the measured rule changed
     assert not pipeline.archives_are_current(run_dir, store, ["b0", "b2"], None)
 
 

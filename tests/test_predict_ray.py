@@ -116,14 +116,15 @@ def test_folder_ensemble_matches_the_handler_and_workflow_rule(tmp_path, run_dir
     images = [(folder / i).read_bytes() for i in ids]
     b0 = handler_answers(run_dir / "b0", "galaxy-b0", images)
     b2 = handler_answers(run_dir / "b2", "galaxy-b2", images)
-    expected = [combine("seed", list(a["probabilities"].values()), list(b["probabilities"].values()))
+    # these checkpoints' run has no measured rule (no ensemble.json): the workflow's default, mean
+    expected = [combine("mean", list(a["probabilities"].values()), list(b["probabilities"].values()))
                 for a, b in zip(b0, b2)]
     got = [rows[i] for i in ids]
     assert [int(r["label"]) for r in got] == [e["label"] for e in expected]
     assert [r["source"] for r in got] == [e["source"] for e in expected]
     assert np.allclose([float(r["confidence"]) for r in got], [e["confidence"] for e in expected], atol=1e-4)
     assert len({r["label"] for r in got}) >= 3, "the test checkpoints should tell galaxies apart"
-    assert {r["model"] for r in got} == {"galaxy-ensemble"} and {r["rule"] for r in got} == {"seed"}
+    assert {r["model"] for r in got} == {"galaxy-ensemble"} and {r["rule"] for r in got} == {"mean"}
     assert {r["version"] for r in got} == {"b0 1.0 + b2 1.0"}
 
 

@@ -10,16 +10,17 @@ RUN/M/report.json and RUN/report.json (evaluation) are used when present. Writes
 (STORE/galaxy-M-vV.mar with --versioned-name, for registering a new version next to the served
 one) containing the handler, the core and worker packages, the checkpoint (whose meta.json names the classes),
 model_card.json and model-config.yaml, and then STORE/galaxy-ensemble.war over those .mar files
-(two or more): pre -> (b0, b2, ...) -> ensemble, B0 first, the members and their per-class
-validation F1 in its ensemble.json. The version is --version, else the checkpoint's meta
-"version", else 1.0. --device picks the serving settings of DEVICE_CONFIG; --tta makes every model
+(two or more): pre -> (b0, b2, ...) -> ensemble, B0 first, the members, their per-class
+validation F1 and the run's measured default rule (RUN/ensemble.json, from training.evaluate) in
+its ensemble.json. The version is --version, else the checkpoint's meta "version", else 1.0. The
+store is stamped with a digest of everything it was built from (galaxy_morph.files.inputs_digest):
+`make serve` rebuilds it when a checkpoint file, a report, the options or the shipped code change. --device picks the serving settings of DEVICE_CONFIG; --tta makes every model
 answer with the mean over the 8 flips/quarter turns (8x the compute per image).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -32,11 +33,13 @@ import yaml
 
 import galaxy_morph
 import handlers
-from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
+from galaxy_morph.answers import DEFAULT_VERSION, WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
 from galaxy_morph.calibration import CALIBRATION_FILE, read_calibration
 from galaxy_morph.data import SYNTHETIC_SOURCE, file_sha256
 from galaxy_morph.ood import CONSTANT_STD, OOD_FILE, SOURCE_SIGMA, OODDetector
+from galaxy_morph.files import inputs_digest
 from galaxy_morph.models import META_FILE, WEIGHTS_FILE, read_meta
+from galaxy_morph.predictor import read_settings, run_members, val_per_class_f1
 from galaxy_morph.specs import ALL_SPECS, PAIR
 
 HANDLERS = Path(handlers.__file__).resolve().parent  # what runs inside a worker
@@ -81,11 +84,6 @@ def _read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def val_f1(ckpt: Path, meta: dict):
-    report = _read_json(ckpt / "report.json") or {}
-    return report.get("val_per_class_f1") or (meta.get("metrics") or {}).get("val_per_class_f1")
-
-
 def trained_on_synthetic(data: dict) -> bool | None:
     """Whether the training HDF5 was written by simulation.synthetic (its "source" attribute);
     None when the file is not here to look at."""
@@ -113,7 +111,7 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, servi
         "hparams": meta.get("hparams"), "epoch": meta.get("epoch"),
         "metrics": meta.get("metrics"),
         "weights_sha256": file_sha256(ckpt / WEIGHTS_FILE),
-        "val_per_class_f1": val_f1(ckpt, meta),
+        "val_per_class_f1": val_per_class_f1(ckpt, meta),
     }
     card["synthetic_training_data"] = trained_on_synthetic(meta.get("data") or {})
     card["evaluated"] = bool(report)  # (TorchServe drops null fields from describe output)
@@ -153,6 +151,9 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, servi
                           for r in (report, run_report))
     if real is not None:
         card["real_samples_accuracy"] = real
+    settings = read_settings(run)
+    if settings.get("default_rule"):
+        card["ensemble_default_rule"] = {k: settings.get(k) for k in ("default_rule", "rule_models", "chosen_on")}
     if run_report:
         card["ensemble_comparison"] = {k: v for k, v in run_report.items() if k != "real_samples_accuracy"}
         if run_real:
@@ -180,7 +181,7 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
     meta = read_meta(ckpt)
     if not (ckpt / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"no checkpoint weights at {ckpt / WEIGHTS_FILE}")
-    version = str(version or meta.get("version") or "1.0")
+    version = str(version or meta.get("version") or DEFAULT_VERSION)
     name = served_name(m)
     file_stem = f"{name}-v{version}" if versioned_name else name
     store.mkdir(parents=True, exist_ok=True)
@@ -217,9 +218,10 @@ def workflow_members(models) -> list[str]:
 
 def build_workflow_archive(store: Path, urls: dict, f1: dict | None = None,
                            versions: dict | None = None, name: str = WORKFLOW_NAME,
-                           workflow_models: dict | None = None) -> Path:
+                           workflow_models: dict | None = None, rule: dict | None = None) -> Path:
     """galaxy-ensemble.war over the .mar files `urls` {"b0": "galaxy-b0.mar", "b2": ...}, two or
-    more, in that order; `workflow_models` overrides WORKFLOW_MODELS (per-model settings)."""
+    more, in that order; `workflow_models` overrides WORKFLOW_MODELS (per-model settings); `rule`
+    the run's measured default ({"default_rule", "rule_models"}: RUN/ensemble.json)."""
     members = list(urls)
     if len(members) < 2:
         raise ValueError(f"an ensemble workflow needs two or more models, got {', '.join(members) or 'none'}")
@@ -229,7 +231,8 @@ def build_workflow_archive(store: Path, urls: dict, f1: dict | None = None,
             "dag": {"pre": members, **{m: ["ensemble"] for m in members}}}
     settings = {"name": name, "models": {m: {"url": urls[m], "version": (versions or {}).get(m)}
                                          for m in members},
-                "val_per_class_f1": {m: (f1 or {}).get(m) for m in members}}
+                "val_per_class_f1": {m: (f1 or {}).get(m) for m in members},
+                **{k: v for k, v in (rule or {}).items() if k in ("default_rule", "rule_models")}}
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
         tmp = Path(tmp)
         (tmp / "workflow.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -254,22 +257,13 @@ def workflow_config_for(device: str = "cpu", overrides: dict | None = None) -> d
             **(overrides or {})}
 
 
-def shipped_code_digest() -> str:
-    """sha256 (first 16 hex digits) of the code the archives carry: a store built before a change
-    to the core or the handlers is stale, though its checkpoints are not."""
-    h = hashlib.sha256()
-    for package in SHIPPED:
-        root = Path(package.__file__).resolve().parent
-        for p in sorted(root.rglob("*.py")):
-            h.update(str(p.relative_to(root)).encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def built_from(run, models, device: str = "cpu", tta: bool = False) -> str:
-    """What a store was built from: the checkpoints' real path, the models, the serving options and
-    the shipped code."""
-    return (f"{Path(run).resolve()} models={','.join(models)} device={device} tta={int(bool(tta))} "
-            f"code={shipped_code_digest()}")
+    """The digest of what a store is built from: each model's checkpoint folder, the run's
+    reports and ensemble settings, the serving options and the shipped code."""
+    run = Path(run)
+    return inputs_digest(*(run / m for m in models), run / "report.json", run / WORKFLOW_SETTINGS,
+                         {"models": list(models), "device": device, "tta": bool(tta)},
+                         *(Path(p.__file__).resolve().parent for p in SHIPPED))
 
 
 def build_all(run, store, version=None, models=PAIR, workflow=True, versioned_name=False,
@@ -291,17 +285,12 @@ def build_all(run, store, version=None, models=PAIR, workflow=True, versioned_na
         metas = {m: read_meta(run / m) for m in members}
         built.append(build_workflow_archive(
             store, {m: files[m] for m in members},
-            f1={m: val_f1(run / m, metas[m]) for m in members},
-            versions={m: str(version or metas[m].get("version") or "1.0") for m in members},
-            workflow_models=workflow_models))
+            f1={m: val_per_class_f1(run / m, metas[m]) for m in members},
+            versions={m: str(version or metas[m].get("version") or DEFAULT_VERSION) for m in members},
+            workflow_models=workflow_models, rule=read_settings(run)))
     # what the store now serves: `make serve` rebuilds for other checkpoints or options
     (store / BUILT_FROM).write_text(built_from(run, models, device, tta) + "\n")
     return built
-
-
-def checkpoints_in(run: Path) -> list[str]:
-    """The specs with a checkpoint in RUN (RUN/M/model.pt), in spec order."""
-    return [m for m in ALL_SPECS if (Path(run) / m / WEIGHTS_FILE).is_file()]
 
 
 def main(argv=None):
@@ -322,7 +311,7 @@ def main(argv=None):
                     help="print what the store would be stamped with, build nothing")
     args = ap.parse_args(argv)
     if args.models is None:
-        models = checkpoints_in(Path(args.run))
+        models = run_members(Path(args.run))
         if not models:
             ap.error(f"no checkpoint in {args.run}: expected {args.run}/M/{WEIGHTS_FILE} for M in "
                      f"{', '.join(ALL_SPECS)}")

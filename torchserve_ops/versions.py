@@ -22,12 +22,13 @@ re-registers it. `list` without names lists those members.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from galaxy_morph.answers import WORKFLOW_NAME, served_name
+from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
 from torchserve_ops.client import TorchServeClient, TorchServeError, locate_key_file, server_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,13 +146,26 @@ class Management:
             d = self.client.describe(served_name(m))[0]
             urls[m], versions[m] = d["modelUrl"], d["modelVersion"]
             f1[m] = (d.get("customizedMetadata") or {}).get("val_per_class_f1")
-        build_workflow_archive(Path(store), urls, f1, versions, name)
+        build_workflow_archive(Path(store), urls, f1, versions, name, rule=workflow_settings(store, name))
         # The store's .war now names these versions: make serve rebuilds the store from its RUN again.
         (Path(store) / BUILT_FROM).unlink(missing_ok=True)
         if any(w["workflowName"] == name for w in self.client.list_workflows()):
             self.client.unregister_workflow(name)
         self.client.register_workflow(f"{name}.war")
         return {"workflow": name, "models": urls, "versions": versions}
+
+
+def workflow_settings(store: str | os.PathLike, name: str = WORKFLOW_NAME) -> dict:
+    """The ensemble.json of the store's workflow archive ({} when there is none): a rebuild keeps
+    its measured default rule."""
+    import zipfile
+
+    war = Path(store) / f"{name}.war"
+    if not war.is_file():
+        return {}
+    with zipfile.ZipFile(war) as z:
+        found = [n for n in z.namelist() if Path(n).name == WORKFLOW_SETTINGS]
+        return json.loads(z.read(found[0])) if found else {}
 
 
 def version_key(version: str):

@@ -14,7 +14,9 @@ model and the ensemble workflow over all of them when there are two or more), th
 results table.
 
 Run it again and finished stages are skipped: a model whose history has all its epochs, a report
-newer than every checkpoint, archives still as this run built them (RUN/archives.json). A training
+made from these checkpoints (RUN/.evaluated), archives made from these checkpoints, reports and
+code and still in the store as this run built them (RUN/archives.json); "made from" is a digest of
+the inputs (galaxy_morph.files.inputs_digest). A training
 that was interrupted resumes from RUN/M/last.pt. A checkpoint trained with another recipe, another
 --pretrained or another data file is refused: choose another RUN.
 Exit codes: 0 done, 2 bad input (data, models, weights unavailable, mismatched run), 1 a stage failed.
@@ -23,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from galaxy_morph.data import DataError, file_sha256, inspect_h5
+from galaxy_morph.files import atomic_write_json, inputs_digest, is_current, mark_current
 from galaxy_morph.models import PretrainedUnavailable, imagenet_state_dict, pretrained_source
 from galaxy_morph.specs import ALL_SPECS, SPECS, get_spec
 from training import evaluate as ev
@@ -37,6 +39,7 @@ from training import train as tr
 from training.recipes import RECIPES, get_recipe
 
 ARCHIVE_STAMP = "archives.json"
+EVALUATION_STAMP = ".evaluated"
 DEFAULT_STORE = "model_store"
 
 
@@ -120,25 +123,32 @@ def train_model(args, run: Path, model: str, split: Path | None, state: str):
     return tr.train(tr.parse_args(argv))
 
 
+def evaluation_inputs(run: Path, models: list[str]) -> str:
+    return inputs_digest(*(run / m / f for m in models for f in ("model.pt", "meta.json", "split.json")),
+                         {"models": models, "tta": True})
+
+
 def evaluation_is_current(run: Path, models: list[str]) -> bool:
-    report = read_json(run / "report.json")
-    if not report or not report.get("tta") or sorted(report.get("models", {})) != sorted(models):
-        return False
-    built = (run / "report.json").stat().st_mtime
-    return all((run / m / "model.pt").stat().st_mtime <= built for m in models)
+    return (run / "report.json").is_file() and is_current(run / EVALUATION_STAMP, evaluation_inputs(run, models))
+
+
+def archive_inputs(run: Path, store: Path, models: list[str], version, versioned_name=False) -> str:
+    from torchserve_ops.archive import built_from
+
+    return inputs_digest(built_from(run, models), {"store": str(store.resolve()), "version": version,
+                                                   "versioned_name": bool(versioned_name)})
 
 
 def archives_are_current(run: Path, store: Path, models: list[str], version, versioned_name=False) -> bool:
+    """The store holds the archives this run built (same size and time) from today's inputs."""
     stamp = read_json(run / ARCHIVE_STAMP)
-    if not stamp or stamp.get("store") != str(store.resolve()) or stamp.get("models") != models \
-            or stamp.get("version") != version or bool(stamp.get("versioned_name")) != versioned_name:
+    if not stamp or stamp.get("inputs") != archive_inputs(run, store, models, version, versioned_name):
         return False
     for name, seen in stamp["files"].items():
         path = store / name
         if not path.is_file() or path.stat().st_size != seen["size"] or path.stat().st_mtime_ns != seen["mtime_ns"]:
             return False
-    inputs = [run / m / f for m in models for f in ("model.pt", "report.json")] + [run / "report.json"]
-    return stamp["built_at"] >= max(p.stat().st_mtime for p in inputs if p.is_file())
+    return True
 
 
 def build_archives(run: Path, store: Path, models: list[str], version, versioned_name=False,
@@ -159,14 +169,10 @@ def build_archives(run: Path, store: Path, models: list[str], version, versioned
         raise RuntimeError(f"{' '.join(cmd[1:])} failed:\n{(r.stderr or r.stdout)[-2000:]}")
     written = sorted(p.name for p in store.glob("*") if p.is_file() and p.suffix in (".mar", ".war")
                      and before.get(p.name) != p.stat().st_mtime_ns)
-    stamp = {"store": str(store.resolve()), "models": models, "version": version,
-             "versioned_name": versioned_name, "built_at": time.time(),
-             "command": cmd[1:],
+    stamp = {"inputs": archive_inputs(run, store, models, version, versioned_name), "command": cmd[1:],
              "files": {n: {"size": (store / n).stat().st_size, "mtime_ns": (store / n).stat().st_mtime_ns}
                        for n in written}}
-    tmp = run / (ARCHIVE_STAMP + ".tmp")
-    tmp.write_text(json.dumps(stamp, indent=1))
-    os.replace(tmp, run / ARCHIVE_STAMP)
+    atomic_write_json(run / ARCHIVE_STAMP, stamp)
     return written
 
 
@@ -225,9 +231,10 @@ def run_pipeline(args) -> dict:
     t0 = time.time()
     if evaluation_is_current(run, models):
         report = read_json(run / "report.json")
-        progress.line("evaluate", f"{run / 'report.md'} is newer than every checkpoint: skipped")
+        progress.line("evaluate", f"{run / 'report.md'} was made from these checkpoints: skipped")
     else:
         report = ev.evaluate(run, tta=True, device=args.device, models=models)
+        mark_current(run / EVALUATION_STAMP, evaluation_inputs(run, models))
         progress.line("evaluate", f"{run / 'report.md'} with TTA in {time.time() - t0:.0f}s")
 
     # 4. Archives for TorchServe.

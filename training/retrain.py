@@ -43,16 +43,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from galaxy_morph.answers import served_name
-from galaxy_morph.calibration import CALIBRATION_FILE, ece
-from galaxy_morph.data import DataError, GalaxyH5Dataset, create_h5, file_sha256, inspect_h5, save_split
-from galaxy_morph.models import PretrainedUnavailable, class_probabilities, load_checkpoint, read_meta
-from galaxy_morph.ood import OOD_FILE, OODDetector
+from galaxy_morph.answers import DEFAULT_VERSION, served_name
+from galaxy_morph.calibration import CALIBRATION_FILE, ece, nll
+from galaxy_morph.data import DataError, create_h5, file_sha256, inspect_h5, save_split
+from galaxy_morph.files import atomic_write_json, atomic_write_text, inputs_digest
+from galaxy_morph.models import PretrainedUnavailable, load_checkpoint, read_meta
+from galaxy_morph.ood import OOD_FILE
+from galaxy_morph.predictor import Member, Predictor
 from galaxy_morph.specs import ALL_SPECS, GALAXY10_CLASSES, get_spec
 from labelling.store import LabelStore, StoreError
 from torchserve_ops.client import TorchServeError
 from training import train as tr
-from galaxy_morph.calibration import softmax
 from training.evaluate import predict_split, scores
 from training.pipeline import Progress, archives_are_current, build_archives, read_json
 
@@ -111,11 +112,10 @@ def usable_labels(store: LabelStore, include_unsure: bool) -> list[dict]:
 
 
 def labels_digest(labels: list[dict], args) -> str:
-    h = hashlib.sha256()
-    for lab in sorted(labels, key=lambda r: r["candidate_id"]):
-        h.update(f"{lab['candidate_id']}:{lab['id']}:{lab['class_index']};".encode())
-    h.update(f"mix={args.mix and file_sha256(args.mix)}:{args.mix_rows}:seed={args.seed}".encode())
-    return h.hexdigest()
+    """The export's inputs: every label, the MIX file and the options that shape the split."""
+    return inputs_digest([[lab["candidate_id"], lab["id"], lab["class_index"]]
+                          for lab in sorted(labels, key=lambda r: r["candidate_id"])],
+                         Path(args.mix) if args.mix else None, {"mix_rows": args.mix_rows, "seed": args.seed})
 
 
 def candidate_image(cand: dict, size: int) -> np.ndarray:
@@ -179,7 +179,7 @@ def export(store: LabelStore, labels: list[dict], out: Path, args, digest: str) 
     stamp = {"digest": digest, "sha256": sha, "labels": store.where, "n_labels": len(rows), "mix": args.mix,
              "mix_rows": mix_n, "size": size, "skipped": skipped,
              "n": {k: len(v) for k, v in idx.items()}}
-    (out / EXPORT_STAMP).write_text(json.dumps(stamp, indent=1))
+    atomic_write_json(out / EXPORT_STAMP, stamp)
     return stamp
 
 
@@ -224,27 +224,26 @@ def training_state(folder: Path, sha: str, args) -> str:
 
 
 def held_out_scores(folder: Path, data: Path, indices) -> dict:
-    """A checkpoint's answers on the held-out rows, as its archive answers (calibrated), from one
-    forward pass that also gives the features its out-of-distribution head reads."""
+    """A checkpoint's answers on the held-out rows, as its archive answers them (galaxy_morph's
+    answer path: calibrated, with the out-of-distribution verdict)."""
+    import h5py
     from sklearn.metrics import f1_score
 
-    ckpt = load_checkpoint(folder)
-    ds = GalaxyH5Dataset(str(data), indices, ckpt.transform)
-    x, y = torch.stack([ds[i][0] for i in range(len(ds))]), ds.labels[ds.indices]
-    probs, f = (torch.cat(t) for t in zip(*(class_probabilities(ckpt.model, c, with_features=True)
-                                            for c in x.split(32))))
-    p = softmax(probs.clamp_min(1e-12).log().double().numpy(), ckpt.temperature(False))
+    member = Member(folder, "cpu")
+    idx = np.sort(np.asarray(indices))
+    with h5py.File(data, "r") as f:
+        pixels, y = f["images"][idx], np.asarray(f["ans"][idx])
+    answers = Predictor({member.spec.name: member}, member.spec.name).answer_batch(list(pixels))
+    p = np.array([[a["probabilities"][c] for c in member.class_names] for a in answers])
     pred = p.argmax(1)
     s = scores(y, pred, list(GALAXY10_CLASSES))
     present = sorted(set(y.tolist()))
-    row = {"version": ckpt.version, "n": int(len(y)), "accuracy": s["accuracy"],
+    row = {"version": member.version, "n": int(len(y)), "accuracy": s["accuracy"],
            "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
-           "nll": float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)))),
-           "ece": float(ece(p, y)), "per_class": s["per_class"], "confusion_matrix": s["confusion_matrix"],
-           "temperature": ckpt.temperature(False)}
-    detector = OODDetector.load(folder)
-    if detector is not None:
-        row["ood_flagged"] = float(np.mean(detector.score(f.numpy()) > detector.threshold))
+           "nll": nll(p, y), "ece": float(ece(p, y)), "per_class": s["per_class"],
+           "confusion_matrix": s["confusion_matrix"], "temperature": member.temperature}
+    if member.ood is not None:
+        row["ood_flagged"] = float(np.mean([not a["in_distribution"] for a in answers]))
     return row
 
 
@@ -276,9 +275,9 @@ def compare(args, models: list[str], out: Path, stamp: dict) -> dict:
                                       "this": {k: v for k, v in new.items() if k not in ("per_class", "confusion_matrix")},
                                       "previous": {k: v for k, v in old.items()
                                                    if k not in ("per_class", "confusion_matrix")}}}
-        (out / m / "report.json").write_text(json.dumps(report, indent=1))
-    (out / REPORT).write_text(json.dumps(result, indent=1))
-    (out / "retrain.md").write_text(markdown(result))
+        atomic_write_json(out / m / "report.json", report)
+    atomic_write_json(out / REPORT, result)
+    atomic_write_text(out / "retrain.md", markdown(result))
     return result
 
 
@@ -345,7 +344,7 @@ def retrain(args) -> dict:
     missing = [m for m in models if m not in found]
     if not models or missing:
         raise DataError(f"{source}: no checkpoint for {', '.join(missing) or 'any model'} (RUN/M/model.pt)")
-    args.version = args.version or next_version(read_meta(source / models[0]).get("version", "1.0"))
+    args.version = args.version or next_version(read_meta(source / models[0]).get("version", DEFAULT_VERSION))
     out = Path(args.out or f"runs/retrain/{args.version}")
     if args.epochs < 1 or args.batch_size < 1 or not args.lr_factor > 0 or (args.mix_rows or 0) < 0:
         raise DataError("--epochs and --batch-size must be 1 or more, --lr-factor above 0, --mix-rows 0 or more")
