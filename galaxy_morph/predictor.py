@@ -245,8 +245,15 @@ class Predictor:
         return a
 
     def answer_batch(self, images, embeddings: bool = False, mc_passes: int = 0, batch_size: int = 32) -> list:
-        """One answer dict per image, or the ImageError that refused it (the others still answer)."""
+        """One answer dict per image, or the ImageError that refused it (the others still answer).
+        `mc_passes`: MC-dropout passes of each member with dropout before its head (B0's answers then
+        carry "mc_dropout"; B2, trained without, answers without); ValueError when none has it."""
         images = list(images)
+        passes = {m: mc_passes if mc_passes and head_dropout_rate(mem.model) > 0 else 0
+                  for m, mem in self.members.items()}
+        if mc_passes and not any(passes.values()):
+            raise ValueError(f"{', '.join(self.members)}: trained without dropout before the classifier, "
+                             f"MC-dropout passes would all be equal")
         out: list = [None] * len(images)
         for start in range(0, len(images), batch_size):
             decoded, good = [], []
@@ -261,7 +268,7 @@ class Predictor:
             if not decoded:
                 continue
             reasons = [cheap_check(im) for im in decoded]
-            per_member = {m: mem.answers(mem.inputs(decoded), reasons, embeddings, mc_passes)
+            per_member = {m: mem.answers(mem.inputs(decoded), reasons, embeddings, passes[m])
                           for m, mem in self.members.items()}
             for k, i in enumerate(good):
                 out[i] = self.combine({m: a[k] for m, a in per_member.items()})

@@ -227,3 +227,77 @@ def test_cli_process_exit_status_and_message(tmp_path):
                         "--out", str(tmp_path / "x.csv")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().startswith("error: input not found")
+
+
+def assert_same_answers(got: list[dict], want: list[dict], what: str) -> None:
+    """Labels identical, probabilities within 1e-4, the same in_distribution (and members, for the workflow)."""
+    assert len(got) == len(want), what
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g["label"] == w["label"], f"{what}: image {i}"
+        assert list(g["probabilities"]) == list(w["probabilities"]), what
+        assert np.allclose(list(g["probabilities"].values()), list(w["probabilities"].values()), atol=1e-4), \
+            f"{what}: image {i}"
+        assert g["in_distribution"] == w["in_distribution"], f"{what}: image {i}"
+        for k in ("model", "version", "calibrated", "source", "rule"):
+            assert g.get(k) == w.get(k), f"{what}: image {i} {k}: {g.get(k)} != {w.get(k)}"
+        for m in ("b0", "b2"):
+            if m in w:
+                assert_same_answers([g[m]], [w[m]], f"{what} member {m}")
+
+
+@pytest.mark.server
+def test_one_answer_path_everywhere(torchserve, served_archives, local_ray, tmp_path):
+    """The 100 real samples through /predictions, /wfpredict, Predictor.answer, make predict (Ray) and
+    the answers make queue stores: the same labels, probabilities within 1e-4, the same
+    in_distribution; /explanations' "predicted" is /predictions' label for the same image."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from galaxy_morph import Predictor
+    from labelling import queue
+    from labelling.store import LabelStore
+
+    run, _ = served_archives
+    images = [p.read_bytes() for p in SAMPLES]
+    client = torchserve.client()
+    with ThreadPoolExecutor(8) as pool:
+        served = {m: list(pool.map(lambda b, m=m: client.predict(f"galaxy-{m}", b), images)) for m in ("b0", "b2")}
+        served["ensemble"] = list(pool.map(lambda b: client.predict_workflow("galaxy-ensemble", b), images))
+        seed = list(pool.map(lambda b: client.predict_workflow("galaxy-ensemble", b, rule="seed"), images[::5]))
+        explained = list(pool.map(lambda b: client.explain("galaxy-b0", b), images[::25]))
+    assert len({a["label"] for a in served["ensemble"]}) >= 2, "the test checkpoints should tell galaxies apart"
+
+    for m in ("b0", "b2"):
+        assert_same_answers(Predictor.from_run(run, m, device="cpu").answer_batch(images), served[m], f"/predictions {m}")
+    predictor = Predictor.from_run(run, device="cpu")
+    assert predictor.rule == served["ensemble"][0]["rule"] == "mean"
+    assert_same_answers([predictor.answer(b) for b in images[:3]], served["ensemble"][:3], "Predictor.answer")
+    assert_same_answers(predictor.answer_batch(images), served["ensemble"], "/wfpredict")
+    seed_predictor = Predictor.from_run(run, rule="seed", device="cpu")
+    assert_same_answers(seed_predictor.answer_batch(images[::5]), seed, "/wfpredict seed")
+    assert all(a["label"] == a["b0"]["label"] for a in seed)  # the seed system: B0 answers
+    for e, a in zip(explained, served["b0"][::25]):
+        assert e["predicted"] == a["label"]
+
+    # make predict: Ray's model actors, written to a catalogue (6 significant digits)
+    out = tmp_path / "catalog.csv"
+    assert run_cli("--input", SAMPLES[0].parent, "--out", out, "--run", run) == 0
+    rows = {r["id"]: r for r in read_csv(out)}
+    for p, a in zip(SAMPLES, served["ensemble"]):
+        r = rows[p.name]
+        assert int(r["label"]) == a["label"] and r["rule"] == a["rule"] and r["source"] == a["source"]
+        assert np.allclose([float(r[c]) for c in GALAXY10_CLASSES], list(a["probabilities"].values()), atol=1e-4)
+        assert r["in_distribution"] == str(a["in_distribution"]).lower()
+
+    # make queue: the answers it stores for B0 and B2
+    store_file = tmp_path / "labels.db"
+    assert queue.main(["add", "--store", str(store_file), "--input", str(SAMPLES[0].parent), "--run", str(run),
+                       "--source", "samples"]) == 0
+    with LabelStore(store_file) as store:
+        keys = {c["id"]: c["item_key"] for c in map(store.candidate, store.unlabelled("samples"))}
+        stored = {(keys[a["candidate_id"]], a["model"]): a for a in store.answers()}
+    assert len(keys) == len(SAMPLES)
+    for m in ("b0", "b2"):
+        for p, a in zip(SAMPLES, served[m]):
+            s = stored[(p.name, f"galaxy-{m}")]
+            assert np.allclose(s["probabilities"], list(a["probabilities"].values()), atol=1e-4)
+            assert int(np.argmax(s["probabilities"])) == a["label"]

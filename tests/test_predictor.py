@@ -1,0 +1,159 @@
+"""galaxy_morph.Predictor, the one answer path: a table from Python, bad inputs, and a three-member
+run with TTA on against the real TorchServe answering the same archives.
+
+    .venv/bin/python -m pytest -q tests/test_predictor.py
+
+(The two-member run with TTA off against /predictions, /wfpredict, Ray and the queue:
+tests/test_predict_ray.py::test_one_answer_path_everywhere.)
+"""
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from galaxy_morph import GALAXY10_CLASSES, Predictor
+from galaxy_morph.imaging import ImageError
+from galaxy_morph.models import build_model, save_checkpoint
+from galaxy_morph.predictor import CheckpointError
+from galaxy_morph.specs import get_spec
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = sorted((REPO / "samples" / "galaxy10_decals").glob("class_*.jpg"))
+DEMO = REPO / "checkpoints" / "demo"
+COLUMNS = ["id", "label", "class_name", "confidence", "error", *GALAXY10_CLASSES, "model", "version",
+           "in_distribution", "ood_score"]
+
+
+@pytest.fixture(scope="module")
+def demo() -> Predictor:
+    return Predictor.from_run(DEMO, device="cpu")
+
+
+def test_predict_a_folder_an_hdf5_file_and_arrays_alike(demo, tmp_path):
+    """The same images as files, as HDF5 rows and as an array give the same rows (a JPEG's pixels
+    written as rows: what the server does with a PNG of them); an unreadable file keeps its row."""
+    folder = tmp_path / "cutouts"
+    (folder / "deep").mkdir(parents=True)
+    picked = SAMPLES[::20]
+    for i, p in enumerate(picked):
+        shutil.copy(p, (folder / "deep" if i % 2 else folder) / p.name)
+    (folder / "broken.jpg").write_bytes(picked[0].read_bytes()[:200])
+    table = demo.predict(folder, progress=False)
+    assert list(table.columns) == COLUMNS + ["source", "rule"] and len(table) == len(picked) + 1
+    assert table.loc[table.id == "broken.jpg", "error"].str.contains("image").all()
+    good = table[table.error == ""].set_index("id")
+    assert {p.name if i % 2 == 0 else f"deep/{p.name}" for i, p in enumerate(picked)} == set(good.index)
+    want = {p.name: demo.answer(p.read_bytes()) for p in picked}
+    for key, row in good.iterrows():
+        a = want[Path(key).name]
+        assert row["label"] == a["label"] and row["rule"] == demo.rule == a["rule"]
+        assert np.allclose(row[list(GALAXY10_CLASSES)].astype(float), list(a["probabilities"].values()), atol=1e-6)
+
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(p.read_bytes())).convert("RGB")) for p in picked])
+    with h5py.File(tmp_path / "cutouts.h5", "w") as f:
+        f["images"], f["ans"] = pixels, np.zeros(len(pixels), np.uint8)
+    from_h5 = demo.predict(tmp_path / "cutouts.h5", batch_size=2, progress=False)
+    from_array = demo.predict(pixels, progress=False)
+    assert list(from_h5.id) == [str(i) for i in range(len(picked))]
+    for t in (from_h5, from_array):
+        assert np.allclose(t[list(GALAXY10_CLASSES)].astype(float),
+                           [list(want[p.name]["probabilities"].values()) for p in picked], atol=1e-5)
+    assert list(from_h5.label) == list(from_array.label)
+
+
+def test_embeddings_and_single_models(demo, tmp_path):
+    table = demo.predict(SAMPLES[:3], embeddings=True, progress=False)
+    assert [len(e) for e in table.embedding_b0] == [1280] * 3 and [len(e) for e in table.embedding_b2] == [1408] * 3
+    b2 = Predictor.from_run(DEMO, "galaxy-b2", device="cpu")
+    t2 = b2.predict(SAMPLES[:3], progress=False)
+    assert list(t2.columns) == COLUMNS and set(t2.model) == {"galaxy-b2"}
+    assert list(t2.Disturbed) == pytest.approx([demo.answer(p)["b2"]["probabilities"]["Disturbed"] for p in SAMPLES[:3]],
+                                               abs=1e-6)
+    e = demo.explain(SAMPLES[0], target="Merging")
+    assert set(e) == {"b0", "b2"} and e["b0"]["target"] == 1 and e["b2"]["target_name"] == "Merging"
+    assert e["b0"]["predicted"] == demo.answer(SAMPLES[0])["b0"]["label"]
+
+
+def test_bad_inputs_are_clear_errors(demo, tmp_path):
+    answers = demo.answer_batch([b"not an image", SAMPLES[0].read_bytes(), np.zeros((4, 4, 7), np.uint8)])
+    assert isinstance(answers[0], ImageError) and isinstance(answers[2], ImageError)
+    assert answers[1]["class_name"] in GALAXY10_CLASSES
+    with pytest.raises(ImageError):
+        demo.answer(b"")
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        demo.predict(tmp_path / "nothing-here", progress=False)
+    with pytest.raises(FileNotFoundError, match="no JPEG, PNG or FITS images"):
+        demo.predict(tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="unknown model 'b7'"):
+        Predictor.from_run(DEMO, "b7")
+    with pytest.raises(ValueError, match="unknown ensemble rule 'median'"):
+        Predictor.from_run(DEMO, rule="median")
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        Predictor.from_run(tmp_path)
+
+
+# --- three members, TTA on, against the real server ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tta_trio(torchserve, served_archives, tmp_path_factory):
+    """The session run's B0 and B2 plus a random-init ConvNeXt, archived with --tta under version 7.0
+    and served as the workflow galaxy-tta-trio on the session server (unregistered afterwards)."""
+    import torch
+
+    from torchserve_ops.archive import build_model_archive, build_workflow_archive
+    from torchserve_ops.server import workflow_members, workflow_model_names
+
+    run = tmp_path_factory.mktemp("tta_trio")
+    for m in ("b0", "b2"):
+        shutil.copytree(served_archives[0] / m, run / m)
+    torch.manual_seed(3)
+    model = build_model("convnext")
+    with torch.no_grad():
+        model.get_classifier().bias.normal_(0, 0.5)
+    save_checkpoint(run / "convnext", model, get_spec("convnext"), GALAXY10_CLASSES, version="1.0",
+                    data={"path": "random-init", "sha256": None, "n": 0})
+    store = torchserve.model_store
+    urls = {m: build_model_archive(run, m, store, "7.0", versioned_name=True, tta=True).name
+            for m in ("b0", "b2", "convnext")}
+    war = build_workflow_archive(store, urls, versions=dict.fromkeys(urls, "7.0"), name="galaxy-tta-trio")
+    client = torchserve.client()
+    client.register_workflow(war.name, timeout=(3.0, 300.0))
+    try:
+        client.wait_until_ready(workflow_model_names(war.name, workflow_members(war)), 300.0)
+        yield run
+    finally:
+        client.unregister_workflow("galaxy-tta-trio")
+        client.close()
+
+
+@pytest.mark.server
+def test_three_members_with_tta_answer_as_served(torchserve, tta_trio):
+    from tests.test_predict_ray import assert_same_answers
+
+    images = [p.read_bytes() for p in SAMPLES[::10]]
+    served = []
+    for b in images:
+        r = requests.post(f"{torchserve.inference_url}/wfpredict/galaxy-tta-trio", data=b, timeout=120,
+                          headers={**torchserve.auth("inference"), "Content-Type": "image/jpeg"})
+        assert r.status_code == 200 and "error" not in r.json(), r.text
+        served.append(r.json())
+    predictor = Predictor.from_run(tta_trio, tta=True, device="cpu")
+    assert list(predictor.members) == ["b0", "b2", "convnext"] and predictor.rule == "mean"
+    got = predictor.answer_batch(images)
+    for g in got:  # the archives say 7.0; the checkpoints 1.0; the rest must be equal
+        g["version"] = " + ".join(f"{m} 7.0" for m in predictor.members)
+        for m in predictor.members:
+            g[m]["version"] = "7.0"
+    assert_same_answers(got, served, "/wfpredict galaxy-tta-trio")
+    for g, s in zip(got, served):
+        assert np.allclose(list(g["convnext"]["probabilities"].values()),
+                           list(s["convnext"]["probabilities"].values()), atol=1e-4)
+    plain = Predictor.from_run(tta_trio, device="cpu").answer_batch(images)
+    assert max(abs(p["b2"]["confidence"] - g["b2"]["confidence"]) for p, g in zip(plain, got)) > 1e-4  # TTA on
