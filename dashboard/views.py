@@ -33,11 +33,18 @@ def _choice_label(spec: str) -> str:
 # What the Classify and Batch pages offer: label -> (TorchServe name, kind); names from the specs
 MODEL_CHOICES = {"Ensemble (B0 + B2)": (WORKFLOW_NAME, "workflow"),
           **{_choice_label(spec): (name, "model") for spec, name in MODEL_NAMES.items()}}
+DEFAULT_RULE = "default"  # no X-Ensemble-Rule header: the server's measured rule
 RULES = {
-    "seed": "seed: agree -> mean confidence, else B0",
+    DEFAULT_RULE: "the model's default (lowest validation NLL)",
     "mean": "mean of both probability vectors",
     "weighted": "per-class weights from validation F1",
+    "seed": "seed system's: agree -> mean confidence, else B0",
 }
+
+
+def rule_header(choice: str | None) -> str | None:
+    """The rule to ask for: None for the default."""
+    return None if choice in (None, DEFAULT_RULE) else choice
 
 
 # ----------------------------------------------------------------------------- samples

@@ -15,8 +15,8 @@ with c1:
 with c2:
     model_label = st.radio("Model", list(views.MODEL_CHOICES), key="batch_model")
     model, kind = views.MODEL_CHOICES[model_label]
-    rule = (st.selectbox("Ensemble rule", list(views.RULES), format_func=views.RULES.get,
-                         key="batch_rule") if kind == "workflow" else None)
+    rule = (views.rule_header(st.selectbox("Ensemble rule", list(views.RULES), format_func=views.RULES.get,
+                                           key="batch_rule")) if kind == "workflow" else None)
 
 items = [(f.name, f.getvalue()) for f in files or []]
 if use_gallery:

@@ -21,8 +21,8 @@ with st.sidebar:
     model, kind = views.MODEL_CHOICES[model_label]
     rule = None
     if kind == "workflow":
-        rule = st.selectbox("Ensemble rule", list(views.RULES), format_func=views.RULES.get,
-                            key="classify_rule")
+        rule = views.rule_header(st.selectbox("Ensemble rule", list(views.RULES), format_func=views.RULES.get,
+                                              key="classify_rule"))
     show_cam = st.toggle("Grad-CAM overlay", key="classify_cam",
                          help="Where the model looked for the predicted class (explanations API)")
 
