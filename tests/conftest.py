@@ -18,7 +18,9 @@ with those checkpoints.
 """
 from __future__ import annotations
 
+import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,19 +39,31 @@ def unused_port() -> int:
 
 
 def make_checkpoints(run_dir: Path, version: str = "1.0", seed: int = 0) -> Path:
-    """Random-init B0 and B2 checkpoints; a random classifier bias makes their answers differ."""
+    """Random-init B0 and B2 checkpoints that tell galaxies apart: batch-norm statistics from a few
+    real samples and a random head, so that their answers differ from image to image (plain
+    random-init ones answer almost the same probabilities for every image) and between the models."""
     import torch
 
+    from galaxy_morph.imaging import decode_image
     from galaxy_morph.models import build_model, save_checkpoint
     from galaxy_morph.specs import GALAXY10_CLASSES, get_spec
+    from galaxy_morph.transforms import eval_transform
 
+    images = [decode_image(p.read_bytes()) for p in sorted(SAMPLES.glob("class_*_7.jpg"))]
     for i, name in enumerate(("b0", "b2")):
         torch.manual_seed(seed + i)
         model = build_model(name)
-        head = model.classifier[-1] if name == "b0" else model.classifier
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None  # the plain average over the batch below
+        model.train()
         with torch.no_grad():
+            model(torch.stack([eval_transform(get_spec(name))(im) for im in images]))
+            head = model.classifier[-1] if name == "b0" else model.classifier
+            head.weight.normal_(0.0, 0.1)  # logits of a few units: answers neither flat nor one-hot
             head.bias.normal_(0.0, 0.5)
-        save_checkpoint(run_dir / name, model, get_spec(name), GALAXY10_CLASSES, version=version,
+        save_checkpoint(run_dir / name, model.eval(), get_spec(name), GALAXY10_CLASSES, version=version,
                         data={"path": "random-init", "sha256": None, "n": 0})
     return run_dir
 
@@ -117,8 +131,64 @@ def sample_images() -> list[Path]:
 SLOWEST_FIRST = ("test_container_entrypoint.py", "test_retrain.py", "test_predict_ray.py", "test_evaluate.py", "test_learning.py",
                  "test_nmodel_serving.py", "test_browser.py", "test_pipeline.py", "test_train.py", "test_ood.py",
                  "test_serving.py", "test_handler.py", "test_positions_bulk.py")
+# A file whose tests use one of these runs on the server lane (see ServerLane below).
+SESSION_SERVER_FIXTURES = {"torchserve", "make_torchserve", "served_archives", "similarity_index"}
 
 
-def pytest_collection_modifyitems(items):
+def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+    lanes = getattr(config, "workerinput", {}).get("galaxy_lanes")
+    if lanes:  # an xdist worker: tell the scheduler which files need the session TorchServe
+        uses: dict[str, bool] = {}
+        for item in items:
+            f = item.nodeid.split("::", 1)[0]
+            uses[f] = uses.get(f, False) or bool(SESSION_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())))
+        Path(lanes, f"{config.workerinput['workerid']}.json").write_text(json.dumps(uses))
+
+
+# Two xdist workers would each start a session TorchServe (about 25 s of CPU on 2 cores) as soon
+# as each takes a file that needs one. With `--dist loadfile`, the first worker takes every file
+# that needs it (the server lane) and the others take the rest, in SLOWEST_FIRST order; a worker
+# that runs out of its own files takes whatever is left, so nobody waits.
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    node.workerinput["galaxy_lanes"] = node.config.galaxy_lanes
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ServerLane(LoadFileScheduling):
+        def __init__(self, config, log):
+            super().__init__(config, log)
+            config.option.loadscopereorder = False  # keep SLOWEST_FIRST, not "most tests first"
+            self._server_files = None
+
+        def server_files(self) -> set[str]:
+            if self._server_files is None:
+                self._server_files = {f for p in Path(config.galaxy_lanes).glob("*.json")
+                                      for f, uses in json.loads(p.read_text()).items() if uses}
+            return self._server_files
+
+        def _assign_work_unit(self, node):
+            on_lane = node is self.nodes[0]
+            server = self.server_files()
+            scope = next((s for s in self.workqueue if (s in server) == on_lane), next(iter(self.workqueue)))
+            self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)  # pops the first unit
+
+    return ServerLane(config, log)
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):
+        config.galaxy_lanes = tempfile.mkdtemp(prefix="pytest-lanes-")
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "galaxy_lanes", None):
+        shutil.rmtree(config.galaxy_lanes, ignore_errors=True)

@@ -264,7 +264,7 @@ def test_one_answer_path_everywhere(torchserve, served_archives, local_ray, tmp_
         served["ensemble"] = list(pool.map(lambda b: client.predict_workflow("galaxy-ensemble", b), images))
         seed = list(pool.map(lambda b: client.predict_workflow("galaxy-ensemble", b, rule="seed"), images[::5]))
         explained = list(pool.map(lambda b: client.explain("galaxy-b0", b), images[::25]))
-    assert len({a["label"] for a in served["ensemble"]}) >= 2, "the test checkpoints should tell galaxies apart"
+    assert len({a["label"] for a in served["ensemble"]}) >= 3, "the test checkpoints should tell galaxies apart"
 
     for m in ("b0", "b2"):
         assert_same_answers(Predictor.from_run(run, m, device="cpu").answer_batch(images), served[m], f"/predictions {m}")

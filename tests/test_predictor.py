@@ -147,13 +147,35 @@ def test_three_members_with_tta_answer_as_served(torchserve, tta_trio):
     predictor = Predictor.from_run(tta_trio, tta=True, device="cpu")
     assert list(predictor.members) == ["b0", "b2", "convnext"] and predictor.rule == "mean"
     got = predictor.answer_batch(images)
-    for g in got:  # the archives say 7.0; the checkpoints 1.0; the rest must be equal
-        g["version"] = " + ".join(f"{m} 7.0" for m in predictor.members)
+    for g in got:  # the archives say 7.0 and the workflow has its own name; the rest must be equal
+        g["version"], g["model"] = " + ".join(f"{m} 7.0" for m in predictor.members), "galaxy-tta-trio"
         for m in predictor.members:
-            g[m]["version"] = "7.0"
+            g[m]["version"], g[m]["model"] = "7.0", f"galaxy-tta-trio__{m}"
     assert_same_answers(got, served, "/wfpredict galaxy-tta-trio")
     for g, s in zip(got, served):
         assert np.allclose(list(g["convnext"]["probabilities"].values()),
                            list(s["convnext"]["probabilities"].values()), atol=1e-4)
     plain = Predictor.from_run(tta_trio, device="cpu").answer_batch(images)
     assert max(abs(p["b2"]["confidence"] - g["b2"]["confidence"]) for p, g in zip(plain, got)) > 1e-4  # TTA on
+
+
+def test_the_demo_ensembles_default_rule_is_measured_not_seed(tmp_path):
+    """checkpoints/demo/ensemble.json: the lowest-NLL rule, not seed; at least as accurate as the best
+    member on the synthetic test split; the workflow archive carries it and the Predictor uses it."""
+    import json
+    import zipfile
+
+    from galaxy_morph.ensemble import choose_rule
+    from galaxy_morph.predictor import read_settings
+    from torchserve_ops.archive import build_workflow_archive
+
+    settings = read_settings(DEMO)
+    rule = settings["default_rule"]
+    assert rule != "seed" and rule == choose_rule(settings["validation"]) and settings["rule_models"] == ["b0", "b2"]
+    acc = json.loads((DEMO / "report.json").read_text())["accuracy"]
+    assert acc[f"ensemble_{rule}"] >= max(acc["b0"], acc["b2"]) > acc["ensemble_seed"] - 1e-9
+    assert Predictor.from_run(DEMO, device="cpu").rule == rule
+    war = build_workflow_archive(tmp_path, {"b0": "galaxy-b0.mar", "b2": "galaxy-b2.mar"}, rule=settings)
+    with zipfile.ZipFile(war) as z:
+        packed = json.loads(z.read("ensemble.json"))
+    assert packed["default_rule"] == rule and packed["rule_models"] == ["b0", "b2"]
