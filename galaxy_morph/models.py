@@ -25,7 +25,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from galaxy_morph.answers import DEFAULT_VERSION
 from galaxy_morph.calibration import read_calibration, temperature_of
+from galaxy_morph.files import atomic_path, atomic_write_json
 from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec, get_spec
 from galaxy_morph.transforms import eval_transform
 
@@ -209,10 +211,8 @@ def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, spec: ModelSpe
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-    # Write-then-rename so that a reader never sees half a checkpoint.
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out / WEIGHTS_FILE)
+    with atomic_path(out / WEIGHTS_FILE) as tmp:  # a reader never sees half a checkpoint
+        torch.save(state, tmp)
     full = {
         "model": spec.name,
         "spec": spec.to_dict(),
@@ -221,9 +221,7 @@ def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, spec: ModelSpe
         "saved_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **meta,
     }
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(full, indent=2, default=_json_default))
-    os.replace(tmp, out / META_FILE)
+    atomic_write_json(out / META_FILE, full, indent=2, default=_json_default)
     return out
 
 
@@ -246,7 +244,7 @@ class Checkpoint:
 
     @property
     def version(self) -> str:
-        return str(self.meta.get("version", "1.0"))
+        return str(self.meta.get("version", DEFAULT_VERSION))
 
     def temperature(self, tta: bool = False) -> float:
         """The fitted temperature for this answering mode, 1.0 when there is none."""

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galaxy_morph.files import inputs_digest
+from galaxy_morph.files import atomic_path, inputs_digest
 from galaxy_morph.imaging import ImageError
 from galaxy_morph.specs import PAIR
 from survey.inputs import IMAGE_SUFFIXES
@@ -166,11 +166,10 @@ class SimilarityIndex:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, ids=self.ids, labels=self.labels, paths=self.paths, labelled=self.labelled,
-                            meta=np.array(json.dumps(self.meta)),
-                            **{f"emb_{m}": v.astype(np.float16) for m, v in self.vectors.items()})
-        tmp.replace(path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez adds no .npz
+            np.savez_compressed(f, ids=self.ids, labels=self.labels, paths=self.paths, labelled=self.labelled,
+                                meta=np.array(json.dumps(self.meta)),
+                                **{f"emb_{m}": v.astype(np.float16) for m, v in self.vectors.items()})
         return path
 
     @classmethod

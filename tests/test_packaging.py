@@ -22,7 +22,7 @@ PROJECT = PYPROJECT["project"]
 PACKAGES = PYPROJECT["tool"]["setuptools"]["packages"]
 # import name -> distribution, where they differ
 DISTRIBUTION = {"PIL": "pillow", "sklearn": "scikit-learn", "skimage": "scikit-image", "yaml": "pyyaml",
-                "ts": "torchserve", "faiss": "faiss-cpu", "psycopg": "psycopg"}
+                "ts": "torchserve", "faiss": "faiss-cpu", "psycopg": "psycopg", "xdist": "pytest-xdist"}
 # package -> the extras meant to cover it (besides the base dependencies); survey is used by both paths
 ROLES = {"galaxy_morph": [], "galaxy_morph_cli": [], "handlers": ["serving"], "torchserve_ops": ["serving"],
          "survey": ["serving", "ray"], "prediction": ["ray"], "labelling": ["dashboard", "training"],

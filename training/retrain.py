@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -46,7 +45,7 @@ import torch
 from galaxy_morph.answers import DEFAULT_VERSION, served_name
 from galaxy_morph.calibration import CALIBRATION_FILE, ece, nll
 from galaxy_morph.data import DataError, create_h5, file_sha256, inspect_h5, save_split
-from galaxy_morph.files import atomic_write_json, atomic_write_text, inputs_digest
+from galaxy_morph.files import atomic_path, atomic_write_json, atomic_write_text, inputs_digest
 from galaxy_morph.models import PretrainedUnavailable, load_checkpoint, read_meta
 from galaxy_morph.ood import OOD_FILE
 from galaxy_morph.predictor import Member, Predictor
@@ -154,8 +153,7 @@ def export(store: LabelStore, labels: list[dict], out: Path, args, digest: str) 
         raise DataError(f"{len(parts)} usable labels make {n_train} training and {parts.count('test')} held-out "
                         "galaxies: label more galaxies on the Review page")
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (EXPORT + ".tmp")
-    with create_h5(tmp, np.r_[[y for _, y in rows], np.zeros(mix_n, int)], size,
+    with atomic_path(out / EXPORT) as tmp, create_h5(tmp, np.r_[[y for _, y in rows], np.zeros(mix_n, int)], size,
                    class_names=GALAXY10_CLASSES, source="labelling.store", label_store=store.where) as f:
         for i, (img, _) in enumerate(rows):
             f["images"][i] = img
@@ -165,7 +163,6 @@ def export(store: LabelStore, labels: list[dict], out: Path, args, digest: str) 
                 for j, r in enumerate(picked):
                     f["images"][len(rows) + j] = src["images"][r]
                     f["ans"][len(rows) + j] = src["ans"][r]
-    os.replace(tmp, out / EXPORT)
     idx = {s: [i for i, p in enumerate(parts) if p == s] for s in ("train", "val", "test")}
     if not idx["val"]:  # the best epoch needs one at least, and never a held-out one
         idx["val"] = [idx["train"].pop()]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import os
 import random
 import sys
@@ -33,6 +32,7 @@ from torch import nn
 from torch.utils.data import DistributedSampler, RandomSampler
 
 from galaxy_morph.answers import DEFAULT_VERSION
+from galaxy_morph.files import atomic_path, atomic_write_json
 from galaxy_morph.data import (DataError, GalaxyH5Dataset, file_sha256, inspect_h5, load_split,
                                make_split, save_split)
 from galaxy_morph.models import PretrainedUnavailable, build_model, save_checkpoint
@@ -117,14 +117,11 @@ def resolve_split(args, info, sha):
 
 
 def write_history(out, history):
-    tmp = out / "history.json.tmp"
-    tmp.write_text(json.dumps(history, indent=1))
-    os.replace(tmp, out / "history.json")
-    with open(out / "history.csv.tmp", "w", newline="") as f:
+    atomic_write_json(out / "history.json", history)
+    with atomic_path(out / "history.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)
-    os.replace(out / "history.csv.tmp", out / "history.csv")
 
 
 def train(args) -> dict:
@@ -298,8 +295,8 @@ def train(args) -> dict:
                  "best_epoch": best_epoch, "history": history, "hparams": hp, "data_sha256": sha,
                  "ema": {"module": ema.module.state_dict(), "updates": updates, "decay": ema.decay}
                  if ema is not None else None}
-        torch.save(state, out / (LAST_FILE + ".tmp"))
-        os.replace(out / (LAST_FILE + ".tmp"), out / LAST_FILE)
+        with atomic_path(out / LAST_FILE) as tmp:
+            torch.save(state, tmp)
     if dist.is_initialized():
         dist.barrier()
     log(f"best val acc {best:.4f} at epoch {best_epoch}; checkpoint in {out}")
