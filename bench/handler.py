@@ -57,7 +57,7 @@ def compare(model_dir: Path, spec: str, payloads: list[bytes], rounds: int) -> d
         return handler.handle(rows, context(model_dir, name, len(rows), metrics=metrics))
 
     def raw(batch):
-        return classify_bytes(batch, {spec: (handler.model, handler.transform)})
+        return classify_bytes(batch, {spec: (handler.model, handler.member.transform)})
 
     out = {"handler": [], "raw": []}
     for f in (handle, raw):

@@ -26,7 +26,7 @@ EMBEDDING_DIGITS = 6  # significant digits: cosine distances stay exact to ~1e-6
 CATALOGUE_BASE = ["id", "label", "class_name", "confidence", "error"]
 CATALOGUE_TRAILING = ["model", "version", "in_distribution", "ood_score", "source", "rule"]
 PREDICTION_KEYS = ("model", "version", "label", "class_name", "confidence", "probabilities", "calibrated",
-                   "in_distribution", "ood_score")
+                   "calibration", "in_distribution", "ood_score")
 
 
 def served_name(spec_name: str) -> str:
@@ -44,25 +44,28 @@ MODEL_NAMES = {spec: served_name(spec) for spec in SPECS}  # {"b0": "galaxy-b0",
 
 def prediction(model: str, version: str, probabilities: Sequence[float],
                class_names: Sequence[str], calibrated: bool = False, ood: dict | None = None,
-               embedding: Sequence[float] | None = None) -> dict:
+               embedding: Sequence[float] | None = None, calibration: dict | None = None) -> dict:
     """The one answer dict for one image: the top class read from `probabilities`; `calibrated`
     says whether they were temperature-scaled (galaxy_morph.calibration); `ood` the
     galaxy_morph.ood verdict: {"in_distribution", "ood_score", "ood_reason" when flagged};
+    `calibration`, where the temperature was fitted (galaxy_morph.calibration.provenance);
     `embedding`, when asked for, the penultimate-layer features (B0: 1280, B2: 1408 numbers)."""
     p = [float(x) for x in probabilities]
     label = max(range(len(p)), key=p.__getitem__)
     ood = ood or {"in_distribution": True, "ood_score": None}
     answer = {"model": model, "version": str(version), "label": label,
               "class_name": class_names[label], "confidence": p[label],
-              "probabilities": dict(zip(class_names, p)), "calibrated": bool(calibrated), **ood}
+              "probabilities": dict(zip(class_names, p)), "calibrated": bool(calibrated),
+              "calibration": calibration, **ood}
     if embedding is not None:
         answer["embedding"] = [float(f"{float(v):.{EMBEDDING_DIGITS}g}") for v in embedding]
     return answer
 
 
 def ensemble_prediction(model: str, combined: dict, class_names: Sequence[str],
-                        members: dict[str, dict]) -> dict:
-    """A workflow answer from galaxy_morph.ensemble.combine()'s result and each member's answer."""
+                        members: dict[str, dict], calibration: dict | None = None) -> dict:
+    """A workflow answer from galaxy_morph.ensemble.combine()'s result and each member's answer;
+    `calibration`: the temperature fitted on the combined probabilities, when there is one."""
     version = " + ".join(f"{m} {a['version']}" for m, a in members.items())
     calibrated = all(a.get("calibrated") for a in members.values())  # a rule over calibrated members
     # Not a galaxy the ensemble knows when any member says so: its answer is then no better than the
@@ -72,5 +75,9 @@ def ensemble_prediction(model: str, combined: dict, class_names: Sequence[str],
     ood = {"in_distribution": not flagged, "ood_score": max(scores) if scores else None}
     if flagged:
         ood["ood_reason"] = "; ".join(f"{m}: {r}" for m, r in flagged.items())
-    answer = prediction(model, version, combined["probabilities"], class_names, calibrated, ood)
+    if calibration is None and calibrated:  # the members' fits, combined as they are
+        ons = {(a.get("calibration") or {}).get("on") for a in members.values()}
+        calibration = {"on": "members", "members": sorted(o for o in ons if o)}
+    answer = prediction(model, version, combined["probabilities"], class_names, calibrated or calibration is not None,
+                        ood, calibration=calibration)
     return {**answer, "source": combined["source"], "rule": combined["rule"], **members}

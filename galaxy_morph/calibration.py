@@ -4,10 +4,13 @@ and the reliability of probabilities (ECE and the reliability diagram's bins).
     probs = calibrate(probs, ckpt.temperature(tta=False))     # softmax(log p / T): argmax unchanged
     t = fit_temperature(val_logp, val_y); ece(softmax(val_logp, t), val_y); nll(probs, y)
 
-A checkpoint folder's calibration.json (written by training.evaluate) holds one entry per answering
-mode, "plain" and "tta" (the mean over the 8 dihedral views), each with the temperature, the data it
-was fitted on and the validation split's reliability before and after. A mode without an entry is
-answered with T = 1 and says it is not calibrated.
+A checkpoint folder's calibration.json holds one entry per answering mode, "plain" and "tta" (the
+mean over the 8 dihedral views), each with the temperature, the data it was fitted on and the
+reliability before and after: training.evaluate fits them on the training data's validation split.
+Under "served", fits on the galaxies the service answers win over those: real labelled galaxies
+(training.calibrate_real) or a user's own held-out labels (training.retrain). A mode without an
+entry is answered with T = 1 and says it is not calibrated. Each answer says which fit it used:
+{"on": "real" | "your labels" | "synthetic" | "validation split", "n", "temperature"}.
 """
 from __future__ import annotations
 
@@ -90,14 +93,32 @@ def read_calibration(ckpt_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def served_entry(calibration: dict, tta: bool) -> dict | None:
+    """The fit an answer in this mode uses: the served-domain one, else the validation split's."""
+    return (calibration.get("served") or {}).get(mode(tta)) or calibration.get(mode(tta))
+
+
 def temperature_of(calibration: dict, tta: bool) -> float | None:
-    entry = calibration.get(mode(tta))
+    entry = served_entry(calibration, tta)
     return float(entry["temperature"]) if entry else None
 
 
-def write_calibration(ckpt_dir: str | os.PathLike, tta: bool, entry: dict) -> Path:
-    """Set one mode's entry, keeping the other's; written atomically."""
+def provenance(entry: dict | None, synthetic_data: bool | None = None) -> dict | None:
+    """What an answer says of its calibration: {"on", "n", "temperature"} (None: not calibrated).
+    An entry that does not name its galaxies was fitted on the training data's validation split."""
+    if not entry:
+        return None
+    on = entry.get("on") or ("synthetic" if synthetic_data else "validation split")
+    n = entry.get("n", (entry.get("fitted_on") or {}).get("n"))
+    return {"on": on, "n": n, "temperature": float(entry["temperature"])}
+
+
+def write_calibration(ckpt_dir: str | os.PathLike, tta: bool, entry: dict, served: bool = False) -> Path:
+    """Set one mode's entry (`served`: the served-domain fit), keeping the others; written atomically."""
     path = Path(ckpt_dir) / CALIBRATION_FILE
     data = read_calibration(ckpt_dir)
-    data[mode(tta)] = entry
+    if served:
+        data.setdefault("served", {})[mode(tta)] = entry
+    else:
+        data[mode(tta)] = entry
     return atomic_write_json(path, data)

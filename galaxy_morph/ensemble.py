@@ -143,15 +143,31 @@ def combine_models(rule: str, probs: Mapping[str, Sequence[float]],
 
 
 def ensemble_answer(answers: Mapping[str, dict], rule: str, f1: Mapping[str, Sequence[float]] | None = None,
-                    name: str | None = None) -> dict:
+                    name: str | None = None, calibration: Mapping | None = None) -> dict:
     """The ensemble's answer from its members' answers {spec name: answer dict}, in rule order (B0
-    first): what the workflow's aggregate node and galaxy_morph.Predictor both return."""
+    first): what the workflow's aggregate node and galaxy_morph.Predictor both return.
+    `calibration`: a temperature fitted on this rule's combined probabilities ({"temperature", "on",
+    "n"}: ensemble_calibration), applied to them as temperature scaling (the label stays)."""
     from galaxy_morph.answers import WORKFLOW_NAME, ensemble_prediction
 
     names = list(next(iter(answers.values()))["probabilities"])
     probs = {m: [a["probabilities"][n] for n in names] for m, a in answers.items()}
     combined = combine_models(rule, probs, f1 if rule == "weighted" else None)
-    return ensemble_prediction(name or WORKFLOW_NAME, combined, names, dict(answers))
+    info = None
+    if calibration:
+        t = float(calibration["temperature"])
+        z = np.log(np.clip(np.asarray(combined["probabilities"], np.float64), 1e-12, None)) / t
+        q = np.exp(z - z.max())
+        q /= q.sum()
+        combined = {**combined, "probabilities": q.tolist(), "confidence": float(q[combined["label"]])}
+        info = {"on": calibration.get("on"), "n": calibration.get("n"), "temperature": t, "rule": rule}
+    return ensemble_prediction(name or WORKFLOW_NAME, combined, names, dict(answers), info)
+
+
+def ensemble_calibration(settings: Mapping, rule: str, tta: bool) -> dict | None:
+    """The temperature fitted on `rule`'s combined probabilities in this answering mode, from a run's
+    (or a workflow archive's) ensemble.json: settings["calibration"][rule]["plain" | "tta"]."""
+    return ((settings.get("calibration") or {}).get(rule) or {}).get("tta" if tta else "plain")
 
 
 def combine(rule: str, p_b0, p_b2, f1_b0=None, f1_b2=None) -> dict:

@@ -26,11 +26,13 @@ import torch
 from torch import nn
 
 from galaxy_morph.answers import DEFAULT_VERSION
-from galaxy_morph.calibration import read_calibration, temperature_of
+from galaxy_morph.data import SYNTHETIC_SOURCE
+from galaxy_morph.calibration import provenance, read_calibration, served_entry, temperature_of
 from galaxy_morph.files import atomic_path, atomic_write_json
 from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec, get_spec
 from galaxy_morph.transforms import eval_transform
 
+SYNTHETIC_SOURCES = (SYNTHETIC_SOURCE, "simulation.synthetic")
 WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
 TTA_BATCH = 256  # class_probabilities: up to this many images in one forward (8 views x 32)
@@ -252,6 +254,16 @@ class Checkpoint:
 
     def calibrated(self, tta: bool = False) -> bool:
         return temperature_of(self.calibration, tta) is not None
+
+    def calibration_info(self, tta: bool = False) -> dict | None:
+        """{"on", "n", "temperature"} of the fit this mode answers with (None: not calibrated)."""
+        return provenance(served_entry(self.calibration, tta), synthetic_data(self.meta))
+
+
+def synthetic_data(meta: dict) -> bool:
+    """Whether the checkpoint's training data was the project's synthetic galaxies."""
+    data = meta.get("data") or {}
+    return data.get("source") in SYNTHETIC_SOURCES or "synthetic" in Path(str(data.get("path") or "")).name
 
 
 def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu") -> Checkpoint:

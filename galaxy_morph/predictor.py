@@ -28,7 +28,7 @@ import torch
 from galaxy_morph.answers import (CATALOGUE_BASE, CATALOGUE_TRAILING, WORKFLOW_NAME, WORKFLOW_SETTINGS,
                                   prediction, served_name, workflow_member_name)
 from galaxy_morph.calibration import calibrate
-from galaxy_morph.ensemble import RULES, check_rule, default_rule, ensemble_answer
+from galaxy_morph.ensemble import RULES, check_rule, default_rule, ensemble_answer, ensemble_calibration
 from galaxy_morph.imaging import ImageError, decode_image, to_rgb8
 from galaxy_morph.models import (WEIGHTS_FILE, class_probabilities, classifier_layer, head_dropout_rate,
                                  load_checkpoint, mc_dropout_probabilities)
@@ -106,6 +106,7 @@ class Member:
         self.name, self.version = served_name(self.spec.name), ckpt.version
         self.tta = bool(tta)
         self.temperature, self.calibrated = ckpt.temperature(self.tta), ckpt.calibrated(self.tta)
+        self.calibration = ckpt.calibration_info(self.tta)  # where the temperature was fitted
         self.autocast_dtype = PRECISIONS[precision]
         self.ood = OODDetector.load(ckpt_dir)  # None: only the cheap checks flag inputs
         self.f1 = val_per_class_f1(ckpt_dir, self.meta)
@@ -135,7 +136,8 @@ class Member:
         out = []
         for k, p in enumerate(probs.cpu().tolist()):
             a = prediction(self.name, self.version, p, self.class_names, self.calibrated,
-                           verdict(reasons[k], scores[k], self.ood), feats_cpu[k].tolist() if embeddings[k] else None)
+                           verdict(reasons[k], scores[k], self.ood), feats_cpu[k].tolist() if embeddings[k] else None,
+                           self.calibration)
             if mc_passes[k]:
                 a["mc_dropout"] = self.mc_dropout(feats[k:k + 1], mc_passes[k])
             out.append(a)
@@ -279,7 +281,9 @@ class Predictor:
         if not self.workflow:
             return answers[self.model]
         rule = rule or self.rule
-        return ensemble_answer(answers, rule, {m: self.members[m].f1 for m in answers})
+        tta = next(iter(self.members.values())).tta
+        return ensemble_answer(answers, rule, {m: self.members[m].f1 for m in answers},
+                               calibration=ensemble_calibration(self.settings, rule, tta))
 
     def explain(self, image, target: int | str | None = None, model: str | None = None) -> dict:
         """Grad-CAM of one image for `model` (default: every member, {spec: explanation});

@@ -22,7 +22,7 @@ import os
 import time
 
 from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS
-from galaxy_morph.ensemble import RULES, check_rule, default_rule, ensemble_answer
+from galaxy_morph.ensemble import RULES, check_rule, default_rule, ensemble_answer, ensemble_calibration
 from galaxy_morph.imaging import ImageError, decode_image
 from galaxy_morph.specs import PAIR  # the members of an ensemble.json without a "models" entry
 from handlers.payload import RequestError, error_body, header, read_request
@@ -116,7 +116,8 @@ def ensemble(data, context):
                 raise RequestError(f"the weighted rule needs every model's per-class validation F1 "
                                    f"(missing: {', '.join(missing)}), and this workflow archive was "
                                    f"built without their evaluation reports")
-            result = ensemble_answer(answers, rule, f1, conf["name"])
+            result = ensemble_answer(answers, rule, f1, conf["name"],
+                                     ensemble_calibration(conf, rule, bool(conf.get("tta"))))
         except (RequestError, ImageError) as e:
             out.append(json.dumps(error_body(str(e), e.status)))
             continue

@@ -94,10 +94,10 @@ def test_answers_every_input_form(handler, b0_dir):
     assert codes == [200] * len(rows)
     first = out[0]
     assert set(first) == {"model", "version", "label", "class_name", "confidence", "probabilities", "calibrated",
-                          "in_distribution", "ood_score", "ood_reason"}
+                          "calibration", "in_distribution", "ood_score", "ood_reason"}
     # uniform noise: flagged by the cheap check before any model (this archive has no ood.npz)
     assert first["in_distribution"] is False and "no source" in first["ood_reason"] and first["ood_score"] is None
-    assert first["calibrated"] is False  # a checkpoint without calibration.json answers with T = 1
+    assert first["calibrated"] is False and first["calibration"] is None  # no calibration.json: T = 1
     assert first["model"] == "galaxy-b0" and first["version"] == "1.0"
     assert list(first["probabilities"]) == list(GALAXY10_CLASSES)
     assert sum(first["probabilities"].values()) == pytest.approx(1, abs=1e-5)

@@ -232,7 +232,7 @@ def build_workflow_archive(store: Path, urls: dict, f1: dict | None = None,
     settings = {"name": name, "models": {m: {"url": urls[m], "version": (versions or {}).get(m)}
                                          for m in members},
                 "val_per_class_f1": {m: (f1 or {}).get(m) for m in members},
-                **{k: v for k, v in (rule or {}).items() if k in ("default_rule", "rule_models")}}
+                **{k: v for k, v in (rule or {}).items() if k in ("default_rule", "rule_models", "calibration", "tta")}}
     with tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp:
         tmp = Path(tmp)
         (tmp / "workflow.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -287,7 +287,7 @@ def build_all(run, store, version=None, models=PAIR, workflow=True, versioned_na
             store, {m: files[m] for m in members},
             f1={m: val_per_class_f1(run / m, metas[m]) for m in members},
             versions={m: str(version or metas[m].get("version") or DEFAULT_VERSION) for m in members},
-            workflow_models=workflow_models, rule=read_settings(run)))
+            workflow_models=workflow_models, rule={**read_settings(run), "tta": bool(tta)}))
     # what the store now serves: `make serve` rebuilds for other checkpoints or options
     (store / BUILT_FROM).write_text(built_from(run, models, device, tta) + "\n")
     return built
