@@ -80,8 +80,9 @@ def fallback_rule(models: Sequence[str]) -> str:
 
 
 def choose_rule(figures: Mapping[str, Mapping[str, float]]) -> str:
-    """The rule with the lowest NLL on the validation split, ties broken by accuracy:
-    figures = {rule: {"nll": ..., "accuracy": ...}}."""
+    """The rule with the lowest NLL on held-out galaxies (a validation split, or cross-validated
+    real ones), ties broken by accuracy: figures = {rule: {"nll": ..., "accuracy": ...}}; the
+    writers record them in ensemble.json as "chosen_by"."""
     return min(figures, key=lambda r: (round(figures[r]["nll"], 6), -figures[r]["accuracy"]))
 
 

@@ -82,6 +82,7 @@ def test_default_rule_is_chosen_by_validation_nll(run_dir):
     val = settings["validation"]
     assert set(val) == {"seed", "mean", "weighted"} and settings["chosen_on"]["split"] == "val"
     assert settings["default_rule"] == min(val, key=lambda r: (round(val[r]["nll"], 6), -val[r]["accuracy"]))
+    assert settings["chosen_by"] == val
     assert f"Ensemble default rule: `{settings['default_rule']}`" in (run_dir / "report.md").read_text()
     # the mean rule's validation NLL from scratch
     probs, y = {}, None

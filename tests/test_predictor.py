@@ -9,6 +9,7 @@ tests/test_predict_ray.py::test_one_answer_path_everywhere.)
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -104,15 +105,21 @@ def test_bad_inputs_are_clear_errors(demo, tmp_path):
 @pytest.fixture(scope="module")
 def tta_trio(torchserve, served_archives, tmp_path_factory):
     """The session run's B0 and B2 plus a random-init ConvNeXt, archived with --tta under version 7.0
-    and served as the workflow galaxy-tta-trio on the session server (unregistered afterwards)."""
+    and served as the workflow galaxy-tta-trio on the session server (unregistered afterwards). B0 and
+    B2 carry TTA temperatures fitted on "real" galaxies, and the mean rule one of its own."""
     import torch
 
     from torchserve_ops.archive import build_model_archive, build_workflow_archive
     from torchserve_ops.server import workflow_members, workflow_model_names
 
     run = tmp_path_factory.mktemp("tta_trio")
-    for m in ("b0", "b2"):
+    from galaxy_morph.calibration import write_calibration
+    from galaxy_morph.files import atomic_write_json
+
+    for m, t in (("b0", 1.7), ("b2", 0.6)):
         shutil.copytree(served_archives[0] / m, run / m)
+        write_calibration(run / m, True, {"temperature": t, "on": "real", "n": 50}, served=True)
+    atomic_write_json(run / "ensemble.json", {"calibration": {"mean": {"tta": {"temperature": 1.4, "on": "real", "n": 50}}}})
     torch.manual_seed(3)
     model = build_model("convnext")
     with torch.no_grad():
@@ -122,7 +129,8 @@ def tta_trio(torchserve, served_archives, tmp_path_factory):
     store = torchserve.model_store
     urls = {m: build_model_archive(run, m, store, "7.0", versioned_name=True, tta=True).name
             for m in ("b0", "b2", "convnext")}
-    war = build_workflow_archive(store, urls, versions=dict.fromkeys(urls, "7.0"), name="galaxy-tta-trio")
+    war = build_workflow_archive(store, urls, versions=dict.fromkeys(urls, "7.0"), name="galaxy-tta-trio",
+                                 rule={**json.loads((run / "ensemble.json").read_text()), "tta": True})
     client = torchserve.client()
     client.register_workflow(war.name, timeout=(3.0, 300.0))
     try:
@@ -155,6 +163,10 @@ def test_three_members_with_tta_answer_as_served(torchserve, tta_trio):
     for g, s in zip(got, served):
         assert np.allclose(list(g["convnext"]["probabilities"].values()),
                            list(s["convnext"]["probabilities"].values()), atol=1e-4)
+    for g, s in zip(got, served):  # the same temperatures: the members', and the mean rule's own
+        assert g["calibration"] == s["calibration"] == {"on": "real", "n": 50, "temperature": 1.4, "rule": "mean"}
+        assert s["b0"]["calibration"] == {"on": "real", "n": 50, "temperature": 1.7} and s["b0"]["calibrated"]
+        assert s["convnext"]["calibration"] is None and s["convnext"]["calibrated"] is False
     plain = Predictor.from_run(tta_trio, device="cpu").answer_batch(images)
     assert max(abs(p["b2"]["confidence"] - g["b2"]["confidence"]) for p, g in zip(plain, got)) > 1e-4  # TTA on
 
@@ -162,7 +174,6 @@ def test_three_members_with_tta_answer_as_served(torchserve, tta_trio):
 def test_the_demo_ensembles_default_rule_is_measured_not_seed(tmp_path):
     """checkpoints/demo/ensemble.json: the lowest-NLL rule, not seed; at least as accurate as the best
     member on the synthetic test split; the workflow archive carries it and the Predictor uses it."""
-    import json
     import zipfile
 
     from galaxy_morph.ensemble import choose_rule
@@ -171,7 +182,7 @@ def test_the_demo_ensembles_default_rule_is_measured_not_seed(tmp_path):
 
     settings = read_settings(DEMO)
     rule = settings["default_rule"]
-    assert rule != "seed" and rule == choose_rule(settings["validation"]) and settings["rule_models"] == ["b0", "b2"]
+    assert rule != "seed" and rule == choose_rule(settings["chosen_by"]) and settings["rule_models"] == ["b0", "b2"]
     acc = json.loads((DEMO / "report.json").read_text())["accuracy"]
     assert acc[f"ensemble_{rule}"] >= max(acc["b0"], acc["b2"]) > acc["ensemble_seed"] - 1e-9
     assert Predictor.from_run(DEMO, device="cpu").rule == rule
@@ -179,3 +190,23 @@ def test_the_demo_ensembles_default_rule_is_measured_not_seed(tmp_path):
     with zipfile.ZipFile(war) as z:
         packed = json.loads(z.read("ensemble.json"))
     assert packed["default_rule"] == rule and packed["rule_models"] == ["b0", "b2"]
+
+
+def test_the_demo_answers_real_galaxies_with_real_calibration(demo):
+    """The shipped temperatures were fitted on the 100 real samples (training.calibrate_real): served
+    that way, the mean confidence is within 0.05 of the accuracy for B0, B2 and the ensemble, and the
+    ECE and NLL are below what the synthetic-fitted temperatures gave."""
+    from galaxy_morph.calibration import nll, reliability
+    from galaxy_morph.ensemble import ensemble_calibration
+
+    answers = demo.answer_batch([p.read_bytes() for p in SAMPLES])
+    y = np.array([int(p.name.split("_")[1]) for p in SAMPLES])
+    assert answers[0]["calibration"]["on"] == "real" and answers[0]["b0"]["calibration"]["on"] == "real"
+    before = {m: demo.members[m].ckpt_dir for m in demo.members}
+    for name, rows in (("ensemble", answers), ("b0", [a["b0"] for a in answers]), ("b2", [a["b2"] for a in answers])):
+        p = np.array([list(a["probabilities"].values()) for a in rows])
+        accuracy, confidence = float(np.mean(p.argmax(1) == y)), float(p.max(1).mean())
+        assert abs(confidence - accuracy) <= 0.05, (name, confidence, accuracy)
+        was = (ensemble_calibration(demo.settings, demo.rule, False)["before"] if name == "ensemble" else
+               json.loads((before[name] / "calibration.json").read_text())["served"]["plain"]["before"])
+        assert reliability(p, y, 10)["ece"] < was["ece"] and nll(p, y) < was["nll"], name

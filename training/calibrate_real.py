@@ -114,6 +114,7 @@ def write(run: Path, results: dict, on: str, source: dict, k: int) -> str | None
         return None
     chosen = choose_rule({rule: plain["cv"][rule] for rule in plain["rules"]})
     settings.update(default_rule=chosen, rule_models=plain["members"],
+                    chosen_by={rule: plain["cv"][rule] for rule in plain["rules"]},
                     chosen_on={**source, "on": on, "tta": False,
                                "how": f"the lowest {k}-fold cross-validated NLL of the calibrated combination "
                                       "(training.calibrate_real)"})
@@ -122,18 +123,21 @@ def write(run: Path, results: dict, on: str, source: dict, k: int) -> str | None
 
 
 def markdown(run: Path, results: dict, on: str, n: int, chosen: str | None) -> str:
-    lines = [f"Run `{run}`, calibrated on {n} {on} galaxies; ECE over {BINS} bins; CV: fitted on the other "
-             "folds, measured on the held-out one, pooled." + (f" Default rule: **`{chosen}`**." if chosen else ""), ""]
+    lines = [f"Run `{run}`, calibrated on {n} {on} galaxies; ECE over {BINS} bins. Before: the temperatures "
+             "served until now. CV: fitted on the other folds, measured on the held-out one, pooled. Served: "
+             "fitted on all of them and measured on the same (what the archives now answer)."
+             + (f" Default rule: **`{chosen}`** (the lowest CV NLL)." if chosen else ""), ""]
     for tta, r in results.items():
         lines += [f"### {'TTA (8 dihedral views)' if tta else 'Plain'}", "",
-                  "| | T | accuracy | mean confidence before → CV | ECE before → CV | NLL before → CV |",
-                  "|---|---|---|---|---|---|"]
+                  "| | T | accuracy | mean confidence: before → CV (served) | ECE: before → CV (served) "
+                  "| NLL: before → CV (served) |", "|---|---|---|---|---|---|"]
         for name in r["members"] + r["rules"]:
-            b, c = r["before"][name], r["cv"][name]
+            b, c, a = r["before"][name], r["cv"][name], r["in_sample"][name]
             label = f"`{name}` rule" if name in r["rules"] else name
-            lines.append(f"| {label} | {r['temperatures'][name]:.2f} | {c['accuracy']:.2f} "
-                         f"| {b['mean_confidence']:.2f} → {c['mean_confidence']:.2f} | {b['ece']:.3f} → {c['ece']:.3f} "
-                         f"| {b['nll']:.3f} → {c['nll']:.3f} |")
+            lines.append(f"| {label} | {r['temperatures'][name]:.2f} | {a['accuracy']:.2f} "
+                         f"| {b['mean_confidence']:.2f} → {c['mean_confidence']:.2f} ({a['mean_confidence']:.2f}) "
+                         f"| {b['ece']:.3f} → {c['ece']:.3f} ({a['ece']:.3f}) | {b['nll']:.3f} → {c['nll']:.3f} "
+                         f"({a['nll']:.3f}) |")
         lines.append("")
     return "\n".join(lines)
 

@@ -229,7 +229,7 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
                         "chosen_on": {"split": "val", "n": int(len(preds[first]["val"][1])), "tta": tta,
                                       "data_sha256": reports[first]["data"]["sha256"],
                                       "how": "the lowest NLL of the calibrated members' combination, ties by accuracy"},
-                        "validation": figures["val"], "test": figures["test"]}
+                        "validation": figures["val"], "test": figures["test"], "chosen_by": figures["val"]}
             for r in reports.values():
                 r["ensemble"] = {rule: {"accuracy": e["accuracy"], "macro_f1": e["macro"]["f1"], "nll": e["nll"]}
                                  for rule, e in ensemble.items()}

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
                                           "n": int(len(y)), "tta": False,
                                           "how": "the lowest NLL of the calibrated members' combination, "
                                                  "ties by accuracy (python -m training.rules)"},
-                            "validation": rules}
+                            "validation": rules, "chosen_by": rules}
                 atomic_write_json(run / SETTINGS_FILE, settings)
         if args.samples:
             images, y = load_samples(args.samples)
