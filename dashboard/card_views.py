@@ -87,6 +87,7 @@ def card_summary(card: dict) -> dict:
         "ensemble": card.get("ensemble_comparison"),
         "note": card.get("note"),
         "calibration": card.get("calibration") if card.get("calibrated") else None,
+        "calibration_served": card.get("calibration_served"),
     }
 
 
@@ -110,6 +111,21 @@ def reliability_frame(calibration: dict) -> pd.DataFrame:
                 rows.append({"when": f"{when} (ECE {r.get('ece', float('nan')):.3f})",
                              "bin": (edges[i] + edges[i + 1]) / 2, "confidence": r["confidence"][i],
                              "accuracy": r["accuracy"][i], "count": n})
+    return pd.DataFrame(rows, columns=["when", "bin", "confidence", "accuracy", "count"])
+
+
+def served_reliability_frame(served: dict) -> pd.DataFrame:
+    """The served-domain fit's cross-validated reliability bins (training.calibrate_real), and the
+    same galaxies answered with the temperature served before, in reliability_frame's columns."""
+    rows = []
+    r = served.get("reliability_cv") or {}
+    edges = r.get("edges") or []
+    for i, n in enumerate(r.get("count") or []):
+        if n:
+            rows.append({"when": f"{served.get('on', 'served')} galaxies, T = {served['temperature']:.2f}, "
+                                 f"cross-validated (ECE {r.get('ece', float('nan')):.3f})",
+                         "bin": (edges[i] + edges[i + 1]) / 2, "confidence": r["confidence"][i],
+                         "accuracy": r["accuracy"][i], "count": n})
     return pd.DataFrame(rows, columns=["when", "bin", "confidence", "accuracy", "count"])
 
 

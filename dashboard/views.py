@@ -42,6 +42,21 @@ RULES = {
 }
 
 
+def confidence_meaning(answer: dict) -> str | None:
+    """What the answer's confidence means, from where its calibration was fitted (None: not calibrated)."""
+    cal = answer.get("calibration") or {}
+    conf = answer.get("confidence")
+    if conf is None or not cal.get("on"):
+        return None
+    if cal["on"] == "members":
+        where = " and ".join(cal.get("members") or []) or "their own"
+        return f"Combined from models calibrated on {where} galaxies."
+    where = {"real": "real Galaxy10 DECaLS galaxies", "your labels": "your labelled galaxies",
+             "synthetic": "synthetic galaxies: on real ones it may be over-confident"}.get(cal["on"], cal["on"])
+    return (f"Of answers given at about {float(conf):.0%} confidence, about {float(conf):.0%} were right on the "
+            f"{cal.get('n') or '?'} {where} the temperature was fitted on.")
+
+
 def rule_header(choice: str | None) -> str | None:
     """The rule to ask for: None for the default."""
     return None if choice in (None, DEFAULT_RULE) else choice

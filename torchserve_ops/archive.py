@@ -130,10 +130,14 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, servi
     serving = {k: v for k, v in (serving or {}).items() if k != "spec"}
     card["serving"] = serving
     # Temperature scaling for the way this archive answers (plain or TTA): the handler applies it.
-    calibration = read_calibration(ckpt).get("tta" if serving.get("tta") else "plain")
-    card["calibrated"] = calibration is not None
+    fits = read_calibration(ckpt)
+    calibration = fits.get("tta" if serving.get("tta") else "plain")  # the training data's validation split
+    served = (fits.get("served") or {}).get("tta" if serving.get("tta") else "plain")  # real galaxies, your labels
+    card["calibrated"] = calibration is not None or served is not None
     if calibration is not None:
         card["calibration"] = calibration
+    if served is not None:
+        card["calibration_served"] = served
     detector = OODDetector.load(ckpt)
     card["ood"] = {"cheap_checks": {"constant_std": CONSTANT_STD, "source_sigma": SOURCE_SIGMA},
                    "method": None if detector is None else "reject head on the penultimate features",

@@ -140,6 +140,9 @@ for i, (name, data) in enumerate(images):
                    + (f" · rule {result.get('rule', rule)}" if kind == "workflow" else ""))
         c1, c2 = st.columns(2)
         c1.metric("Confidence", f"{float(result.get('confidence', 0)):.1%}")
+        meaning = views.confidence_meaning(result)
+        if meaning:
+            st.caption(meaning)
         if kind == "workflow":
             agree = views.agreement(result)
             c2.metric("Answer from", str(result.get("source", "?")),

@@ -135,20 +135,36 @@ if info["confusion_matrix"] is not None:
     text = base.mark_text(fontSize=10).encode(text="count:Q")
     st.altair_chart(chart + text, width="stretch")
 
-cal = info["calibration"]
+cal, served = info["calibration"], info["calibration_served"]
 st.subheader("Calibration")
-if cal:
-    rel = card_views.reliability_frame(cal)
-    st.caption(f"Answers are temperature-scaled: softmax(log p / T) with T = {cal['temperature']:.3f}, "
-               f"fitted on {cal['fitted_on']['n']} validation images. A calibrated model's points lie "
-               f"on the diagonal: of the answers given with confidence p, a fraction p is right.")
+
+
+def reliability_chart(rel, title):
     diagonal = alt.Chart(pd.DataFrame({"x": [0, 1], "y": [0, 1]})).mark_line(
         strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
     points = alt.Chart(rel).mark_line(point=True).encode(
         x=alt.X("confidence:Q", scale=alt.Scale(domain=[0, 1]), title="mean confidence in the bin"),
         y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy in the bin"),
-        color=alt.Color("when:N", title="temperature scaling"), tooltip=["when", "confidence", "accuracy", "count"])
+        color=alt.Color("when:N", title=title), tooltip=["when", "confidence", "accuracy", "count"])
     st.altair_chart(diagonal + points, width="stretch")
+
+
+if cal or served:
+    used = served or cal
+    st.caption(f"Answers are temperature-scaled: softmax(log p / T) with T = {used['temperature']:.3f}, fitted on "
+               + (f"{served['n']} {served.get('on', 'real')} galaxies" if served else
+                  f"{cal['fitted_on']['n']} validation images")
+               + ". A calibrated model's points lie on the diagonal: of the answers given with confidence p, "
+                 "a fraction p is right.")
+    left, right = st.columns(2) if (cal and served) else (st.container(), None)
+    if cal:
+        with left:
+            st.caption("On the training data's validation split")
+            reliability_chart(card_views.reliability_frame(cal), "temperature scaling")
+    if served:
+        with right or left:
+            st.caption(f"On {served['n']} {served.get('on', 'real')} galaxies (the fit served now)")
+            reliability_chart(card_views.served_reliability_frame(served), "fit")
 else:
     st.caption("Not calibrated: this archive's checkpoint has no calibration.json "
                "(python -m training.calibrate, or make evaluate), so it answers with T = 1.")
