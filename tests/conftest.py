@@ -15,6 +15,10 @@ with those checkpoints.
 `make_torchserve(workflow=False)` starts another instance on free ports from the same model store
 (for restart / kill tests); every instance is stopped at the end of the session.
 `unused_port` is a TCP port on 127.0.0.1 that nobody listens on (torchserve_ops.server.free_port).
+
+Under `make test` (pytest-xdist, `--dist loadfile`) the files that use `torchserve`,
+`make_torchserve` or `served_archives` run on one worker, so that one session TorchServe serves
+them all (pytest_xdist_make_scheduler below).
 """
 from __future__ import annotations
 
@@ -99,8 +103,8 @@ def make_torchserve(tmp_path_factory, served_archives):
         return s
 
     yield start
-    for s in started:
-        ts_server.stop(s.workdir, s.log_dir)
+    for s in started:  # SIGKILL after 1 s: the frontend takes seconds to exit on SIGTERM, and nothing is kept
+        ts_server.stop(s.workdir, s.log_dir, timeout=1)
 
 
 @pytest.fixture(scope="session")
@@ -126,34 +130,47 @@ def sample_images() -> list[Path]:
     return sorted(SAMPLES.glob("class_*.jpg"))
 
 
-# The slowest files first (measured with --durations), so that two xdist workers taking files in
-# this order end together rather than one waiting on the other's last long file.
-SLOWEST_FIRST = ("test_container_entrypoint.py", "test_retrain.py", "test_predict_ray.py", "test_evaluate.py", "test_learning.py",
-                 "test_nmodel_serving.py", "test_browser.py", "test_pipeline.py", "test_train.py", "test_ood.py",
-                 "test_serving.py", "test_handler.py", "test_positions_bulk.py")
-# A file whose tests use one of these runs on the server lane (see ServerLane below).
-SESSION_SERVER_FIXTURES = {"torchserve", "make_torchserve", "served_archives", "similarity_index"}
+# Seconds each file takes on a busy 2-core machine (measured with --durations; the first file with
+# a server pays its start, SERVER_START). Files run slowest first, so that two xdist workers end
+# together rather than one waiting on the other's last long file; a file missing here counts as
+# UNKNOWN_S, early enough that a slow new file does not end the run alone.
+SECONDS = {"test_predict_ray.py": 125, "test_retrain.py": 115, "test_container_entrypoint.py": 70,
+           "test_make_serve.py": 60, "test_reliability.py": 48, "test_evaluate.py": 43, "test_learning.py": 40,
+           "test_predictor.py": 38, "test_ood.py": 29, "test_dashboard.py": 28, "test_browser.py": 26,
+           "test_nmodel_serving.py": 25, "test_pretrained.py": 25, "test_pipeline.py": 25, "test_train.py": 24,
+           "test_notebook_page.py": 24, "test_handler.py": 17, "test_bulk.py": 16, "test_demo.py": 10,
+           "test_client.py": 10, "test_label_store.py": 9, "test_serving.py": 8, "test_synthetic.py": 8,
+           "test_layout.py": 8, "test_cutouts.py": 8, "test_positions_bulk.py": 7, "test_queue_uploads.py": 7,
+           "test_device_augment.py": 7, "test_serve_script.py": 6, "test_review.py": 6, "test_similarity.py": 5,
+           "test_fits_serving.py": 4, "test_queue_inputs.py": 3, "test_dashboard_positions.py": 3, "test_bench.py": 3,
+           "test_packaging.py": 3, "test_active_learning.py": 2, "test_k8s.py": 2, "test_imports.py": 2,
+           "test_calibration.py": 2, "test_data.py": 1, "test_schedule_ema.py": 1, "test_download.py": 1,
+           "test_checkpoint.py": 1, "test_calibration_views.py": 1, "test_split.py": 0, "test_review_identity.py": 0,
+           "test_fits_image.py": 0, "test_ensemble.py": 0, "test_core.py": 0, "test_acquisition.py": 0}
+UNKNOWN_S, SERVER_START = 20, 30
+# A file with a test that uses one of these is a server file (see pytest_xdist_make_scheduler).
+SERVER_FIXTURES = {"torchserve", "make_torchserve", "served_archives"}
 
 
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+    items.sort(key=lambda item: -SECONDS.get(item.path.name, UNKNOWN_S))  # stable: order within a file kept
     lanes = getattr(config, "workerinput", {}).get("galaxy_lanes")
     if lanes:  # an xdist worker: tell the scheduler which files need the session TorchServe
         uses: dict[str, bool] = {}
         for item in items:
             f = item.nodeid.split("::", 1)[0]
-            uses[f] = uses.get(f, False) or bool(SESSION_SERVER_FIXTURES & set(getattr(item, "fixturenames", ())))
+            uses[f] = uses.get(f, False) or bool(SERVER_FIXTURES & set(getattr(item, "fixturenames", ())))
         Path(lanes, f"{config.workerinput['workerid']}.json").write_text(json.dumps(uses))
 
 
-# Two xdist workers would each start a session TorchServe (about 25 s of CPU on 2 cores) as soon
-# as each takes a file that needs one. With `--dist loadfile`, the first worker takes every file
-# that needs it (the server lane) and the others take the rest, in SLOWEST_FIRST order; a worker
-# that runs out of its own files takes whatever is left, so nobody waits.
+# Each xdist worker builds its own archives and starts its own session TorchServe (SERVER_START)
+# with its first server file. With `--dist loadfile` (make test), the first worker takes the server
+# files (the server lane), then any other; the other workers take the files that need no server.
+# Once those are done, one takes a server file only when the server files queued besides it would
+# take longer than a server start; else it stops, and the server lane finishes them.
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
-    node.workerinput["galaxy_lanes"] = node.config.galaxy_lanes
+    node.workerinput["galaxy_lanes"] = getattr(node.config, "galaxy_lanes", None)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -165,21 +182,34 @@ def pytest_xdist_make_scheduler(config, log):
     class ServerLane(LoadFileScheduling):
         def __init__(self, config, log):
             super().__init__(config, log)
-            config.option.loadscopereorder = False  # keep SLOWEST_FIRST, not "most tests first"
+            config.option.loadscopereorder = False  # keep the collection's order, not "most tests first"
             self._server_files = None
 
         def server_files(self) -> set[str]:
             if self._server_files is None:
-                self._server_files = {f for p in Path(config.galaxy_lanes).glob("*.json")
+                lanes = getattr(config, "galaxy_lanes", None)
+                self._server_files = {f for p in (Path(lanes).glob("*.json") if lanes else ())
                                       for f, uses in json.loads(p.read_text()).items() if uses}
             return self._server_files
 
         def _assign_work_unit(self, node):
-            on_lane = node is self.nodes[0]
-            server = self.server_files()
-            scope = next((s for s in self.workqueue if (s in server) == on_lane), next(iter(self.workqueue)))
+            server, on_lane = self.server_files(), node is self.nodes[0]
+            scope = next((s for s in self.workqueue if (s in server) == on_lane), None)
+            if scope is None:  # none of its own left
+                scope = next(iter(self.workqueue))
+                rest = sum(SECONDS.get(Path(s).name, UNKNOWN_S) for s in self.workqueue if s != scope)
+                if not on_lane and rest < SERVER_START:
+                    return  # the server lane finishes them sooner than a second server would start
             self.workqueue.move_to_end(scope, last=False)
-            super()._assign_work_unit(node)  # pops the first unit
+            super()._assign_work_unit(node)  # sends the first unit of the queue
+
+        def _reschedule(self, node):
+            if (node.shutting_down or not self.workqueue or node is self.nodes[0]
+                    or self._pending_of(self.assigned_work[node]) > 2):
+                return super()._reschedule(node)
+            self._assign_work_unit(node)
+            if self._pending_of(self.assigned_work[node]) == 0:
+                node.shutdown()  # nothing it should take: it ends, and the others finish
 
     return ServerLane(config, log)
 

@@ -581,25 +581,27 @@ def test_comparison_table_formats_ece_and_provenance():
 # ----------------------------------------------------------------------------- management
 
 @pytest.fixture(scope="module")
-def versioned_server(tmp_path_factory, served_archives):
-    """A TorchServe of its own serving galaxy-b0 1.0, with galaxy-b0-v2.0.mar in its store."""
-    import shutil
-
-    from torchserve_ops import server as ts_server
+def versioned_server(torchserve):
+    """The session TorchServe (galaxy-b0 1.0 served), with galaxy-b0-v2.0.mar in its store. After the
+    module: 1.0 is the default again, 2.0 is not registered and its archive is gone."""
     from torchserve_ops.archive import build_model_archive
+    from torchserve_ops.client import ServerError
 
-    run_dir, shared_store = served_archives
-    root = tmp_path_factory.mktemp("versions")
-    store = root / "store"
-    store.mkdir()
-    shutil.copy(shared_store / "galaxy-b0.mar", store)
-    build_model_archive(run_dir, "b0", store, version="2.0", versioned_name=True)
-    s = ts_server.start(store, root, ports=ts_server.free_ports(), models=("galaxy-b0.mar",), workflow=None,
-                        log_dir=root / "logs", quiet=True)
+    mar = build_model_archive(torchserve.run_dir, "b0", torchserve.model_store, version="2.0", versioned_name=True)
     try:
-        yield s
+        yield torchserve
     finally:
-        ts_server.stop(s.workdir, s.log_dir)
+        client = torchserve.client()
+        try:
+            if client.default_version("galaxy-b0") != "1.0":
+                client.set_default("galaxy-b0", "1.0")
+            if "2.0" in {v.get("modelVersion") for v in client.versions("galaxy-b0")}:
+                client.unregister("galaxy-b0", "2.0")
+        except ServerError:
+            pass
+        finally:
+            client.close()
+            mar.unlink(missing_ok=True)
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ def trio(torchserve, tmp_path_factory):
 
     run = tmp_path_factory.mktemp("trio_run")
     torch.manual_seed(2)
-    save_checkpoint(run / "convnext", build_model("convnext"), get_spec("convnext"), GALAXY10_CLASSES,
+    # fp16 on disk, as the shipped demo checkpoints (fp32 once loaded): half the archive to pack and unpack
+    save_checkpoint(run / "convnext", build_model("convnext").half(), get_spec("convnext"), GALAXY10_CLASSES,
                     version="1.0", data={"path": "random-init", "sha256": None, "n": 0})
     store = torchserve.model_store
     build_model_archive(run, "convnext", store)
