@@ -30,6 +30,7 @@ import requests
 from PIL import Image
 
 from galaxy_morph.imaging import decode_image
+from galaxy_morph.predictor import read_settings
 from simulation import outliers
 from survey.samples import sample_files
 from torchserve_ops.server import free_ports
@@ -101,7 +102,8 @@ def test_pod_answers_without_tokens_once_ready(pod):
     r = requests.post(base + "/predictions/galaxy-b0", data=SAMPLE.read_bytes(), timeout=60)
     assert r.status_code == 200 and r.json()["model"] == "galaxy-b0"
     r = requests.post(base + "/wfpredict/galaxy-ensemble", data=SAMPLE.read_bytes(), timeout=60)
-    assert r.status_code == 200 and r.json()["rule"] == "seed"
+    # the demo run's measured default rule (checkpoints/demo/ensemble.json), carried by the .war
+    assert r.status_code == 200 and r.json()["rule"] == read_settings(REPO / "checkpoints" / "demo")["default_rule"]
     assert "ts_inference_requests_total" in requests.get(f"http://127.0.0.1:{ports['metrics']}/metrics",
                                                          timeout=10).text
 

@@ -86,9 +86,9 @@ def test_classify_upload_shows_ensemble_prediction(served):
     distances = [float(c.rsplit("d=", 1)[1]) for c in similar]
     assert distances == sorted(distances)
     # another rule: the answer says which one it used
-    at.selectbox(key="classify_rule").set_value("mean").run()
+    at.selectbox(key="classify_rule").set_value("seed").run()
     no_failures(at)
-    assert "rule mean" in at.caption[-1].value or any("rule mean" in c.value for c in at.caption)
+    assert "rule seed" in at.caption[-1].value or any("rule seed" in c.value for c in at.caption)
 
 
 def test_classify_gallery_b0_with_gradcam(served):
@@ -313,6 +313,12 @@ def test_model_card_page_shows_the_reliability_diagram(served, monkeypatch):
     at = page("pages/model_card.py")
     no_failures(at)
     assert "Calibration" in texts(at.subheader)
+    served = card["calibration_served"]  # the fit on the real samples answers; both diagrams are shown
+    assert any(f"T = {served['temperature']:.3f}, fitted on 100 real galaxies" in c.value for c in at.caption)
+    assert any("On the training data's validation split" in c.value for c in at.caption)
+    assert any("On 100 real galaxies (the fit served now)" in c.value for c in at.caption)
+    card.pop("calibration_served")
+    at = page("pages/model_card.py")
     assert any(f"T = {cal['temperature']:.3f}" in c.value for c in at.caption)
     card.pop("calibration")
     card["calibrated"] = False

@@ -47,7 +47,7 @@ def test_fits_is_answered_like_its_rendering(torchserve, model):
     assert r.status_code == 200, r.text
     got = r.json()
     same_answer(got, predict(torchserve, encoded(rgb, "PNG"), model).json(), 1e-5)  # the same pixels
-    same_answer(got, predict(torchserve, encoded(rgb, "JPEG"), model).json(), 0.05)  # JPEG q95
+    # (a JPEG of the rendering is not the same pixels: how far its answer moves is the model's business)
 
 
 def test_workflow_answers_fits_like_its_rendering(torchserve):
