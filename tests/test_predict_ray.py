@@ -24,7 +24,6 @@ import pytest
 import torch
 from PIL import Image
 
-from galaxy_morph.ensemble import combine
 from galaxy_morph.imaging import decode_image
 from galaxy_morph.models import build_model, save_checkpoint
 from galaxy_morph.specs import GALAXY10_CLASSES, get_spec
@@ -97,35 +96,6 @@ def png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def test_folder_ensemble_matches_the_handler_and_workflow_rule(tmp_path, run_dir, local_ray):
-    folder = tmp_path / "cutouts"
-    (folder / "deep").mkdir(parents=True)
-    for i, p in enumerate(SUBSET):
-        shutil.copy(p, (folder / "deep" if i % 4 == 0 else folder) / p.name)
-    (folder / "broken.jpg").write_bytes(SUBSET[0].read_bytes()[:300])  # truncated JPEG
-    out = tmp_path / "catalog.csv"
-
-    assert run_cli("--input", folder, "--out", out, "--run", run_dir, "--shard-size", 8) == 0
-
-    rows = {r["id"]: r for r in read_csv(out)}
-    assert len(rows) == len(SUBSET) + 1
-    assert "image" in rows["broken.jpg"]["error"] and rows["broken.jpg"]["label"] == ""
-    ids = sorted(i for i in rows if i != "broken.jpg")
-    images = [(folder / i).read_bytes() for i in ids]
-    b0 = handler_answers(run_dir / "b0", "galaxy-b0", images)
-    b2 = handler_answers(run_dir / "b2", "galaxy-b2", images)
-    # these checkpoints' run has no measured rule (no ensemble.json): the workflow's default, mean
-    expected = [combine("mean", list(a["probabilities"].values()), list(b["probabilities"].values()))
-                for a, b in zip(b0, b2)]
-    got = [rows[i] for i in ids]
-    assert [int(r["label"]) for r in got] == [e["label"] for e in expected]
-    assert [r["source"] for r in got] == [e["source"] for e in expected]
-    assert np.allclose([float(r["confidence"]) for r in got], [e["confidence"] for e in expected], atol=1e-4)
-    assert len({r["label"] for r in got}) >= 3, "the test checkpoints should tell galaxies apart"
-    assert {r["model"] for r in got} == {"galaxy-ensemble"} and {r["rule"] for r in got} == {"mean"}
-    assert {r["version"] for r in got} == {"b0 1.0 + b2 1.0"}
 
 
 def test_hdf5_to_parquet_resumes_by_shard(tmp_path, run_dir, local_ray, capsys):
@@ -266,27 +236,40 @@ def test_one_answer_path_everywhere(torchserve, served_archives, local_ray, tmp_
         explained = list(pool.map(lambda b: client.explain("galaxy-b0", b), images[::25]))
     assert len({a["label"] for a in served["ensemble"]}) >= 3, "the test checkpoints should tell galaxies apart"
 
-    for m in ("b0", "b2"):
-        assert_same_answers(Predictor.from_run(run, m, device="cpu").answer_batch(images), served[m], f"/predictions {m}")
     predictor = Predictor.from_run(run, device="cpu")
     assert predictor.rule == served["ensemble"][0]["rule"] == "mean"
     assert_same_answers([predictor.answer(b) for b in images[:3]], served["ensemble"][:3], "Predictor.answer")
-    assert_same_answers(predictor.answer_batch(images), served["ensemble"], "/wfpredict")
+    ours = predictor.answer_batch(images)
+    assert_same_answers(ours, served["ensemble"], "/wfpredict")
+    for m in ("b0", "b2"):  # the members answer as the standalone models do (under the workflow's node names)
+        assert_same_answers([{**a[m], "model": f"galaxy-{m}"} for a in ours], served[m], f"/predictions {m}")
+        assert Predictor.from_run(run, m, device="cpu").answer(images[0])["probabilities"] == \
+            pytest.approx(served[m][0]["probabilities"], abs=1e-4)
     seed_predictor = Predictor.from_run(run, rule="seed", device="cpu")
-    assert_same_answers(seed_predictor.answer_batch(images[::5]), seed, "/wfpredict seed")
+    assert_same_answers([seed_predictor.combine({m: a[m] for m in ("b0", "b2")}) for a in ours[::5]], seed,
+                        "/wfpredict seed")
     assert all(a["label"] == a["b0"]["label"] for a in seed)  # the seed system: B0 answers
     for e, a in zip(explained, served["b0"][::25]):
         assert e["predicted"] == a["label"]
 
-    # make predict: Ray's model actors, written to a catalogue (6 significant digits)
+    # make predict: Ray's model actors over a folder with a subfolder and a broken file, written to a
+    # catalogue (6 significant digits)
+    folder = tmp_path / "cutouts"
+    (folder / "deep").mkdir(parents=True)
+    for i, p in enumerate(SAMPLES):
+        shutil.copy(p, (folder / "deep" if i % 4 == 0 else folder) / p.name)
+    (folder / "broken.jpg").write_bytes(images[0][:300])  # truncated JPEG
     out = tmp_path / "catalog.csv"
-    assert run_cli("--input", SAMPLES[0].parent, "--out", out, "--run", run) == 0
-    rows = {r["id"]: r for r in read_csv(out)}
+    assert run_cli("--input", folder, "--out", out, "--run", run, "--shard-size", 32) == 0
+    rows = {Path(r["id"]).name: r for r in read_csv(out)}
+    assert len(rows) == len(SAMPLES) + 1 and "deep/" + SAMPLES[0].name in {r["id"] for r in rows.values()}
+    assert "image" in rows["broken.jpg"]["error"] and rows["broken.jpg"]["label"] == ""
     for p, a in zip(SAMPLES, served["ensemble"]):
         r = rows[p.name]
         assert int(r["label"]) == a["label"] and r["rule"] == a["rule"] and r["source"] == a["source"]
         assert np.allclose([float(r[c]) for c in GALAXY10_CLASSES], list(a["probabilities"].values()), atol=1e-4)
         assert r["in_distribution"] == str(a["in_distribution"]).lower()
+        assert r["model"] == "galaxy-ensemble" and r["version"] == "b0 1.0 + b2 1.0"
 
     # make queue: the answers it stores for B0 and B2
     store_file = tmp_path / "labels.db"

@@ -145,7 +145,7 @@ def tta_trio(torchserve, served_archives, tmp_path_factory):
 def test_three_members_with_tta_answer_as_served(torchserve, tta_trio):
     from tests.test_predict_ray import assert_same_answers
 
-    images = [p.read_bytes() for p in SAMPLES[::10]]
+    images = [p.read_bytes() for p in SAMPLES[::25]]
     served = []
     for b in images:
         r = requests.post(f"{torchserve.inference_url}/wfpredict/galaxy-tta-trio", data=b, timeout=120,
