@@ -70,7 +70,9 @@ def made(tmp_path_factory):
     ports = free_ports()
     env = {**os.environ, "TS_HOST": "127.0.0.1", "DASHBOARD_PORT": str(free_port()),
            **{f"TS_{api.upper()}_PORT": str(port) for api, port in ports.items()}}
-    for var in ("TS_KEY_FILE", "TS_MODEL_STORE", "RUN", "DEVICE", "TTA", "VERSION"):
+    # as from a user's shell: not a sub-make of `make test` (which would print "Entering directory")
+    for var in ("TS_KEY_FILE", "TS_MODEL_STORE", "RUN", "DEVICE", "TTA", "VERSION",
+                "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES"):
         env.pop(var, None)
     served = make("serve", tree, env, timeout=600)
     try:
