@@ -17,7 +17,7 @@ Keys change at every server start and expire; when the server refuses a key the 
 the file, asks the token API for a fresh key if the file still holds the refused one, and retries
 once. Every failure is one of the exceptions below, with a message fit to show a user.
 
-(About 480 lines: one class for TorchServe's three APIs, because the token handling above wraps
+(About 500 lines: one class for TorchServe's three APIs, because the token handling above wraps
 every call; the key-file, readiness and Prometheus helpers beside it are what the class uses.)
 """
 from __future__ import annotations
