@@ -15,10 +15,8 @@ and the tests all talk to the server through this one module.
 Token authorisation: the keys come from TorchServe's `key_file.json` (repo root, or TS_KEY_FILE).
 Keys change at every server start and expire; when the server refuses a key the client re-reads
 the file, asks the token API for a fresh key if the file still holds the refused one, and retries
-once. Every failure is one of the exceptions below, with a message fit to show a user.
-
-(About 500 lines: one class for TorchServe's three APIs, because the token handling above wraps
-every call; the key-file, readiness and Prometheus helpers beside it are what the class uses.)
+once. Every failure is one of the exceptions below, with a message fit to show a user. One class
+serves TorchServe's three APIs, because the token handling above wraps every call.
 """
 from __future__ import annotations
 
