@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -48,12 +49,19 @@ def local_url(address: str) -> str:
     return f"{scheme}://127.0.0.1:{rest.rsplit(':', 1)[1]}"
 
 
+def signal_group(proc: subprocess.Popen, sig: int) -> bool:
+    """`sig` to TorchServe's process group (frontend and model workers); False when it is gone."""
+    try:
+        os.killpg(proc.pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
-    """SIGTERM to TorchServe's process group (frontend and model workers), SIGKILL after `grace`."""
+    """SIGTERM to TorchServe's process group, SIGKILL after `grace`."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
+        if not signal_group(proc, sig):
             return
         try:
             proc.wait(wait)
@@ -100,8 +108,14 @@ def main(argv=None) -> int:
     stopping = []
 
     def on_signal(signum, _frame):
+        # Only signals here: the main thread is inside proc.wait(), which holds the lock that reaping
+        # needs, so a wait in the handler could never see TorchServe exit. SIGKILL follows the grace.
+        if not stopping:
+            signal_group(proc, signal.SIGTERM)
+            kill = threading.Timer(args.stop_grace, signal_group, (proc, signal.SIGKILL))
+            kill.daemon = True  # nothing to wait for once TorchServe has exited
+            kill.start()
         stopping.append(signum)
-        stop(proc, args.stop_grace)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -132,6 +146,7 @@ def main(argv=None) -> int:
           f"{conf['management_address']}, metrics {conf.get('metrics_address', '-')}", flush=True)
     code = proc.wait()
     if stopping:
+        signal_group(proc, signal.SIGKILL)  # a model worker that outlived the frontend
         return 0
     return code
 

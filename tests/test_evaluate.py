@@ -6,24 +6,26 @@ import numpy as np
 import pytest
 import torch
 
-from galaxy_morph import GALAXY10_CLASSES, get_spec
+from galaxy_morph import GALAXY10_CLASSES
 from galaxy_morph.calibration import fit_temperature, softmax
 from galaxy_morph.data import file_sha256, inspect_h5, make_split, save_split
 from galaxy_morph.models import build_model, dihedral, save_checkpoint
+from tests.conftest import small_spec
 from tests.test_data import make_h5
 from training import evaluate as ev
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A run folder with random-init b0 and b2 checkpoints on a tiny file, as training writes them."""
+    """A run folder with random-init b0 and b2 checkpoints (at the test sizes) on a tiny file, as
+    training writes them."""
     root = tmp_path_factory.mktemp("eval")
     data = make_h5(root / "tiny.h5", n=40, size=64)
     info, sha = inspect_h5(data), file_sha256(data)
     split = make_split(info["labels"], info["ra"], info["dec"], seed=42)
     torch.manual_seed(0)
     for name in ("b0", "b2"):
-        spec = get_spec(name)
+        spec = small_spec(name)
         out = root / "run" / name
         save_checkpoint(out, build_model(spec), spec, GALAXY10_CLASSES, version="1.0",
                         data={"path": str(data), "sha256": sha, "n": 40}, split_file="split.json",
@@ -157,8 +159,8 @@ def test_demo_tiny(tmp_path, monkeypatch, capsys):
     """training.demo end to end with a tiny schedule: trains both, evaluates, skips when done, fails loudly."""
     from training import demo
     data = make_h5(tmp_path / "tiny.h5", n=40, size=64)
-    monkeypatch.setattr(demo, "DEMO", {m: {"epochs": 1, "limit_train": 16, "batch_size": 16, "lr": 1e-3}
-                                       for m in ("b0", "b2")})
+    monkeypatch.setattr(demo, "DEMO", {m: {"epochs": 1, "limit_train": 16, "batch_size": 16, "lr": 1e-3,
+                                           "input_size": small_spec(m).crop} for m in ("b0", "b2")})
     monkeypatch.setattr(demo, "MIN_B0_ACCURACY", 0.0)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # else demo sets it for the rest of the session
     out = tmp_path / "demo"
@@ -192,7 +194,7 @@ def test_three_models_mean_and_weighted_only(run_dir, tmp_path, capsys):
     run = tmp_path / "run3"
     shutil.copytree(run_dir, run)
     meta = json.loads((run / "b0" / "meta.json").read_text())
-    spec = get_spec("convnext")
+    spec = small_spec("convnext")
     torch.manual_seed(2)
     save_checkpoint(run / "convnext", build_model(spec), spec, GALAXY10_CLASSES, version="1.0",
                     data=meta["data"], split_file="split.json", hparams={}, metrics={}, epoch=1)

@@ -2,9 +2,9 @@
 
     .venv/bin/python -m pytest -q tests/test_predict_ray.py
 
-The checkpoints are random-init B0/B2 whose batch-norm statistics are fitted on a few real samples
-and whose heads are random: unlike the plain random-init ones they give different labels to
-different galaxies, so equal labels mean something. The reference is the TorchServe handler itself
+The checkpoints are the session's (tests/conftest.py make_checkpoints): random-init B0/B2 whose
+batch-norm statistics are fitted on a few real samples and whose heads are random; unlike plain
+random-init ones they give different labels to different galaxies, so equal labels mean something. The reference is the TorchServe handler itself
 (handle() with a real ts Context) and galaxy_morph.ensemble, as the workflow combines them.
 """
 from __future__ import annotations
@@ -21,13 +21,9 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
-from galaxy_morph.imaging import decode_image
-from galaxy_morph.models import build_model, save_checkpoint
-from galaxy_morph.specs import GALAXY10_CLASSES, get_spec
-from galaxy_morph.transforms import eval_transform
+from galaxy_morph.specs import GALAXY10_CLASSES
 from prediction import ray_predict, similarity
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,32 +31,9 @@ SAMPLES = sorted((REPO / "samples" / "galaxy10_decals").glob("class_*.jpg"))
 SUBSET = SAMPLES[::5]  # 20 images, 2 per class
 
 
-def discriminating_checkpoint(out: Path, name: str, seed: int) -> Path:
-    torch.manual_seed(seed)
-    model = build_model(name)
-    tf = eval_transform(get_spec(name))
-    x = torch.stack([tf(decode_image(p.read_bytes())) for p in SAMPLES[3::12]])
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batch
-    model.train()
-    with torch.no_grad():
-        model(x)
-        head = model.classifier[-1] if name == "b0" else model.classifier
-        head.weight.normal_(0.0, 1.0)
-        head.bias.zero_()
-    model.eval()
-    return save_checkpoint(out / name, model, get_spec(name), GALAXY10_CLASSES, version="1.0",
-                           data={"path": "random-init", "sha256": None, "n": 0})
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    for i, name in enumerate(("b0", "b2")):
-        discriminating_checkpoint(run, name, seed=i)
-    return run
+def run_dir(served_archives) -> Path:
+    return served_archives[0]  # conftest.make_checkpoints: B0 and B2 that tell galaxies apart
 
 
 @pytest.fixture(scope="module")

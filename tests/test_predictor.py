@@ -1,5 +1,6 @@
 """galaxy_morph.Predictor, the one answer path: a table from Python, bad inputs, and a three-member
-run with TTA on against the real TorchServe answering the same archives.
+run (B0, B2, ConvNeXt) with TTA on against the real TorchServe answering the same archives, with
+the rules a three-model workflow offers and refuses.
 
     .venv/bin/python -m pytest -q tests/test_predictor.py
 
@@ -23,7 +24,6 @@ from galaxy_morph import GALAXY10_CLASSES, Predictor
 from galaxy_morph.imaging import ImageError
 from galaxy_morph.models import build_model, save_checkpoint
 from galaxy_morph.predictor import CheckpointError
-from galaxy_morph.specs import get_spec
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((REPO / "samples" / "galaxy10_decals").glob("class_*.jpg"))
@@ -102,11 +102,15 @@ def test_bad_inputs_are_clear_errors(demo, tmp_path):
 
 # --- three members, TTA on, against the real server ------------------------------------------------
 
+TRIO, MEMBERS = "galaxy-tta-trio", ("b0", "b2", "convnext")
+
+
 @pytest.fixture(scope="module")
 def tta_trio(torchserve, served_archives, tmp_path_factory):
     """The session run's B0 and B2 plus a random-init ConvNeXt, archived with --tta under version 7.0
-    and served as the workflow galaxy-tta-trio on the session server (unregistered afterwards). B0 and
-    B2 carry TTA temperatures fitted on "real" galaxies, and the mean rule one of its own."""
+    and served as the workflow galaxy-tta-trio on the session server (its own node workers;
+    unregistered afterwards), as `make models MODELS=b0,b2,convnext` builds them. B0 and B2 carry
+    TTA temperatures fitted on "real" galaxies, and the mean rule one of its own."""
     import torch
 
     from torchserve_ops.archive import build_model_archive, build_workflow_archive
@@ -115,6 +119,7 @@ def tta_trio(torchserve, served_archives, tmp_path_factory):
     run = tmp_path_factory.mktemp("tta_trio")
     from galaxy_morph.calibration import write_calibration
     from galaxy_morph.files import atomic_write_json
+    from tests.conftest import small_spec
 
     for m, t in (("b0", 1.7), ("b2", 0.6)):
         shutil.copytree(served_archives[0] / m, run / m)
@@ -124,20 +129,24 @@ def tta_trio(torchserve, served_archives, tmp_path_factory):
     model = build_model("convnext")
     with torch.no_grad():
         model.get_classifier().bias.normal_(0, 0.5)
-    save_checkpoint(run / "convnext", model, get_spec("convnext"), GALAXY10_CLASSES, version="1.0",
+    # fp16 on disk, as the shipped demo checkpoints (fp32 once loaded): half the archive to pack and unpack
+    save_checkpoint(run / "convnext", model.half(), small_spec("convnext"), GALAXY10_CLASSES, version="1.0",
                     data={"path": "random-init", "sha256": None, "n": 0})
     store = torchserve.model_store
-    urls = {m: build_model_archive(run, m, store, "7.0", versioned_name=True, tta=True).name
-            for m in ("b0", "b2", "convnext")}
-    war = build_workflow_archive(store, urls, versions=dict.fromkeys(urls, "7.0"), name="galaxy-tta-trio",
+    urls = {m: build_model_archive(run, m, store, "7.0", versioned_name=True, tta=True).name for m in MEMBERS}
+    # Only B0 and B2 have per-class F1, so `weighted` must refuse for want of ConvNeXt's.
+    war = build_workflow_archive(store, urls, f1={"b0": [0.5] * 10, "b2": [0.5] * 10},
+                                 versions=dict.fromkeys(urls, "7.0"), name=TRIO,
                                  rule={**json.loads((run / "ensemble.json").read_text()), "tta": True})
+    assert workflow_members(war) == list(MEMBERS)
+    assert workflow_model_names(war.name, MEMBERS) == [f"{TRIO}__{n}" for n in ("pre", *MEMBERS, "ensemble")]
     client = torchserve.client()
     client.register_workflow(war.name, timeout=(3.0, 300.0))
     try:
         client.wait_until_ready(workflow_model_names(war.name, workflow_members(war)), 300.0)
         yield run
     finally:
-        client.unregister_workflow("galaxy-tta-trio")
+        client.unregister_workflow(TRIO)
         client.close()
 
 
@@ -148,8 +157,7 @@ def test_three_members_with_tta_answer_as_served(torchserve, tta_trio):
     images = [p.read_bytes() for p in SAMPLES[::25]]
     served = []
     for b in images:
-        r = requests.post(f"{torchserve.inference_url}/wfpredict/galaxy-tta-trio", data=b, timeout=120,
-                          headers={**torchserve.auth("inference"), "Content-Type": "image/jpeg"})
+        r = post_trio(torchserve, b)
         assert r.status_code == 200 and "error" not in r.json(), r.text
         served.append(r.json())
     predictor = Predictor.from_run(tta_trio, tta=True, device="cpu")
@@ -210,3 +218,52 @@ def test_the_demo_answers_real_galaxies_with_real_calibration(demo):
         was = (ensemble_calibration(demo.settings, demo.rule, False)["before"] if name == "ensemble" else
                json.loads((before[name] / "calibration.json").read_text())["served"]["plain"]["before"])
         assert reliability(p, y, 10)["ece"] < was["ece"] and nll(p, y) < was["nll"], name
+
+
+def post_trio(ts, image: bytes, rule: str | None = None) -> requests.Response:
+    headers = {**ts.auth("inference"), "Content-Type": "image/jpeg"}
+    if rule:
+        headers["X-Ensemble-Rule"] = rule
+    return requests.post(f"{ts.inference_url}/wfpredict/{TRIO}", data=image, headers=headers, timeout=120)
+
+
+@pytest.mark.server
+def test_mean_over_three_models_is_the_default(torchserve, tta_trio):
+    from galaxy_morph.calibration import softmax
+
+    image = SAMPLES[2].read_bytes()
+    for rule in (None, "mean"):
+        r = post_trio(torchserve, image, rule)
+        assert r.status_code == 200
+        got = r.json()
+        assert "error" not in got, got
+        assert got["rule"] == "mean" and got["model"] == TRIO
+        assert list(got["probabilities"]) == list(GALAXY10_CLASSES)
+        assert [got[m]["model"] for m in MEMBERS] == [f"{TRIO}__{m}" for m in MEMBERS]
+        mean = np.mean([list(got[m]["probabilities"].values()) for m in MEMBERS], axis=0)
+        want = softmax(np.log(mean)[None], 1.4)[0]  # the mean rule's own temperature
+        assert list(got["probabilities"].values()) == pytest.approx(want, abs=1e-6)
+        assert got["label"] == int(np.argmax(want)) and got["confidence"] == pytest.approx(want.max(), abs=1e-6)
+
+
+@pytest.mark.server
+def test_seed_and_weighted_over_three_are_refused_with_a_message(torchserve, tta_trio):
+    from torchserve_ops.client import ServerError
+
+    image = SAMPLES[2].read_bytes()
+    seed = post_trio(torchserve, image, "seed")
+    # TorchServe 0.12 answers every finished workflow with HTTP 200 (docs/api.md): the refusal is the body.
+    assert seed.status_code == 200 and seed.headers["Content-Type"].startswith("application/json")
+    body = seed.json()
+    assert body["code"] == 400 and "label" not in body
+    assert "seed rule is defined for exactly two models" in body["error"]
+    assert "got 3: b0, b2, convnext" in body["error"] and "mean or weighted" in body["error"]
+    weighted = post_trio(torchserve, image, "weighted").json()
+    assert weighted["code"] == 400 and "(missing: convnext)" in weighted["error"]
+    client = torchserve.client()
+    try:
+        with pytest.raises(ServerError, match="exactly two models") as raised:
+            client.predict_workflow(TRIO, image, "seed")
+        assert raised.value.status == 400
+    finally:
+        client.close()

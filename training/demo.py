@@ -39,7 +39,8 @@ from training import train as tr
 MIN_B0_ACCURACY = 0.80
 DEMO_N = 30000
 DEMO_DATA_SEED = 0
-# Per model: epochs run, cosine schedule length (t_max), batch size, AdamW learning rate. Batches of a
+# Per model: epochs run, cosine schedule length (t_max), batch size, AdamW learning rate (and
+# optionally input_size, training's --input-size; the spec's when absent). Batches of a
 # few hundred keep a GPU busy; the learning rates are the specs' per-sample rates scaled to those
 # batches. The shipped files stopped early in their schedules (b0 after 10 of 30 epochs, b2 after
 # 6 of 8), where the GPU session's time ran out; these settings reproduce exactly that.
@@ -84,6 +85,7 @@ def train_one(name, args, out, split=None):
         *(["--device", args.device] if args.device else []),
         *(["--workers", str(args.workers)] if args.workers is not None else []),
         *(["--limit-train", str(cfg["limit_train"])] if cfg["limit_train"] else []),
+        *(["--input-size", str(cfg["input_size"])] if cfg.get("input_size") else []),
         *(["--split", str(split)] if split else [])])
     t = time.time()
     tr.train(targs)

@@ -269,14 +269,18 @@ def evaluate(run, data=None, tta=False, samples=str(SAMPLES), batch_size=64, wor
     return top
 
 
-def sample_predictor(ckpts: dict, device, tta=False, rule=None, temperatures: dict | None = None) -> Predictor:
+def sample_predictor(ckpts: dict, device, tta=False, rule=None, temperatures: dict | None = None,
+                     f1: dict | None = None) -> Predictor:
     """The checkpoints answering as served (one model, or their ensemble with `rule`); `temperatures`
-    {name: T} stands in for calibration files not written yet."""
+    {name: T} and `f1` {name: per-class validation F1} stand in for calibration files and reports
+    not written yet."""
     members = {}
     for name, folder in ckpts.items():
         members[name] = m = Member(folder, device, tta)
         if temperatures:
             m.temperature, m.calibrated = temperatures[name], True
+        if f1:
+            m.f1 = f1[name]
     return Predictor(members, ENSEMBLE if len(members) > 1 else next(iter(members)), rule)
 
 
@@ -296,13 +300,15 @@ def sample_probabilities(predictor: Predictor, folder):
 def score_samples(ckpts, reports, folder, device, tta=False, rule=None) -> dict:
     """Accuracy of each model and of the ensemble (its default rule) on the real sample JPEGs,
     answered as served."""
-    predictor = sample_predictor(ckpts, device, tta, rule, {n: r["temperature"] for n, r in reports.items()})
+    predictor = sample_predictor(ckpts, device, tta, rule, {n: r["temperature"] for n, r in reports.items()},
+                                 {n: r.get("val_per_class_f1") for n, r in reports.items()})
     probs, y = sample_probabilities(predictor, folder)
     if probs is None:
         return None
     real = {name: float(np.mean(p.argmax(1) == y)) for name, p in probs.items()}
     if len(probs) >= 2:
-        real["ensemble"] = float(np.mean(ensemble_probs(predictor.rule, probs).argmax(1) == y))
+        f1 = {m: member.f1 for m, member in predictor.members.items()}
+        real["ensemble"] = float(np.mean(ensemble_probs(predictor.rule, probs, f1).argmax(1) == y))
         real["ensemble_rule"] = predictor.rule
     real["n"] = int(len(y))
     for name, r in reports.items():

@@ -13,12 +13,17 @@ Stages, one progress line each; run it again with the same labels and finished s
    the held-out labels both versions are compared on, VAL choose the best epoch, the rest train,
    with --mix-rows random rows of --mix (the original training file) added to train.
 2. fine-tune every model from FROM/M/model.pt (training.train --weights, LR_FACTOR x the spec's
-   learning rate, cosine to 0 over --epochs). The temperature and the out-of-distribution head are
-   FROM's, copied: they were fitted on far more data than a few labels; the compare stage measures
-   what they do on the new weights.
-3. compare: FROM's and the new models on the held-out labels (accuracy, macro F1 over the classes
-   present, NLL, ECE, the share flagged out of distribution), into OUT/retrain.md and .json and each
-   OUT/M/report.json, which the new archive's model card carries ("held_out_labels").
+   learning rate, cosine to 0 over --epochs).
+3. calibrate and compare, on the held-out labels: the new version answers the galaxies the user
+   labels, so its temperature is refitted there (minimum NLL; each answering mode FROM was
+   calibrated in; answers then say "calibration": {"on": "your labels"}), with the ECE under FROM's
+   copied temperature, after the refit and 5-fold cross-validated beside it. The out-of-distribution
+   head stays FROM's, its threshold checked: when it flags more than OOD_MAX_FLAGGED of the held-out
+   galaxies, it is moved to their 90th percentile, and the table says so. Fewer than MIN_REFIT
+   held-out labels keep FROM's temperature and threshold. Then FROM's and the new models (accuracy,
+   macro F1 over the classes present, NLL, ECE, the share flagged out of distribution) into
+   OUT/retrain.md and .json and each OUT/M/report.json, which the new archive's model card carries
+   ("held_out_labels").
 4. archive: STORE/galaxy-M-vVERSION.mar (torchserve_ops.archive --versioned-name --no-workflow).
 5. register: next to the served version on the running TorchServe, not as the default (skipped,
    with the command to run, when none is running; --no-register: always).
@@ -63,6 +68,9 @@ EPOCHS = 5
 BATCH_SIZE = 16  # a few hundred labels at the spec's 64 a batch are a handful of steps an epoch
 DEFAULT_SIZE = 256  # Galaxy10 DECaLS' cutouts
 EXPORT, EXPORT_STAMP, REPORT = "labels.h5", "export.json", "retrain.json"
+MIN_REFIT = 10  # held-out labels below which FROM's temperature and OOD threshold are kept
+OOD_MAX_FLAGGED = 0.10  # of the user's held-out galaxies; more and the threshold is refitted
+CV_FOLDS = 5
 
 
 def parse_args(argv=None):
@@ -220,16 +228,94 @@ def training_state(folder: Path, sha: str, args) -> str:
     return "new"
 
 
+def held_out_rows(data: Path, indices) -> tuple[np.ndarray, np.ndarray]:
+    import h5py
+
+    idx = np.sort(np.asarray(indices))
+    with h5py.File(data, "r") as f:
+        return f["images"][idx], np.asarray(f["ans"][idx])
+
+
+def refit_temperature(folder: Path, pixels: np.ndarray, y: np.ndarray, tta: bool, labels: str) -> dict:
+    """The mode's temperature refitted on (pixels, y), written under "served" in the folder's
+    calibration.json; the figures under the copied temperature, after the refit, and cross-validated."""
+    from galaxy_morph.calibration import fit_temperature, softmax, write_calibration
+    from galaxy_morph.predictor import to_image
+    from training.calibrate_real import folds
+
+    member = Member(folder, "cpu", tta)
+    copied, member.temperature = member.temperature, 1.0
+    images = [to_image(p) for p in pixels]
+    raw = np.concatenate([member.probabilities(member.inputs(images[i:i + 32]))[0].cpu().numpy()
+                          for i in range(0, len(images), 32)]).astype(np.float64)
+    logp = np.log(np.clip(raw, 1e-12, None))
+    t = fit_temperature(logp, y)
+    cv = np.zeros_like(raw)
+    for held in folds(y, CV_FOLDS):
+        rest = np.setdiff1d(np.arange(len(y)), held)
+        cv[held] = softmax(logp[held], fit_temperature(logp[rest], y[rest]))
+
+    def figures(p):
+        return {"ece": float(ece(p, y)), "nll": nll(p, y), "mean_confidence": float(p.max(1).mean())}
+    entry = {"temperature": t, "on": "your labels", "n": int(len(y)),
+             "fitted_on": {"labels": labels, "split": "held-out", "n": int(len(y))},
+             "accuracy": float(np.mean(raw.argmax(1) == y)),
+             "copied": {"temperature": copied, **figures(softmax(logp, copied))},
+             "refitted": figures(softmax(logp, t)), "cv": {"folds": CV_FOLDS, **figures(cv)}}
+    write_calibration(folder, tta, entry, served=True)
+    return entry
+
+
+def check_ood_threshold(folder: Path, pixels: np.ndarray) -> dict | None:
+    """The share of held-out galaxies the copied OOD head flags; over OOD_MAX_FLAGGED, its
+    threshold moves to their 90th percentile (saved). None without an OOD head."""
+    from galaxy_morph.ood import OODDetector
+
+    member = Member(folder, "cpu")
+    if member.ood is None:
+        return None
+    answers = Predictor({member.spec.name: member}, member.spec.name).answer_batch(list(pixels))
+    scores = np.array([a["ood_score"] for a in answers if a.get("ood_score") is not None])
+    before = float(np.mean([not a["in_distribution"] for a in answers]))
+    result = {"threshold_copied": member.ood.threshold, "flagged_copied": before, "refitted": False,
+              "threshold": member.ood.threshold, "flagged": before, "n": len(answers)}
+    if before > OOD_MAX_FLAGGED and len(scores):
+        det = OODDetector.load(folder)
+        det.threshold, det.quantile = float(np.quantile(scores, 1 - OOD_MAX_FLAGGED)), 1 - OOD_MAX_FLAGGED
+        det.save(folder)
+        cheap = sum(a.get("ood_score") is None and not a["in_distribution"] for a in answers)
+        result.update(refitted=True, threshold=det.threshold,
+                      flagged=float((np.sum(scores > det.threshold) + cheap) / len(answers)))
+    return result
+
+
+def calibrate_on_labels(args, m: str, out: Path, stamp: dict, test) -> dict:
+    """FROM's calibration and OOD files copied afresh into OUT/M, then refitted on the held-out
+    labels (see the module docstring): {"plain": entry, ["tta": entry], "ood": ..., "kept": reason}."""
+    source, folder = Path(args.source) / m, out / m
+    for inherited in (CALIBRATION_FILE, OOD_FILE):  # the baseline: a second compare starts from FROM's again
+        (folder / inherited).unlink(missing_ok=True)
+        if (source / inherited).is_file():
+            shutil.copy2(source / inherited, folder / inherited)
+    pixels, y = held_out_rows(out / EXPORT, test)
+    if len(y) < MIN_REFIT:
+        return {"kept": f"{len(y)} held-out labels (fewer than {MIN_REFIT}): FROM's temperature and OOD threshold kept"}
+    from galaxy_morph.calibration import read_calibration
+
+    copied = read_calibration(folder)
+    modes = [False] + ([True] if "tta" in copied or "tta" in (copied.get("served") or {}) else [])
+    result = {("tta" if tta else "plain"): refit_temperature(folder, pixels, y, tta, stamp["labels"]) for tta in modes}
+    result["ood"] = check_ood_threshold(folder, pixels)
+    return result
+
+
 def held_out_scores(folder: Path, data: Path, indices) -> dict:
     """A checkpoint's answers on the held-out rows, as its archive answers them (galaxy_morph's
     answer path: calibrated, with the out-of-distribution verdict)."""
-    import h5py
     from sklearn.metrics import f1_score
 
     member = Member(folder, "cpu")
-    idx = np.sort(np.asarray(indices))
-    with h5py.File(data, "r") as f:
-        pixels, y = f["images"][idx], np.asarray(f["ans"][idx])
+    pixels, y = held_out_rows(data, indices)
     answers = Predictor({member.spec.name: member}, member.spec.name).answer_batch(list(pixels))
     p = np.array([[a["probabilities"][c] for c in member.class_names] for a in answers])
     pred = p.argmax(1)
@@ -252,8 +338,9 @@ def compare(args, models: list[str], out: Path, stamp: dict) -> dict:
               "models": {}}
     for m in models:
         old = held_out_scores(Path(args.source) / m, data, test)
+        calibration = calibrate_on_labels(args, m, out, stamp, test)
         new = held_out_scores(out / m, data, test)
-        result["models"][m] = {"previous": old, "this": new}
+        result["models"][m] = {"previous": old, "this": new, "calibration": calibration}
         ckpt = load_checkpoint(out / m)
         vlogp, vy = predict_split(ckpt.model, ckpt.spec, str(data), val, torch.device("cpu"), False, 32, 0)
         v = scores(vy, vlogp.argmax(1), list(GALAXY10_CLASSES))
@@ -271,7 +358,8 @@ def compare(args, models: list[str], out: Path, stamp: dict) -> dict:
                                       "n_labels": stamp["n_labels"], "mix_rows": stamp["mix_rows"],
                                       "this": {k: v for k, v in new.items() if k not in ("per_class", "confusion_matrix")},
                                       "previous": {k: v for k, v in old.items()
-                                                   if k not in ("per_class", "confusion_matrix")}}}
+                                                   if k not in ("per_class", "confusion_matrix")},
+                                      "calibration": result["models"][m]["calibration"]}}
         atomic_write_json(out / m / "report.json", report)
     atomic_write_json(out / REPORT, result)
     atomic_write_text(out / "retrain.md", markdown(result))
@@ -292,7 +380,32 @@ def markdown(result: dict) -> str:
             lines.append(f"| {m} | {row['version']} | {row['accuracy']:.3f} | {row['macro_f1']:.3f} "
                          f"| {row['nll']:.3f} | {row['ece']:.3f} | {ood} |")
     lines += ["", f"n = {e['n']['test']} held-out galaxies: one galaxy is {1 / max(1, e['n']['test']):.1%} of the "
-              "accuracy. Promote with `scripts/versions.sh promote " + result["version"] + "`."]
+              "accuracy. Promote with `scripts/versions.sh promote " + result["version"] + "`.", "",
+              f"## Calibration of {result['version']} on your held-out labels", "",
+              f"The temperature refitted on the held-out labels (it answers with it), against {result['from']}'s "
+              f"copied one; CV: {CV_FOLDS}-fold, fitted on the other folds, measured on the held-out one.", "",
+              "| model | mode | T: copied → refitted | ECE: copied → refitted (CV) | NLL: copied → refitted "
+              "| mean confidence: copied → refitted | accuracy |", "|---|---|---|---|---|---|---|"]
+    ood_lines = []
+    for m, r in result["models"].items():
+        cal = r.get("calibration") or {}
+        if "kept" in cal:
+            lines.append(f"| {m} | | {cal['kept']} | | | | |")
+            continue
+        for mode in ("plain", "tta"):
+            if mode in cal:
+                c, a, v = cal[mode]["copied"], cal[mode]["refitted"], cal[mode]["cv"]
+                lines.append(f"| {m} | {mode} | {c['temperature']:.2f} → {cal[mode]['temperature']:.2f} "
+                             f"| {c['ece']:.3f} → {a['ece']:.3f} ({v['ece']:.3f}) | {c['nll']:.3f} → {a['nll']:.3f} "
+                             f"| {c['mean_confidence']:.2f} → {a['mean_confidence']:.2f} | {cal[mode]['accuracy']:.3f} |")
+        o = cal.get("ood")
+        if o:
+            ood_lines.append(f"- {m}: the copied threshold {o['threshold_copied']:.2f} flags {o['flagged_copied']:.0%} of "
+                             f"the {o['n']} held-out galaxies; " + (
+                                 f"more than {OOD_MAX_FLAGGED:.0%}, so it was refitted to {o['threshold']:.2f} "
+                                 f"(flags {o['flagged']:.0%})." if o["refitted"] else "kept."))
+    if ood_lines:
+        lines += ["", "Out-of-distribution threshold, checked on the same galaxies:", "", *ood_lines]
     return "\n".join(lines) + "\n"
 
 
