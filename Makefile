@@ -14,6 +14,7 @@ EPOCHS ?=
 OUT ?= runs/$(MODEL)
 RUN ?= checkpoints/demo
 # make models: ImageNet weights (1) or random init (0), recipe, comma-separated model specs
+# (and INPUT_SIZE=N to train and answer at N px instead of each spec's size)
 PRETRAINED ?= 1
 RECIPE ?= seed
 MODELS ?= b0,b2
@@ -113,7 +114,7 @@ demo-models: setup
 models: setup
 	$(PY) -m training.pipeline --data $(DATA) --models $(MODELS) --pretrained $(PRETRAINED) --recipe $(RECIPE) \
 		$(if $(filter command line,$(origin RUN)),--run $(RUN)) $(if $(EPOCHS),--epochs $(EPOCHS)) \
-		$(if $(VERSION),--version $(VERSION))
+		$(if $(VERSION),--version $(VERSION)) $(if $(INPUT_SIZE),--input-size $(INPUT_SIZE))
 
 train: setup
 	$(VENV)/bin/galaxy-morph train --model $(MODEL) --data $(DATA) --out $(OUT) $(if $(EPOCHS),--epochs $(EPOCHS))

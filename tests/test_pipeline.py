@@ -27,7 +27,9 @@ def stage_lines(out):
 
 def test_stages_skip_and_resume(tiny, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    args = ["--data", tiny, "--run", run_dir, "--models", "b0", "--pretrained", "0", "--epochs", "1"]
+    # at 32 px: the evaluation stage answers the 100 real samples with TTA, twice
+    args = ["--data", tiny, "--run", run_dir, "--models", "b0", "--pretrained", "0", "--input-size", "32",
+            "--epochs", "1"]
     rc, out, err = run(capsys, *args)
     assert rc == 0, err[-2000:]
     lines = stage_lines(out)
@@ -52,7 +54,7 @@ def test_stages_skip_and_resume(tiny, tmp_path, capsys):
 
     # A run trained with another recipe is not mixed into.
     rc, _, err = run(capsys, *args, "--recipe", "strong")
-    assert rc == 2 and "was trained with recipe seed, pretrained 0" in err and "choose another RUN" in err
+    assert rc == 2 and "was trained with recipe seed, pretrained 0, input size 32" in err and "choose another RUN" in err
 
 
 def test_refusals_before_training(tiny, tmp_path, capsys, monkeypatch):

@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: as training)")
     p.add_argument("--gpu-augment", action="store_true", help="augment on the training device (training.train)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="train and answer at this many pixels instead of the spec's (training.train --input-size)")
     p.add_argument("--versioned-name", action="store_true",
                    help="archives named galaxy-M-vVERSION.mar, to register next to the served version")
     p.add_argument("--no-archive", action="store_true", help="stop after the evaluation")
@@ -91,13 +93,15 @@ def training_state(folder: Path, args, sha: str, epochs: int) -> str:
         return "new"
     if meta is not None:
         hp = meta.get("hparams") or {}
-        wanted = {"recipe": args.recipe, "pretrained": bool(args.pretrained)}
-        found = {"recipe": hp.get("recipe", "seed"), "pretrained": bool(hp.get("pretrained", False))}
+        wanted = {"recipe": args.recipe, "pretrained": bool(args.pretrained), "input_size": args.input_size}
+        found = {"recipe": hp.get("recipe", "seed"), "pretrained": bool(hp.get("pretrained", False)),
+                 "input_size": hp.get("input_size")}
         if found != wanted or meta["data"]["sha256"] != sha:
             what = "another data file" if meta["data"]["sha256"] != sha else \
-                f"recipe {found['recipe']}, pretrained {int(found['pretrained'])}"
+                f"recipe {found['recipe']}, pretrained {int(found['pretrained'])}, input size {found['input_size']}"
             raise DataError(f"{folder} was trained with {what}, not recipe {args.recipe}, pretrained "
-                            f"{args.pretrained} on this data: choose another RUN (or remove {folder})")
+                            f"{args.pretrained}, input size {args.input_size} on this data: choose another RUN "
+                            f"(or remove {folder})")
     if meta is not None and len(history) >= epochs:
         return "done"
     return "resume" if last.is_file() else "new"
@@ -116,6 +120,8 @@ def train_model(args, run: Path, model: str, split: Path | None, state: str):
         argv += ["--workers", str(args.workers)]
     if args.gpu_augment:
         argv.append("--gpu-augment")
+    if args.input_size:
+        argv += ["--input-size", str(args.input_size)]
     if split is not None:
         argv += ["--split", str(split)]
     if state == "resume":
