@@ -17,11 +17,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from galaxy_morph.files import atomic_write_json
+
+if TYPE_CHECKING:
+    import torch
 
 CALIBRATION_FILE = "calibration.json"
 ECE_BINS = 15
@@ -35,6 +38,8 @@ def calibrate(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """softmax(log(p) / T) over the last axis; T = 1 returns `probs` as they are."""
     if temperature == 1.0:
         return probs
+    import torch
+
     return torch.softmax(probs.clamp_min(1e-12).log() / temperature, dim=-1)
 
 

@@ -15,7 +15,6 @@ With `HF_HUB_OFFLINE=1` neither library is asked to download, only the caches ar
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +28,11 @@ from galaxy_morph.answers import DEFAULT_VERSION
 from galaxy_morph.data import SYNTHETIC_SOURCE
 from galaxy_morph.calibration import provenance, read_calibration, served_entry, temperature_of
 from galaxy_morph.files import atomic_path, atomic_write_json
+from galaxy_morph.run_files import META_FILE, WEIGHTS_FILE, read_meta  # noqa: F401  (re-exported)
 from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec, get_spec
 from galaxy_morph.transforms import eval_transform
 
 SYNTHETIC_SOURCES = (SYNTHETIC_SOURCE, "simulation.synthetic")
-WEIGHTS_FILE = "model.pt"
-META_FILE = "meta.json"
 TTA_BATCH = 256  # class_probabilities: up to this many images in one forward (8 views x 32)
 
 
@@ -225,13 +223,6 @@ def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, spec: ModelSpe
     }
     atomic_write_json(out / META_FILE, full, indent=2, default=_json_default)
     return out
-
-
-def read_meta(ckpt_dir: str | os.PathLike) -> dict:
-    path = Path(ckpt_dir) / META_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint meta at {path}")
-    return json.loads(path.read_text())
 
 
 @dataclass

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 OOD_FILE = "ood.npz"
 # A cutout whose pixels hardly vary (std below one grey level of 255) carries no source at all.
@@ -32,6 +30,9 @@ SMOOTH = 5
 def cheap_check(image) -> str | None:
     """A reason to flag the image without any model, or None. `image`: HxWxC uint8 (array or PIL) or
     a CxHxW uint8/float tensor (0-255)."""
+    import torch
+    import torch.nn.functional as F
+
     if isinstance(image, torch.Tensor):
         g = image.float().mean(0) if image.dim() == 3 else image.float()
     else:
@@ -62,7 +63,7 @@ class OODDetector:
     quantile: float  # share of validation galaxies whose score is at most the threshold
 
     def score(self, features) -> np.ndarray:
-        f = features.detach().float().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+        f = features.detach().float().cpu().numpy() if hasattr(features, "detach") else np.asarray(features)
         return ((f.astype(np.float64) - self.mean) / self.scale) @ self.weight + self.bias
 
     def save(self, ckpt_dir: str | os.PathLike) -> Path:

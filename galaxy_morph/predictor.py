@@ -19,13 +19,12 @@ the rule with the lowest NLL on the validation split (`choose_rule`), with every
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 import numpy as np
 import torch
 
-from galaxy_morph.answers import (CATALOGUE_BASE, CATALOGUE_TRAILING, WORKFLOW_NAME, WORKFLOW_SETTINGS,
+from galaxy_morph.answers import (CATALOGUE_BASE, CATALOGUE_TRAILING, WORKFLOW_NAME,
                                   prediction, served_name, workflow_member_name)
 from galaxy_morph.calibration import calibrate
 from galaxy_morph.ensemble import RULES, check_rule, default_rule, ensemble_answer, ensemble_calibration
@@ -33,40 +32,15 @@ from galaxy_morph.imaging import ImageError, decode_image, to_rgb8
 from galaxy_morph.models import (WEIGHTS_FILE, class_probabilities, classifier_layer, head_dropout_rate,
                                  load_checkpoint, mc_dropout_probabilities)
 from galaxy_morph.ood import OODDetector, cheap_check, verdict
+from galaxy_morph.run_files import (ENSEMBLE, REPORT_FILE, SETTINGS_FILE, CheckpointError,  # noqa: F401
+                                    read_settings, run_members, val_per_class_f1)
 from galaxy_morph.specs import ALL_SPECS, PAIR
 from galaxy_morph.transforms import eval_tensor_transform
 from galaxy_morph.uncertainty import mutual_information
 
-ENSEMBLE = "ensemble"
-REPORT_FILE = "report.json"
-SETTINGS_FILE = WORKFLOW_SETTINGS  # RUN/ensemble.json; the .war carries its default rule too
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".fits", ".fit")
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
-
-
-class CheckpointError(ValueError):
-    """A run or checkpoint folder that cannot answer; the message says which file."""
-
-
-def run_members(run: str | os.PathLike) -> list[str]:
-    """The models with a checkpoint in RUN (RUN/M/model.pt), B0 first (the seed rule's answering
-    model), then in spec order: the members of the run's ensemble."""
-    found = [m for m in ALL_SPECS if (Path(run) / m / WEIGHTS_FILE).is_file()]
-    return sorted(found, key=lambda m: m != "b0")
-
-
-def val_per_class_f1(ckpt_dir: str | os.PathLike, meta: dict | None = None):
-    """Per-class validation F1 (the weighted rule's weights): the evaluation report, else the meta."""
-    report = Path(ckpt_dir) / REPORT_FILE
-    found = json.loads(report.read_text()).get("val_per_class_f1") if report.is_file() else None
-    return found or ((meta or {}).get("metrics") or {}).get("val_per_class_f1")
-
-
-def read_settings(run: str | os.PathLike) -> dict:
-    """RUN/ensemble.json ({} when the run was never evaluated as an ensemble)."""
-    path = Path(run) / SETTINGS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def to_image(item):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galaxy_morph.predictor import ENSEMBLE, CheckpointError, Predictor, run_members
+from galaxy_morph.run_files import ENSEMBLE, CheckpointError, run_members
 from galaxy_morph.specs import ALL_SPECS
 from survey.rows import header_for, row_for
 from prediction.inputs import DEFAULT_SHARD_SIZE, InputError, Shard, plan_shards, read_shard
@@ -103,6 +103,8 @@ class ModelActor:
         torch.set_num_threads(max(1, threads))
         files = ray.get(files_ref[0])  # in a list, so that Ray Data hands over the reference
         with tempfile.TemporaryDirectory(prefix="galaxy-run-") as tmp:
+            from galaxy_morph.predictor import Predictor
+
             self.predictor = Predictor.from_run(unpack_run(files, Path(tmp)), model, rule, device=None)
         self.embeddings = embeddings
 
@@ -223,6 +225,8 @@ def main(argv=None) -> int:
             raise OutputError(f"{out}: embeddings are written to Parquet only: use an --out ending in .parquet")
         shards = plan_shards(args.input, args.shard_size)
         files = pack_run(run, args.model)
+        from galaxy_morph.predictor import Predictor  # (torch: after the cheap checks of the arguments)
+
         predictor = Predictor.from_run(run, args.model, args.rule, device="cpu")  # checks model and rule here
         members, class_names = list(predictor.members), predictor.class_names
         rule = predictor.rule

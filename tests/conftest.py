@@ -140,6 +140,15 @@ def similarity_index(tmp_path_factory, served_archives) -> Path:
     return build_from_images(root / "images", predictor_of(run_dir)).save(root / "samples.npz")
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray (2 CPUs) for one test module: make predict's actors run on it."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def sample_images() -> list[Path]:
     return sorted(SAMPLES.glob("class_*.jpg"))
@@ -149,8 +158,9 @@ def sample_images() -> list[Path]:
 # first file with a server pays its start, SERVER_START). Files run slowest first, so that two
 # xdist workers end together rather than one waiting on the other's last long file; a file missing
 # here counts as UNKNOWN_S, early enough that a slow new file does not end the run alone.
-SECONDS = {"test_predict_ray.py": 105, "test_retrain.py": 95, "test_make_serve.py": 65,
-           "test_container_entrypoint.py": 60, "test_predictor.py": 40, "test_reliability.py": 40,
+SECONDS = {"test_one_answer_path.py": 85, "test_retrain.py": 80, "test_predict_ray.py": 50,
+           "test_retrain_calibration.py": 18, "test_make_serve.py": 65,
+           "test_container_entrypoint.py": 60, "test_predictor.py": 15, "test_reliability.py": 40,
            "test_browser.py": 37, "test_learning.py": 32, "test_train.py": 28, "test_evaluate.py": 23,
            "test_ood.py": 23, "test_notebook_page.py": 20, "test_pretrained.py": 19, "test_dashboard.py": 19,
            "test_demo.py": 16, "test_client.py": 15, "test_cutouts.py": 12, "test_handler.py": 12, "test_bulk.py": 9,

@@ -2,9 +2,11 @@
 
     .venv/bin/python -m pytest -q tests/test_predict_ray.py
 
-The checkpoints are the session's (tests/conftest.py make_checkpoints): random-init B0/B2 whose
-batch-norm statistics are fitted on a few real samples and whose heads are random; unlike plain
-random-init ones they give different labels to different galaxies, so equal labels mean something. The reference is the TorchServe handler itself
+The checkpoints are made as the session's are (tests/conftest.py make_checkpoints): random-init
+B0/B2 whose batch-norm statistics are fitted on a few real samples and whose heads are random;
+unlike plain random-init ones they give different labels to different galaxies, so equal labels
+mean something. (The same answers through the server, the Predictor, Ray and the queue:
+tests/test_one_answer_path.py.) The reference is the TorchServe handler itself
 (handle() with a real ts Context) and galaxy_morph.ensemble, as the workflow combines them.
 """
 from __future__ import annotations
@@ -23,7 +25,6 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from galaxy_morph.specs import GALAXY10_CLASSES
 from prediction import ray_predict, similarity
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,16 +33,10 @@ SUBSET = SAMPLES[::5]  # 20 images, 2 per class
 
 
 @pytest.fixture(scope="module")
-def run_dir(served_archives) -> Path:
-    return served_archives[0]  # conftest.make_checkpoints: B0 and B2 that tell galaxies apart
+def run_dir(tmp_path_factory) -> Path:
+    from tests.conftest import make_checkpoints  # B0 and B2 that tell galaxies apart
 
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    return make_checkpoints(tmp_path_factory.mktemp("ray_run"))
 
 
 def handler_answers(ckpt: Path, name: str, images: list[bytes], embedding: bool = False) -> list[dict]:
@@ -170,90 +165,3 @@ def test_cli_process_exit_status_and_message(tmp_path):
                         "--out", str(tmp_path / "x.csv")], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip().startswith("error: input not found")
-
-
-def assert_same_answers(got: list[dict], want: list[dict], what: str) -> None:
-    """Labels identical, probabilities within 1e-4, the same in_distribution (and members, for the workflow)."""
-    assert len(got) == len(want), what
-    for i, (g, w) in enumerate(zip(got, want)):
-        assert g["label"] == w["label"], f"{what}: image {i}"
-        assert list(g["probabilities"]) == list(w["probabilities"]), what
-        assert np.allclose(list(g["probabilities"].values()), list(w["probabilities"].values()), atol=1e-4), \
-            f"{what}: image {i}"
-        assert g["in_distribution"] == w["in_distribution"], f"{what}: image {i}"
-        for k in ("model", "version", "calibrated", "source", "rule"):
-            assert g.get(k) == w.get(k), f"{what}: image {i} {k}: {g.get(k)} != {w.get(k)}"
-        for m in ("b0", "b2"):
-            if m in w:
-                assert_same_answers([g[m]], [w[m]], f"{what} member {m}")
-
-
-@pytest.mark.server
-def test_one_answer_path_everywhere(torchserve, served_archives, local_ray, tmp_path):
-    """The 100 real samples through /predictions, /wfpredict, Predictor.answer, make predict (Ray) and
-    the answers make queue stores: the same labels, probabilities within 1e-4, the same
-    in_distribution; /explanations' "predicted" is /predictions' label for the same image."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from galaxy_morph import Predictor
-    from labelling import queue
-    from labelling.store import LabelStore
-
-    run, _ = served_archives
-    images = [p.read_bytes() for p in SAMPLES]
-    client = torchserve.client()
-    with ThreadPoolExecutor(8) as pool:
-        served = {m: list(pool.map(lambda b, m=m: client.predict(f"galaxy-{m}", b), images)) for m in ("b0", "b2")}
-        served["ensemble"] = list(pool.map(lambda b: client.predict_workflow("galaxy-ensemble", b), images))
-        seed = list(pool.map(lambda b: client.predict_workflow("galaxy-ensemble", b, rule="seed"), images[::5]))
-        explained = list(pool.map(lambda b: client.explain("galaxy-b0", b), images[::25]))
-    assert len({a["label"] for a in served["ensemble"]}) >= 3, "the test checkpoints should tell galaxies apart"
-
-    predictor = Predictor.from_run(run, device="cpu")
-    assert predictor.rule == served["ensemble"][0]["rule"] == "mean"
-    assert_same_answers([predictor.answer(b) for b in images[:3]], served["ensemble"][:3], "Predictor.answer")
-    ours = predictor.answer_batch(images)
-    assert_same_answers(ours, served["ensemble"], "/wfpredict")
-    for m in ("b0", "b2"):  # the members answer as the standalone models do (under the workflow's node names)
-        assert_same_answers([{**a[m], "model": f"galaxy-{m}"} for a in ours], served[m], f"/predictions {m}")
-        assert Predictor.from_run(run, m, device="cpu").answer(images[0])["probabilities"] == \
-            pytest.approx(served[m][0]["probabilities"], abs=1e-4)
-    seed_predictor = Predictor.from_run(run, rule="seed", device="cpu")
-    assert_same_answers([seed_predictor.combine({m: a[m] for m in ("b0", "b2")}) for a in ours[::5]], seed,
-                        "/wfpredict seed")
-    assert all(a["label"] == a["b0"]["label"] for a in seed)  # the seed system: B0 answers
-    for e, a in zip(explained, served["b0"][::25]):
-        assert e["predicted"] == a["label"]
-
-    # make predict: Ray's model actors over a folder with a subfolder and a broken file, written to a
-    # catalogue (6 significant digits)
-    folder = tmp_path / "cutouts"
-    (folder / "deep").mkdir(parents=True)
-    for i, p in enumerate(SAMPLES):
-        shutil.copy(p, (folder / "deep" if i % 4 == 0 else folder) / p.name)
-    (folder / "broken.jpg").write_bytes(images[0][:300])  # truncated JPEG
-    out = tmp_path / "catalog.csv"
-    assert run_cli("--input", folder, "--out", out, "--run", run, "--shard-size", 32) == 0
-    rows = {Path(r["id"]).name: r for r in read_csv(out)}
-    assert len(rows) == len(SAMPLES) + 1 and "deep/" + SAMPLES[0].name in {r["id"] for r in rows.values()}
-    assert "image" in rows["broken.jpg"]["error"] and rows["broken.jpg"]["label"] == ""
-    for p, a in zip(SAMPLES, served["ensemble"]):
-        r = rows[p.name]
-        assert int(r["label"]) == a["label"] and r["rule"] == a["rule"] and r["source"] == a["source"]
-        assert np.allclose([float(r[c]) for c in GALAXY10_CLASSES], list(a["probabilities"].values()), atol=1e-4)
-        assert r["in_distribution"] == str(a["in_distribution"]).lower()
-        assert r["model"] == "galaxy-ensemble" and r["version"] == "b0 1.0 + b2 1.0"
-
-    # make queue: the answers it stores for B0 and B2
-    store_file = tmp_path / "labels.db"
-    assert queue.main(["add", "--store", str(store_file), "--input", str(SAMPLES[0].parent), "--run", str(run),
-                       "--source", "samples"]) == 0
-    with LabelStore(store_file) as store:
-        keys = {c["id"]: c["item_key"] for c in map(store.candidate, store.unlabelled("samples"))}
-        stored = {(keys[a["candidate_id"]], a["model"]): a for a in store.answers()}
-    assert len(keys) == len(SAMPLES)
-    for m in ("b0", "b2"):
-        for p, a in zip(SAMPLES, served[m]):
-            s = stored[(p.name, f"galaxy-{m}")]
-            assert np.allclose(s["probabilities"], list(a["probabilities"].values()), atol=1e-4)
-            assert int(np.argmax(s["probabilities"])) == a["label"]

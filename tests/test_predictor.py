@@ -1,11 +1,9 @@
-"""galaxy_morph.Predictor, the one answer path: a table from Python, bad inputs, and a three-member
-run (B0, B2, ConvNeXt) with TTA on against the real TorchServe answering the same archives, with
-the rules a three-model workflow offers and refuses.
+"""galaxy_morph.Predictor, the one answer path, from Python: a table from folders, HDF5 files and
+arrays, bad inputs, and the shipped demo run's measured rule and real-galaxy calibration.
 
     .venv/bin/python -m pytest -q tests/test_predictor.py
 
-(The two-member run with TTA off against /predictions, /wfpredict, Ray and the queue:
-tests/test_predict_ray.py::test_one_answer_path_everywhere.)
+(The same answers through the server, Ray and the queue: tests/test_one_answer_path.py.)
 """
 from __future__ import annotations
 
@@ -17,12 +15,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 from galaxy_morph import GALAXY10_CLASSES, Predictor
 from galaxy_morph.imaging import ImageError
-from galaxy_morph.models import build_model, save_checkpoint
 from galaxy_morph.predictor import CheckpointError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,85 +96,6 @@ def test_bad_inputs_are_clear_errors(demo, tmp_path):
         Predictor.from_run(tmp_path)
 
 
-# --- three members, TTA on, against the real server ------------------------------------------------
-
-TRIO, MEMBERS = "galaxy-tta-trio", ("b0", "b2", "convnext")
-
-
-@pytest.fixture(scope="module")
-def tta_trio(torchserve, served_archives, tmp_path_factory):
-    """The session run's B0 and B2 plus a random-init ConvNeXt, archived with --tta under version 7.0
-    and served as the workflow galaxy-tta-trio on the session server (its own node workers;
-    unregistered afterwards), as `make models MODELS=b0,b2,convnext` builds them. B0 and B2 carry
-    TTA temperatures fitted on "real" galaxies, and the mean rule one of its own."""
-    import torch
-
-    from torchserve_ops.archive import build_model_archive, build_workflow_archive
-    from torchserve_ops.server import workflow_members, workflow_model_names
-
-    run = tmp_path_factory.mktemp("tta_trio")
-    from galaxy_morph.calibration import write_calibration
-    from galaxy_morph.files import atomic_write_json
-    from tests.conftest import small_spec
-
-    for m, t in (("b0", 1.7), ("b2", 0.6)):
-        shutil.copytree(served_archives[0] / m, run / m)
-        write_calibration(run / m, True, {"temperature": t, "on": "real", "n": 50}, served=True)
-    atomic_write_json(run / "ensemble.json", {"calibration": {"mean": {"tta": {"temperature": 1.4, "on": "real", "n": 50}}}})
-    torch.manual_seed(3)
-    model = build_model("convnext")
-    with torch.no_grad():
-        model.get_classifier().bias.normal_(0, 0.5)
-    # fp16 on disk, as the shipped demo checkpoints (fp32 once loaded): half the archive to pack and unpack
-    save_checkpoint(run / "convnext", model.half(), small_spec("convnext"), GALAXY10_CLASSES, version="1.0",
-                    data={"path": "random-init", "sha256": None, "n": 0})
-    store = torchserve.model_store
-    urls = {m: build_model_archive(run, m, store, "7.0", versioned_name=True, tta=True).name for m in MEMBERS}
-    # Only B0 and B2 have per-class F1, so `weighted` must refuse for want of ConvNeXt's.
-    war = build_workflow_archive(store, urls, f1={"b0": [0.5] * 10, "b2": [0.5] * 10},
-                                 versions=dict.fromkeys(urls, "7.0"), name=TRIO,
-                                 rule={**json.loads((run / "ensemble.json").read_text()), "tta": True})
-    assert workflow_members(war) == list(MEMBERS)
-    assert workflow_model_names(war.name, MEMBERS) == [f"{TRIO}__{n}" for n in ("pre", *MEMBERS, "ensemble")]
-    client = torchserve.client()
-    client.register_workflow(war.name, timeout=(3.0, 300.0))
-    try:
-        client.wait_until_ready(workflow_model_names(war.name, workflow_members(war)), 300.0)
-        yield run
-    finally:
-        client.unregister_workflow(TRIO)
-        client.close()
-
-
-@pytest.mark.server
-def test_three_members_with_tta_answer_as_served(torchserve, tta_trio):
-    from tests.test_predict_ray import assert_same_answers
-
-    images = [p.read_bytes() for p in SAMPLES[::25]]
-    served = []
-    for b in images:
-        r = post_trio(torchserve, b)
-        assert r.status_code == 200 and "error" not in r.json(), r.text
-        served.append(r.json())
-    predictor = Predictor.from_run(tta_trio, tta=True, device="cpu")
-    assert list(predictor.members) == ["b0", "b2", "convnext"] and predictor.rule == "mean"
-    got = predictor.answer_batch(images)
-    for g in got:  # the archives say 7.0 and the workflow has its own name; the rest must be equal
-        g["version"], g["model"] = " + ".join(f"{m} 7.0" for m in predictor.members), "galaxy-tta-trio"
-        for m in predictor.members:
-            g[m]["version"], g[m]["model"] = "7.0", f"galaxy-tta-trio__{m}"
-    assert_same_answers(got, served, "/wfpredict galaxy-tta-trio")
-    for g, s in zip(got, served):
-        assert np.allclose(list(g["convnext"]["probabilities"].values()),
-                           list(s["convnext"]["probabilities"].values()), atol=1e-4)
-    for g, s in zip(got, served):  # the same temperatures: the members', and the mean rule's own
-        assert g["calibration"] == s["calibration"] == {"on": "real", "n": 50, "temperature": 1.4, "rule": "mean"}
-        assert s["b0"]["calibration"] == {"on": "real", "n": 50, "temperature": 1.7} and s["b0"]["calibrated"]
-        assert s["convnext"]["calibration"] is None and s["convnext"]["calibrated"] is False
-    plain = Predictor.from_run(tta_trio, device="cpu").answer_batch(images)
-    assert max(abs(p["b2"]["confidence"] - g["b2"]["confidence"]) for p, g in zip(plain, got)) > 1e-4  # TTA on
-
-
 def test_the_demo_ensembles_default_rule_is_measured_not_seed(tmp_path):
     """checkpoints/demo/ensemble.json: the lowest-NLL rule, not seed; at least as accurate as the best
     member on the synthetic test split; the workflow archive carries it and the Predictor uses it."""
@@ -218,52 +135,3 @@ def test_the_demo_answers_real_galaxies_with_real_calibration(demo):
         was = (ensemble_calibration(demo.settings, demo.rule, False)["before"] if name == "ensemble" else
                json.loads((before[name] / "calibration.json").read_text())["served"]["plain"]["before"])
         assert reliability(p, y, 10)["ece"] < was["ece"] and nll(p, y) < was["nll"], name
-
-
-def post_trio(ts, image: bytes, rule: str | None = None) -> requests.Response:
-    headers = {**ts.auth("inference"), "Content-Type": "image/jpeg"}
-    if rule:
-        headers["X-Ensemble-Rule"] = rule
-    return requests.post(f"{ts.inference_url}/wfpredict/{TRIO}", data=image, headers=headers, timeout=120)
-
-
-@pytest.mark.server
-def test_mean_over_three_models_is_the_default(torchserve, tta_trio):
-    from galaxy_morph.calibration import softmax
-
-    image = SAMPLES[2].read_bytes()
-    for rule in (None, "mean"):
-        r = post_trio(torchserve, image, rule)
-        assert r.status_code == 200
-        got = r.json()
-        assert "error" not in got, got
-        assert got["rule"] == "mean" and got["model"] == TRIO
-        assert list(got["probabilities"]) == list(GALAXY10_CLASSES)
-        assert [got[m]["model"] for m in MEMBERS] == [f"{TRIO}__{m}" for m in MEMBERS]
-        mean = np.mean([list(got[m]["probabilities"].values()) for m in MEMBERS], axis=0)
-        want = softmax(np.log(mean)[None], 1.4)[0]  # the mean rule's own temperature
-        assert list(got["probabilities"].values()) == pytest.approx(want, abs=1e-6)
-        assert got["label"] == int(np.argmax(want)) and got["confidence"] == pytest.approx(want.max(), abs=1e-6)
-
-
-@pytest.mark.server
-def test_seed_and_weighted_over_three_are_refused_with_a_message(torchserve, tta_trio):
-    from torchserve_ops.client import ServerError
-
-    image = SAMPLES[2].read_bytes()
-    seed = post_trio(torchserve, image, "seed")
-    # TorchServe 0.12 answers every finished workflow with HTTP 200 (docs/api.md): the refusal is the body.
-    assert seed.status_code == 200 and seed.headers["Content-Type"].startswith("application/json")
-    body = seed.json()
-    assert body["code"] == 400 and "label" not in body
-    assert "seed rule is defined for exactly two models" in body["error"]
-    assert "got 3: b0, b2, convnext" in body["error"] and "mean or weighted" in body["error"]
-    weighted = post_trio(torchserve, image, "weighted").json()
-    assert weighted["code"] == 400 and "(missing: convnext)" in weighted["error"]
-    client = torchserve.client()
-    try:
-        with pytest.raises(ServerError, match="exactly two models") as raised:
-            client.predict_workflow(TRIO, image, "seed")
-        assert raised.value.status == 400
-    finally:
-        client.close()

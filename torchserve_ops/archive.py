@@ -38,8 +38,7 @@ from galaxy_morph.calibration import CALIBRATION_FILE, read_calibration
 from galaxy_morph.data import SYNTHETIC_SOURCE, file_sha256
 from galaxy_morph.ood import CONSTANT_STD, OOD_FILE, SOURCE_SIGMA, OODDetector
 from galaxy_morph.files import inputs_digest
-from galaxy_morph.models import META_FILE, WEIGHTS_FILE, read_meta
-from galaxy_morph.predictor import read_settings, run_members, val_per_class_f1
+from galaxy_morph.run_files import META_FILE, WEIGHTS_FILE, read_meta, read_settings, run_members, val_per_class_f1
 from galaxy_morph.specs import ALL_SPECS, PAIR
 
 HANDLERS = Path(handlers.__file__).resolve().parent  # what runs inside a worker
