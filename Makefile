@@ -58,20 +58,11 @@ setup: $(STAMP)
 # took about 3 min (torch's CUDA wheels alone are 4 GB). LOCK: requirements-dev.txt is the runtime lock
 # requirements.txt plus the test and benchmark tools; the Dockerfile sets LOCK=requirements.txt.
 LOCK ?= requirements-dev.txt
-# Imports the modules named on its command line that are installed (the runtime lock has fewer).
-PRECOMPILE := import importlib, importlib.util, sys; [importlib.import_module(m) for m in sys.argv[1:] if importlib.util.find_spec(m.split('.')[0])]
 $(STAMP): requirements.txt $(LOCK) pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q uv==$(UV_VERSION)
 	$(PY) -m uv pip install -q --python $(PY) -r $(LOCK)
 	$(PY) -m uv pip install -q --python $(PY) --no-deps -e .
-	@# Bytecode of what every process imports, compiled once here (two processes, one per core):
-	@# uv compiles nothing, and on a fresh venv each test worker and TorchServe model worker
-	@# started at once would compile torch's thousands of modules for itself.
-	@echo "compiling the bytecode of torch, TorchServe, Ray, Streamlit..."
-	@(env -u PYTHONDONTWRITEBYTECODE $(PY) -c "$(PRECOMPILE)" torch torchvision timm captum ts.model_service_worker & \
-	  env -u PYTHONDONTWRITEBYTECODE $(PY) -c "$(PRECOMPILE)" ray streamlit pandas sklearn scipy h5py \
-	    matplotlib.pyplot sqlalchemy pyarrow.parquet astropy.io.fits playwright.sync_api; wait) || true
 	touch $@
 
 # TorchServe's frontend is Java 17.
