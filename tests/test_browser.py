@@ -89,7 +89,8 @@ def dashboard_url(torchserve, similarity_index, review_store, tmp_path, unused_p
 
 
 def screenshot_dir(tmp_path: Path) -> Path:
-    """$SCREENSHOT_DIR when set (to look at them after the run), else the test's tmp dir."""
+    """$SCREENSHOT_DIR when set (to look at them after the run: whole pages), else the test's tmp
+    dir (the visible part only: a full-page screenshot costs seconds)."""
     d = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -140,17 +141,19 @@ def test_every_page_in_chromium(torchserve, dashboard_url, review_store, tmp_pat
                       headers=torchserve.auth("inference"), timeout=180)
     assert r.ok and r.json()["model"] == "galaxy-ensemble", r.text
 
-    shots = screenshot_dir(tmp_path)
+    shots, asked = screenshot_dir(tmp_path), bool(os.environ.get("SCREENSHOT_DIR"))
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1500})
 
             def shoot(name: str):
-                page.wait_for_timeout(1500)  # let tables and charts finish drawing
+                page.wait_for_timeout(500)  # an exception drawn after the awaited element
                 assert page.locator("[data-testid=stException]").count() == 0, name
                 assert page.locator("[data-testid=stAlertContentError]").count() == 0, name
-                page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+                if asked:  # to look at: let tables and charts finish drawing, the whole page
+                    page.wait_for_timeout(1000)
+                page.screenshot(path=str(shots / f"{name}.png"), full_page=asked)
 
             page.goto(dashboard_url, timeout=60_000)
             page.get_by_role("heading", name="Classify a galaxy").wait_for(timeout=60_000)

@@ -1,7 +1,8 @@
 """From labels to the next served version and back (training/retrain.py, scripts/versions.sh, the
 Review and Model card pages), against the session TorchServe: 40 synthetic galaxies queued, labelled
-with clicks on the Review page, fine-tuned for one epoch, registered as 1.1 beside 1.0, compared on
-the held-out labels, promoted on the Model card page, rolled back; a second run skips every stage."""
+with clicks on the Review page and by a colleague on the same store, fine-tuned for one epoch,
+registered as 1.1 beside 1.0, compared on the held-out labels, promoted on the Model card page,
+rolled back; a second run skips every stage."""
 from __future__ import annotations
 
 import io
@@ -89,17 +90,23 @@ def test_labels_become_version_1_1_promoted_on_the_page_and_rolled_back(torchser
     assert queue_main(["add", "--store", str(db), "--input", str(tmp_path / "in"), "--run", str(ts.run_dir),
                        "--source", "e2e"]) == 0
 
-    # Label all 40 with the Review page's buttons, the class read from the image's caption.
+    # Carol labels 17 with the Review page's buttons, the class read from the image's caption; Dave,
+    # a colleague on the same store, labels the other 23 meanwhile (through the store, as his page would).
     at = review_page(monkeypatch, db)
     at.toggle(key="review_cam").set_value(False)
     at.text_input(key="labeller").set_value("carol").run()
-    for _ in range(40):
+    store = LabelStore(db)
+    for i in range(17):
         caption = at.image[0].captions[0]  # "g07_c7.jpg (e2e)"
+        if i == 16:  # Dave has labelled all but the galaxy Carol is looking at
+            for cid in store.unlabelled("e2e"):
+                key = store.candidate(cid)["item_key"]
+                if key != caption.rsplit(" (", 1)[0]:
+                    store.add_label(cid, "dave", int(key.split("_c")[1][0]))
         at.button(key=f"label_{caption.split('_c')[1][0]}").click().run()
     assert not at.exception and any("Nothing left to label" in s.value for s in at.success)
-    store = LabelStore(db)
     labels = store.latest_labels()
-    assert len(labels) == 40 and {lab["labeller"] for lab in labels.values()} == {"carol"}
+    assert len(labels) == 40 and {lab["labeller"] for lab in labels.values()} == {"carol", "dave"}
     assert all(lab["class_index"] == int(store.candidate(cid)["item_key"].split("_c")[1][0])
                for cid, lab in labels.items())
 
