@@ -63,6 +63,9 @@ $(STAMP): requirements.txt $(LOCK) pyproject.toml
 	$(PY) -m pip install -q uv==$(UV_VERSION)
 	$(PY) -m uv pip install -q --python $(PY) -r $(LOCK)
 	$(PY) -m uv pip install -q --python $(PY) --no-deps -e .
+	@# The install writes some 5 GB (torch's CUDA build): flush it to disk now, not while the
+	@# next command (make test's servers, make serve) runs.
+	sync
 	touch $@
 
 # TorchServe's frontend is Java 17.
