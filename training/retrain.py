@@ -20,7 +20,7 @@ Stages, one progress line each; run it again with the same labels and finished s
    copied temperature, after the refit and 5-fold cross-validated beside it. The out-of-distribution
    head stays FROM's, its threshold checked: when it flags more than OOD_MAX_FLAGGED of the held-out
    galaxies, it is moved to their 90th percentile, and the table says so. Fewer than MIN_REFIT
-   held-out labels keep FROM's temperature and threshold. Then FROM's and the new models (accuracy,
+   held-out labels keep FROM's temperature and threshold (training/retrain_calibration.py). Then FROM's and the new models (accuracy,
    macro F1 over the classes present, NLL, ECE, the share flagged out of distribution) into
    OUT/retrain.md and .json and each OUT/M/report.json, which the new archive's model card carries
    ("held_out_labels").
@@ -59,6 +59,7 @@ from labelling.store import LabelStore, StoreError
 from torchserve_ops.client import TorchServeError
 from training import train as tr
 from training.evaluate import predict_split, scores
+from training.retrain_calibration import CV_FOLDS, OOD_MAX_FLAGGED, calibrate_on_labels, held_out_rows
 from training.pipeline import Progress, archives_are_current, build_archives, read_json
 
 HELD_OUT, VAL = 0.25, 0.15  # of the labelled galaxies, by hash
@@ -68,9 +69,6 @@ EPOCHS = 5
 BATCH_SIZE = 16  # a few hundred labels at the spec's 64 a batch are a handful of steps an epoch
 DEFAULT_SIZE = 256  # Galaxy10 DECaLS' cutouts
 EXPORT, EXPORT_STAMP, REPORT = "labels.h5", "export.json", "retrain.json"
-MIN_REFIT = 10  # held-out labels below which FROM's temperature and OOD threshold are kept
-OOD_MAX_FLAGGED = 0.10  # of the user's held-out galaxies; more and the threshold is refitted
-CV_FOLDS = 5
 
 
 def parse_args(argv=None):
@@ -228,87 +226,6 @@ def training_state(folder: Path, sha: str, args) -> str:
     return "new"
 
 
-def held_out_rows(data: Path, indices) -> tuple[np.ndarray, np.ndarray]:
-    import h5py
-
-    idx = np.sort(np.asarray(indices))
-    with h5py.File(data, "r") as f:
-        return f["images"][idx], np.asarray(f["ans"][idx])
-
-
-def refit_temperature(folder: Path, pixels: np.ndarray, y: np.ndarray, tta: bool, labels: str) -> dict:
-    """The mode's temperature refitted on (pixels, y), written under "served" in the folder's
-    calibration.json; the figures under the copied temperature, after the refit, and cross-validated."""
-    from galaxy_morph.calibration import fit_temperature, softmax, write_calibration
-    from galaxy_morph.predictor import to_image
-    from training.calibrate_real import folds
-
-    member = Member(folder, "cpu", tta)
-    copied, member.temperature = member.temperature, 1.0
-    images = [to_image(p) for p in pixels]
-    raw = np.concatenate([member.probabilities(member.inputs(images[i:i + 32]))[0].cpu().numpy()
-                          for i in range(0, len(images), 32)]).astype(np.float64)
-    logp = np.log(np.clip(raw, 1e-12, None))
-    t = fit_temperature(logp, y)
-    cv = np.zeros_like(raw)
-    for held in folds(y, CV_FOLDS):
-        rest = np.setdiff1d(np.arange(len(y)), held)
-        cv[held] = softmax(logp[held], fit_temperature(logp[rest], y[rest]))
-
-    def figures(p):
-        return {"ece": float(ece(p, y)), "nll": nll(p, y), "mean_confidence": float(p.max(1).mean())}
-    entry = {"temperature": t, "on": "your labels", "n": int(len(y)),
-             "fitted_on": {"labels": labels, "split": "held-out", "n": int(len(y))},
-             "accuracy": float(np.mean(raw.argmax(1) == y)),
-             "copied": {"temperature": copied, **figures(softmax(logp, copied))},
-             "refitted": figures(softmax(logp, t)), "cv": {"folds": CV_FOLDS, **figures(cv)}}
-    write_calibration(folder, tta, entry, served=True)
-    return entry
-
-
-def check_ood_threshold(folder: Path, pixels: np.ndarray) -> dict | None:
-    """The share of held-out galaxies the copied OOD head flags; over OOD_MAX_FLAGGED, its
-    threshold moves to their 90th percentile (saved). None without an OOD head."""
-    from galaxy_morph.ood import OODDetector
-
-    member = Member(folder, "cpu")
-    if member.ood is None:
-        return None
-    answers = Predictor({member.spec.name: member}, member.spec.name).answer_batch(list(pixels))
-    scores = np.array([a["ood_score"] for a in answers if a.get("ood_score") is not None])
-    before = float(np.mean([not a["in_distribution"] for a in answers]))
-    result = {"threshold_copied": member.ood.threshold, "flagged_copied": before, "refitted": False,
-              "threshold": member.ood.threshold, "flagged": before, "n": len(answers)}
-    if before > OOD_MAX_FLAGGED and len(scores):
-        det = OODDetector.load(folder)
-        det.threshold, det.quantile = float(np.quantile(scores, 1 - OOD_MAX_FLAGGED)), 1 - OOD_MAX_FLAGGED
-        det.save(folder)
-        cheap = sum(a.get("ood_score") is None and not a["in_distribution"] for a in answers)
-        result.update(refitted=True, threshold=det.threshold,
-                      flagged=float((np.sum(scores > det.threshold) + cheap) / len(answers)))
-    return result
-
-
-def calibrate_on_labels(args, m: str, out: Path, stamp: dict, test) -> dict:
-    """FROM's calibration and OOD files copied afresh into OUT/M, then refitted on the held-out
-    labels (see the module docstring): {"plain": entry, ["tta": entry], "ood": ..., "kept": reason}."""
-    source, folder = Path(args.source) / m, out / m
-    for inherited in (CALIBRATION_FILE, OOD_FILE):  # the baseline: a second compare starts from FROM's again
-        (folder / inherited).unlink(missing_ok=True)
-        if (source / inherited).is_file():
-            shutil.copy2(source / inherited, folder / inherited)
-    pixels, y = held_out_rows(out / EXPORT, test)
-    if len(y) < MIN_REFIT:
-        return {"kept": f"{len(y)} held-out labels (fewer than {MIN_REFIT}): FROM's temperature and OOD threshold kept"}
-    from galaxy_morph.calibration import read_calibration
-
-    copied = read_calibration(folder)
-    modes = [False] + ([True] if "tta" in copied or "tta" in (copied.get("served") or {}) else [])
-    result = {("tta" if tta else "plain"): refit_temperature(folder, pixels, y, tta, stamp["labels"]) for tta in modes}
-    result["ood"] = check_ood_threshold(folder, pixels)
-    return result
-
-
 def held_out_scores(folder: Path, data: Path, indices) -> dict:
     """A checkpoint's answers on the held-out rows, as its archive answers them (galaxy_morph's
     answer path: calibrated, with the out-of-distribution verdict)."""
@@ -338,7 +255,7 @@ def compare(args, models: list[str], out: Path, stamp: dict) -> dict:
               "models": {}}
     for m in models:
         old = held_out_scores(Path(args.source) / m, data, test)
-        calibration = calibrate_on_labels(args, m, out, stamp, test)
+        calibration = calibrate_on_labels(Path(args.source) / m, out / m, data, test, stamp["labels"])
         new = held_out_scores(out / m, data, test)
         result["models"][m] = {"previous": old, "this": new, "calibration": calibration}
         ckpt = load_checkpoint(out / m)
