@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from galaxy_morph.calibration import CALIBRATION_FILE, ece, nll
-from galaxy_morph.ood import OOD_FILE
-from galaxy_morph.predictor import Member, Predictor
+from galaxy_morph.calibration import (CALIBRATION_FILE, ece, fit_temperature, nll, read_calibration, softmax,
+                                      write_calibration)
+from galaxy_morph.ood import OOD_FILE, OODDetector
+from galaxy_morph.predictor import Member, Predictor, to_image
+from training.calibrate_real import folds
 
 MIN_REFIT = 10  # held-out labels below which FROM's temperature and OOD threshold are kept
 OOD_MAX_FLAGGED = 0.10  # of the user's held-out galaxies; more and the threshold is refitted
@@ -35,10 +37,6 @@ def held_out_rows(data: Path, indices) -> tuple[np.ndarray, np.ndarray]:
 def refit_temperature(folder: Path, pixels: np.ndarray, y: np.ndarray, tta: bool, labels: str) -> dict:
     """The mode's temperature refitted on (pixels, y), written under "served" in the folder's
     calibration.json; the figures under the copied temperature, after the refit, and cross-validated."""
-    from galaxy_morph.calibration import fit_temperature, softmax, write_calibration
-    from galaxy_morph.predictor import to_image
-    from training.calibrate_real import folds
-
     member = Member(folder, "cpu", tta)
     copied, member.temperature = member.temperature, 1.0
     images = [to_image(p) for p in pixels]
@@ -65,8 +63,6 @@ def refit_temperature(folder: Path, pixels: np.ndarray, y: np.ndarray, tta: bool
 def check_ood_threshold(folder: Path, pixels: np.ndarray) -> dict | None:
     """The share of held-out galaxies the copied OOD head flags; over OOD_MAX_FLAGGED, its
     threshold moves to their 90th percentile (saved). None without an OOD head."""
-    from galaxy_morph.ood import OODDetector
-
     member = Member(folder, "cpu")
     if member.ood is None:
         return None
@@ -96,8 +92,6 @@ def calibrate_on_labels(source: Path, folder: Path, data: Path, test, labels: st
     pixels, y = held_out_rows(data, test)
     if len(y) < MIN_REFIT:
         return {"kept": f"{len(y)} held-out labels (fewer than {MIN_REFIT}): FROM's temperature and OOD threshold kept"}
-    from galaxy_morph.calibration import read_calibration
-
     copied = read_calibration(folder)
     modes = [False] + ([True] if "tta" in copied or "tta" in (copied.get("served") or {}) else [])
     result = {("tta" if tta else "plain"): refit_temperature(folder, pixels, y, tta, labels) for tta in modes}
