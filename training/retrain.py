@@ -20,10 +20,10 @@ Stages, one progress line each; run it again with the same labels and finished s
    copied temperature, after the refit and 5-fold cross-validated beside it. The out-of-distribution
    head stays FROM's, its threshold checked: when it flags more than OOD_MAX_FLAGGED of the held-out
    galaxies, it is moved to their 90th percentile, and the table says so. Fewer than MIN_REFIT
-   held-out labels keep FROM's temperature and threshold (training/retrain_calibration.py). Then FROM's and the new models (accuracy,
-   macro F1 over the classes present, NLL, ECE, the share flagged out of distribution) into
-   OUT/retrain.md and .json and each OUT/M/report.json, which the new archive's model card carries
-   ("held_out_labels").
+   held-out labels keep FROM's temperature and threshold (training/retrain_calibration.py). Then
+   FROM's and the new models (accuracy, macro F1 over the classes present, NLL, ECE, the share
+   flagged out of distribution) into OUT/retrain.md and .json and each OUT/M/report.json, which the
+   new archive's model card carries ("held_out_labels").
 4. archive: STORE/galaxy-M-vVERSION.mar (torchserve_ops.archive --versioned-name --no-workflow).
 5. register: next to the served version on the running TorchServe, not as the default (skipped,
    with the command to run, when none is running; --no-register: always).
@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -48,11 +47,10 @@ import numpy as np
 import torch
 
 from galaxy_morph.answers import DEFAULT_VERSION, served_name
-from galaxy_morph.calibration import CALIBRATION_FILE, ece, nll
+from galaxy_morph.calibration import ece, nll
 from galaxy_morph.data import DataError, create_h5, file_sha256, inspect_h5, save_split
 from galaxy_morph.files import atomic_path, atomic_write_json, atomic_write_text, inputs_digest
 from galaxy_morph.models import PretrainedUnavailable, load_checkpoint, read_meta
-from galaxy_morph.ood import OOD_FILE
 from galaxy_morph.predictor import Member, Predictor
 from galaxy_morph.specs import ALL_SPECS, GALAXY10_CLASSES, get_spec
 from labelling.store import LabelStore, StoreError
@@ -200,11 +198,7 @@ def fine_tune(args, m: str, out: Path, state: str) -> dict:
         argv += ["--device", args.device]
     if state == "resume":
         argv.append("--resume")
-    result = tr.train(tr.parse_args(argv))
-    for inherited in (CALIBRATION_FILE, OOD_FILE):
-        if (Path(args.source) / m / inherited).is_file():
-            shutil.copy2(Path(args.source) / m / inherited, out / m / inherited)
-    return result
+    return tr.train(tr.parse_args(argv))  # (FROM's temperature and OOD head: stage 3 copies and refits them)
 
 
 def training_state(folder: Path, sha: str, args) -> str:
