@@ -37,6 +37,21 @@ def is_fits(data: bytes) -> bool:
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    if is_fits(data):  # a survey cutout
+        from galaxy_morph.fits_image import decode_fits
+
+        return decode_fits(data, max_pixels)
+    img = probe_image(data, max_pixels)
+    try:
+        img.load()
+    except Exception:
+        raise ImageError("truncated or corrupt image: the bytes end before the image does") from None
+    return to_rgb8(img)
+
+
+def probe_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """The checks of decode_image that need only the image's header (format, size); the pixels
+    are not decoded (a FITS cutout's are: its header says too little). ImageError as decode_image."""
     if not data:
         raise ImageError("empty image: the request carried no bytes")
     if is_fits(data):  # a survey cutout
@@ -60,11 +75,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageTooLarge(f"image too large: {w}x{h} is over the limit of {max_pixels} pixels")
     if w < 8 or h < 8:
         raise ImageError(f"image too small: {w}x{h}, need at least 8x8 pixels")
-    try:
-        img.load()
-    except Exception:
-        raise ImageError("truncated or corrupt image: the bytes end before the image does") from None
-    return to_rgb8(img)
+    return img
 
 
 def decode_to_tensor(data: bytes, max_pixels: int = MAX_PIXELS, device="cpu"):

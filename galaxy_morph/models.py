@@ -188,7 +188,10 @@ def class_probabilities(model: nn.Module, x: torch.Tensor, tta: bool = False,
 
 def features_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The penultimate-layer features (the pooled embedding the classifier reads) and the logits,
-    from one forward: torchvision's features -> avgpool -> classifier, timm's forward_head(pre_logits)."""
+    from one forward: torchvision's features -> avgpool -> classifier, timm's forward_head(pre_logits).
+    `model` may also be an exported one (galaxy_morph.runtimes.OnnxModel)."""
+    if not isinstance(model, nn.Module):
+        return model.features_and_logits(x)
     if hasattr(model, "forward_head"):  # timm
         f = model.forward_head(model.forward_features(x), pre_logits=True)
         return f, model.get_classifier()(f)

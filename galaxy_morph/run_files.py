@@ -4,6 +4,7 @@
     RUN/ensemble.json         the ensemble settings training.evaluate writes (read_settings)
     RUN/M/model.pt, meta.json one checkpoint (WEIGHTS_FILE, META_FILE: read_meta)
     RUN/M/report.json         its evaluation report (val_per_class_f1: the weighted rule's weights)
+    RUN/M/model.onnx          its ONNX export, and model.onnx.json the check (galaxy_morph.runtimes)
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
 REPORT_FILE = "report.json"
 SETTINGS_FILE = WORKFLOW_SETTINGS  # RUN/ensemble.json; the .war carries its default rule too
+RUNTIMES = ("torch", "onnx")  # where a member's forward runs (galaxy_morph.runtimes)
+ONNX_FILE = "model.onnx"
+ONNX_RECORD = "model.onnx.json"  # the weights it was exported from and its check against torch
 
 
 class CheckpointError(ValueError):
@@ -30,6 +34,22 @@ def read_meta(ckpt_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint meta at {path}")
     return json.loads(path.read_text())
+
+
+def weights_sha256(ckpt_dir: str | os.PathLike) -> str:
+    from galaxy_morph.data import file_sha256
+
+    return file_sha256(Path(ckpt_dir) / WEIGHTS_FILE)
+
+
+def onnx_is_current(ckpt_dir: str | os.PathLike) -> bool:
+    """CKPT/model.onnx exists and was exported (and checked) from CKPT's present weights."""
+    ckpt_dir = Path(ckpt_dir)
+    try:
+        record = json.loads((ckpt_dir / ONNX_RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return (ckpt_dir / ONNX_FILE).is_file() and record.get("weights_sha256") == weights_sha256(ckpt_dir)
 
 
 def run_members(run: str | os.PathLike) -> list[str]:

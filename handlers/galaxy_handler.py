@@ -15,6 +15,8 @@ so preprocess() decides per request. `model-config.yaml` may add a `handler:` se
       tta: false                 # true: mean over the 8 flips/quarter turns (8x the compute)
       precision: fp32            # bf16: the forward under bf16 autocast (what a GPU archive sets)
       decode: pil                # device: JPEGs decoded on the model's device (nvJPEG on a GPU)
+      runtime: onnx              # the forward on ONNX Runtime (the archive's checked model.onnx); torch
+      threads: 2                 # intra-op threads of the forward (default: torch's)
 
 `python -m torchserve_ops.archive --device cuda` writes the GPU settings (torchserve_ops/archive.py DEVICE_CONFIG).
 
@@ -39,6 +41,7 @@ from galaxy_morph.imaging import MAX_PIXELS, ImageError, decode_image, decode_to
 from galaxy_morph.models import MAX_MC_PASSES, head_dropout_rate
 from galaxy_morph.ood import cheap_check
 from galaxy_morph.predictor import PRECISIONS, Member
+from galaxy_morph.run_files import onnx_is_current
 from handlers.payload import (RequestError, class_index, error_body, header, mc_passes, read_request,
                               wants_embedding)
 
@@ -60,7 +63,12 @@ class GalaxyHandler(BaseHandler):
         if precision not in PRECISIONS or self.decoder not in DECODERS:
             raise ValueError(f"model-config.yaml handler: precision must be one of {', '.join(PRECISIONS)} "
                              f"and decode one of {', '.join(DECODERS)}, got {precision!r} and {self.decoder!r}")
-        self.member = Member(model_dir, device, bool(config.get("tta", False)), precision, config.get("cam_layer"))
+        runtime = config.get("runtime", "torch")
+        if runtime == "onnx" and not onnx_is_current(model_dir):
+            raise ValueError(f"model-config.yaml asks for runtime onnx, but the archive holds no model.onnx "
+                             f"checked against its weights (python -m torchserve_ops.archive makes one)")
+        self.member = Member(model_dir, device, bool(config.get("tta", False)), precision, config.get("cam_layer"),
+                             runtime, threads=config.get("threads"))
         if config.get("spec") and config["spec"] != self.member.spec.name:
             raise ValueError(f"model-config.yaml names spec {config['spec']!r} but the checkpoint "
                              f"holds {self.member.spec.name!r}")

@@ -2,7 +2,8 @@
 
 TorchServe runs each function in its own worker, calls it once with data=None at load time
 (answer None), then with a batch of requests. Request headers reach every node; the body reaches
-only `pre`, which checks the rule and the image (galaxy_morph.imaging.decode_image) and hands every
+only `pre`, which checks the rule and the image's header (galaxy_morph.imaging.probe_image: format,
+size; a truncated image is refused by the models' decode, and that refusal forwarded) and hands every
 model node JSON {"image": base64}, or an {"error", "code"} that the model handler and `ensemble`
 forward unchanged (a workflow answer is always HTTP 200 in TorchServe 0.12: see docs/api.md).
 
@@ -23,7 +24,7 @@ import time
 
 from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS
 from galaxy_morph.ensemble import RULES, check_rule, default_rule, ensemble_answer, ensemble_calibration
-from galaxy_morph.imaging import ImageError, decode_image
+from galaxy_morph.imaging import ImageError, probe_image
 from galaxy_morph.specs import PAIR  # the members of an ensemble.json without a "models" entry
 from handlers.payload import RequestError, error_body, header, read_request
 
@@ -82,7 +83,7 @@ def pre(data, context):
         try:
             rule_of(context, i, members, conf)
             image, _ = read_request(row)
-            decode_image(image)  # refuse bad images here, before the models see them
+            probe_image(image)  # refuse what is no image here; the pixels are decoded once, by each model
             out.append(json.dumps({"image": base64.b64encode(image).decode("ascii")}))
         except (RequestError, ImageError) as e:
             out.append(json.dumps(error_body(str(e), e.status)))

@@ -64,11 +64,11 @@ def make_checkpoints(run_dir: Path, version: str = "1.0", seed: int = 0) -> Path
     import torch
 
     from galaxy_morph.imaging import decode_image
-    from galaxy_morph.models import build_model, save_checkpoint
+    from galaxy_morph.models import build_model, features_and_logits, save_checkpoint
     from galaxy_morph.specs import GALAXY10_CLASSES
     from galaxy_morph.transforms import eval_transform
 
-    images = [decode_image(p.read_bytes()) for p in sorted(SAMPLES.glob("class_*_7.jpg"))]
+    images = [decode_image(p.read_bytes()) for p in sorted(SAMPLES.glob("class_*.jpg"))]
     for i, name in enumerate(("b0", "b2")):
         torch.manual_seed(seed + i)
         model, spec = build_model(name), small_spec(name)
@@ -77,10 +77,14 @@ def make_checkpoints(run_dir: Path, version: str = "1.0", seed: int = 0) -> Path
                 m.reset_running_stats()
                 m.momentum = None  # the plain average over the batch below
         model.train()
+        x = torch.stack([eval_transform(spec)(im) for im in images])
         with torch.no_grad():
-            model(torch.stack([eval_transform(spec)(im) for im in images]))
+            model(x)
+            model.eval()
+            feats = features_and_logits(model, x)[0]
             head = model.classifier[-1] if name == "b0" else model.classifier
-            head.weight.normal_(0.0, 0.1)  # logits of a few units: answers neither flat nor one-hot
+            # logits of a few units, whatever the features' scale: answers neither flat nor one-hot
+            head.weight.normal_(0.0, 1.0 / float(feats.norm(dim=1).mean()))
             head.bias.normal_(0.0, 0.5)
         save_checkpoint(run_dir / name, model.eval(), spec, GALAXY10_CLASSES, version=version,
                         data={"path": "random-init", "sha256": None, "n": 0})
@@ -89,11 +93,15 @@ def make_checkpoints(run_dir: Path, version: str = "1.0", seed: int = 0) -> Path
 
 @pytest.fixture(scope="session")
 def served_archives(tmp_path_factory):
-    """(run_dir, model_store) with galaxy-b0.mar, galaxy-b2.mar, galaxy-ensemble.war."""
+    """(run_dir, model_store) with galaxy-b0.mar, galaxy-b2.mar, galaxy-ensemble.war, answering on
+    ONNX Runtime (the CPU default)."""
+    from galaxy_morph.runtimes import ensure_onnx
     from torchserve_ops.archive import build_all
 
     root = tmp_path_factory.mktemp("archives")
     run_dir = make_checkpoints(root / "run")
+    for m in ("b0", "b2"):  # what the build would run in a process of its own, here where torch is loaded
+        ensure_onnx(run_dir / m, SAMPLES)
     store = root / "model_store"
     build_all(run_dir, store)
     return run_dir, store

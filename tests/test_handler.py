@@ -555,16 +555,32 @@ def test_bad_handler_settings_are_refused(b0_dir):
             make_handler(b0_dir, **config)
 
 
+def test_onnx_runtime_needs_the_archives_checked_export(b0_dir, tmp_path):
+    with pytest.raises(ValueError, match="no model.onnx checked against its weights"):
+        make_handler(b0_dir, runtime="onnx")
+    from galaxy_morph.runtimes import ensure_onnx
+
+    d = tmp_path / "b0"
+    shutil.copytree(b0_dir, d)
+    ensure_onnx(d)
+    h = make_handler(d, runtime="onnx", cam_layer="features.5")
+    body = image_bytes(size=(96, 96), fmt="JPEG")
+    out, codes = run(h, d, [{"body": body}, {"body": b"nope"}])
+    want, _ = run(make_handler(d, cam_layer="features.5"), d, [{"body": body}])
+    assert codes == [200, 400] and out[0]["label"] == want[0]["label"]
+    assert np.allclose(list(out[0]["probabilities"].values()), list(want[0]["probabilities"].values()), atol=1e-4)
+
+
 def test_archive_settings_per_device():
     from torchserve_ops import archive
 
     cpu = archive.model_config_for("b0", "b0", "cpu")
     cuda = archive.model_config_for("b2", "b2", "cuda", tta=True, overrides={"batchSize": 4})
     assert "deviceType" not in cpu and cpu["batchSize"] == archive.MODEL_CONFIG["batchSize"]
-    assert cpu["handler"] == {"spec": "b0", "precision": "fp32", "decode": "pil", "tta": False,
+    assert cpu["handler"] == {"spec": "b0", "precision": "fp32", "decode": "pil", "runtime": "onnx", "tta": False,
                               "cam_layer": "features.5"}
     assert cuda["deviceType"] == "gpu" and cuda["batchSize"] == 4  # overrides win
-    assert cuda["handler"] == {"spec": "b2", "precision": "bf16", "decode": "device", "tta": True}
+    assert cuda["handler"] == {"spec": "b2", "precision": "bf16", "decode": "device", "runtime": "torch", "tta": True}
     with pytest.raises(ValueError, match="unknown serving device 'tpu'"):
         archive.model_config_for("b0", "b0", "tpu")
     assert archive.workflow_config_for("cpu") == {"batch-size": 8, "max-batch-delay": 10}

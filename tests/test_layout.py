@@ -25,7 +25,8 @@ ML = {"torch", "torchvision", "timm", "captum"}
 # a decision, made here. The HTTP side (survey I/O, torchserve_ops, the dashboard's plain modules)
 # has no deep-learning stack; only handlers/, torchserve_ops.server and bench/ import TorchServe's `ts`.
 THIRD_PARTY = {
-    "galaxy_morph": {"numpy", "scipy", "PIL", "h5py", "astropy", "sklearn", "pandas", "tqdm", "huggingface_hub"} | ML,
+    "galaxy_morph": {"numpy", "scipy", "PIL", "h5py", "astropy", "sklearn", "pandas", "tqdm", "huggingface_hub",
+                     "onnxruntime"} | ML,
     "handlers": {"torch", "ts"},
     "survey": {"numpy", "PIL", "h5py", "astropy", "requests", "urllib3"},
     "simulation": {"numpy", "scipy", "PIL", "h5py", "matplotlib", "tqdm"},
@@ -43,7 +44,8 @@ THIRD_PARTY = {
     "dashboard.app": {"streamlit"},
     "dashboard.common": {"streamlit"},
     "dashboard.pages": {"pandas", "altair", "streamlit"},
-    "bench": {"numpy", "PIL", "matplotlib", "psutil", "requests", "flask", "torch", "ts"},
+    "bench": {"numpy", "PIL", "matplotlib", "psutil", "requests", "flask", "torch", "ts", "fastapi", "uvicorn", "ray",
+              "starlette"},
     "deploy": set(),
 }
 
@@ -104,7 +106,7 @@ def test_archive_ships_the_core_and_the_worker_files_only(served_archives):
     with zipfile.ZipFile(store / "galaxy-b0.mar") as mar:
         names = mar.namelist()
     top = {n.split("/")[0] for n in names}
-    assert top == {"galaxy_handler.py", "galaxy_morph", "handlers", "model.pt", "meta.json",
+    assert top == {"galaxy_handler.py", "galaxy_morph", "handlers", "model.pt", "meta.json", "model.onnx", "model.onnx.json",
                    "model_card.json", "model-config.yaml", "MAR-INF"}, top
     core = {Path(n).name for n in names if n.startswith("galaxy_morph/") and n.endswith(".py")}
     assert core == {p.name for p in (REPO / "galaxy_morph").glob("*.py")}

@@ -141,7 +141,9 @@ def tta_trio(torchserve, served_archives, tmp_path_factory):
     save_checkpoint(run / "convnext", model.half(), small_spec("convnext"), GALAXY10_CLASSES, version="1.0",
                     data={"path": "random-init", "sha256": None, "n": 0})
     store = torchserve.model_store
-    urls = {m: build_model_archive(run, m, store, "7.0", versioned_name=True, tta=True).name for m in MEMBERS}
+    # runtime torch: the session's own archives answer on onnx, so both runtimes are served here
+    urls = {m: build_model_archive(run, m, store, "7.0", versioned_name=True, tta=True, runtime="torch").name
+            for m in MEMBERS}
     # Only B0 and B2 have per-class F1, so `weighted` must refuse for want of ConvNeXt's.
     war = build_workflow_archive(store, urls, f1={"b0": [0.5] * 10, "b2": [0.5] * 10},
                                  versions=dict.fromkeys(urls, "7.0"), name=TRIO,

@@ -31,7 +31,7 @@ ROLES = {"galaxy_morph": [], "galaxy_morph_cli": [], "handlers": ["serving"], "t
 # imports no ast walk sees: simulation/outliers.py reads scikit-image's sample images by path
 BY_PATH = {"simulation": {"skimage"}}
 DEV_TOOLS = {"pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "playwright", "flask", "waitress",
-             "kubernetes-validate"}
+             "kubernetes-validate", "fastapi", "uvicorn", "starlette"}
 
 
 def local_names() -> set[str]:

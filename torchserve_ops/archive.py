@@ -15,7 +15,9 @@ validation F1 and the run's measured default rule (RUN/ensemble.json, from train
 its ensemble.json. The version is --version, else the checkpoint's meta "version", else 1.0. The
 store is stamped with a digest of everything it was built from (galaxy_morph.files.inputs_digest):
 `make serve` rebuilds it when a checkpoint file, a report, the options or the shipped code change. --device picks the serving settings of DEVICE_CONFIG; --tta makes every model
-answer with the mean over the 8 flips/quarter turns (8x the compute per image).
+answer with the mean over the 8 flips/quarter turns (8x the compute per image). --runtime onnx
+(the CPU default) ships RUN/M/model.onnx, exported and checked against torch on the real samples
+the first time (training.export_onnx; the build refuses a model whose export answers otherwise).
 """
 from __future__ import annotations
 
@@ -38,8 +40,10 @@ from galaxy_morph.calibration import CALIBRATION_FILE, read_calibration
 from galaxy_morph.data import SYNTHETIC_SOURCE, file_sha256
 from galaxy_morph.ood import CONSTANT_STD, OOD_FILE, SOURCE_SIGMA, OODDetector
 from galaxy_morph.files import inputs_digest
-from galaxy_morph.run_files import META_FILE, WEIGHTS_FILE, read_meta, read_settings, run_members, val_per_class_f1
+from galaxy_morph.run_files import (META_FILE, ONNX_FILE, ONNX_RECORD, RUNTIMES, WEIGHTS_FILE, onnx_is_current, read_meta,
+                                    read_settings, run_members, val_per_class_f1)
 from galaxy_morph.specs import ALL_SPECS, PAIR
+from survey.samples import SAMPLES_DIR
 
 HANDLERS = Path(handlers.__file__).resolve().parent  # what runs inside a worker
 SHIPPED = (galaxy_morph, handlers)  # the packages every archive carries
@@ -52,10 +56,13 @@ MODEL_CONFIG = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay
 # Per serving device, over MODEL_CONFIG. On a GPU the forward costs little next to decoding and the
 # Python around it: larger batches, bf16 autocast, and JPEGs decoded by nvJPEG on the GPU
 # (torchvision.io.decode_jpeg(device="cuda")); the handler reads the `handler:` part.
+# On a CPU the forward runs on ONNX Runtime: the same answers (checked per archive, below), about
+# twice PyTorch eager's images/s (make bench). ONNX Runtime's CUDA provider is not installed: a GPU
+# archive runs torch.
 DEVICE_CONFIG = {
-    "cpu": {"handler": {"precision": "fp32", "decode": "pil"}},
+    "cpu": {"handler": {"precision": "fp32", "decode": "pil", "runtime": "onnx"}},
     "cuda": {"deviceType": "gpu", "batchSize": 32, "maxBatchDelay": 5,
-             "handler": {"precision": "bf16", "decode": "device"}},
+             "handler": {"precision": "bf16", "decode": "device", "runtime": "torch"}},
 }
 # Grad-CAM layer per model: B0's last stage is 4x4 at 128 px, features.5 is 8x8.
 CAM_LAYERS = {"b0": "features.5"}
@@ -165,20 +172,39 @@ def model_card(name: str, version: str, ckpt: Path, meta: dict, run: Path, servi
 
 
 def model_config_for(m: str, spec_name: str, device: str = "cpu", tta: bool = False,
-                     overrides: dict | None = None) -> dict:
-    """model-config.yaml of model M: MODEL_CONFIG, the device's settings, then `overrides`."""
+                     overrides: dict | None = None, runtime: str | None = None) -> dict:
+    """model-config.yaml of model M: MODEL_CONFIG, the device's settings, then `overrides`;
+    `runtime` (torch, onnx) over the device's."""
     if device not in DEVICE_CONFIG:
         raise ValueError(f"unknown serving device {device!r}: choose one of {', '.join(DEVICE_CONFIG)}")
+    if runtime is not None and runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    if runtime == "onnx" and device != "cpu":
+        raise ValueError("the onnx runtime serves on the CPU only (no ONNX Runtime CUDA provider here)")
     dev = dict(DEVICE_CONFIG[device])
     handler = {"spec": spec_name, **dev.pop("handler"), "tta": bool(tta)}
+    if runtime is not None:
+        handler["runtime"] = runtime
     if m in CAM_LAYERS:
         handler["cam_layer"] = CAM_LAYERS[m]
     return {**MODEL_CONFIG, **dev, **(overrides or {}), "handler": handler}
 
 
+def onnx_export(ckpt: Path) -> dict:
+    """CKPT/model.onnx, exported and checked against torch on the real samples (training.export_onnx,
+    in a process of its own: this module loads no torch) unless current; its check record."""
+    if not onnx_is_current(ckpt):
+        done = subprocess.run([sys.executable, "-m", "training.export_onnx", str(ckpt), "--samples", str(SAMPLES_DIR)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
+                             f"ONNX export of {ckpt} failed (exit {done.returncode})")
+    return _read_json(ckpt / ONNX_RECORD)
+
+
 def build_model_archive(run: Path, m: str, store: Path, version: str | None = None,
                         versioned_name: bool = False, model_config: dict | None = None,
-                        device: str = "cpu", tta: bool = False) -> Path:
+                        device: str = "cpu", tta: bool = False, runtime: str | None = None) -> Path:
     """STORE/galaxy-M.mar; `model_config` overrides MODEL_CONFIG (workers, batching...)."""
     ckpt = run / m
     meta = read_meta(ckpt)
@@ -200,8 +226,12 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
         for package in SHIPPED:  # the core and the worker files, nothing else
             shutil.copytree(Path(package.__file__).parent, extra / package.__name__,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        config = model_config_for(m, meta["spec"]["name"], device, tta, model_config)
+        config = model_config_for(m, meta["spec"]["name"], device, tta, model_config, runtime)
         card = model_card(name, version, ckpt, meta, run, config["handler"])
+        if config["handler"].get("runtime") == "onnx":
+            card["onnx_check"] = onnx_export(ckpt)
+            for f in (ONNX_FILE, ONNX_RECORD):
+                shutil.copy2(ckpt / f, extra / f)
         (extra / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
         (tmp / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [_tool("torch-model-archiver"), "--model-name", name, "--version", version,
@@ -260,18 +290,18 @@ def workflow_config_for(device: str = "cpu", overrides: dict | None = None) -> d
             **(overrides or {})}
 
 
-def built_from(run, models, device: str = "cpu", tta: bool = False) -> str:
+def built_from(run, models, device: str = "cpu", tta: bool = False, runtime: str | None = None) -> str:
     """The digest of what a store is built from: each model's checkpoint folder, the run's
     reports and ensemble settings, the serving options and the shipped code."""
     run = Path(run)
     return inputs_digest(*(run / m for m in models), run / "report.json", run / WORKFLOW_SETTINGS,
-                         {"models": list(models), "device": device, "tta": bool(tta)},
+                         {"models": list(models), "device": device, "tta": bool(tta), "runtime": runtime},
                          *(Path(p.__file__).resolve().parent for p in SHIPPED))
 
 
 def build_all(run, store, version=None, models=PAIR, workflow=True, versioned_name=False,
               model_config: dict | None = None, workflow_models: dict | None = None,
-              device: str = "cpu", tta: bool = False) -> list[Path]:
+              device: str = "cpu", tta: bool = False, runtime: str | None = None) -> list[Path]:
     """Every model archive, then the workflow over them (two or more models, B0 first); the two
     dicts override the serving defaults."""
     run, store = Path(run), Path(store)
@@ -280,7 +310,7 @@ def build_all(run, store, version=None, models=PAIR, workflow=True, versioned_na
                          f"add more with --models, or --no-workflow")
     (store / BUILT_FROM).unlink(missing_ok=True)  # a build that fails half way must not look done
     workflow_models = workflow_config_for(device, workflow_models)
-    built = [build_model_archive(run, m, store, version, versioned_name, model_config, device, tta)
+    built = [build_model_archive(run, m, store, version, versioned_name, model_config, device, tta, runtime)
              for m in models]
     if workflow:
         files = {m: p.name for m, p in zip(models, built)}
@@ -292,7 +322,7 @@ def build_all(run, store, version=None, models=PAIR, workflow=True, versioned_na
             versions={m: str(version or metas[m].get("version") or DEFAULT_VERSION) for m in members},
             workflow_models=workflow_models, rule={**read_settings(run), "tta": bool(tta)}))
     # what the store now serves: `make serve` rebuilds for other checkpoints or options
-    (store / BUILT_FROM).write_text(built_from(run, models, device, tta) + "\n")
+    (store / BUILT_FROM).write_text(built_from(run, models, device, tta, runtime) + "\n")
     return built
 
 
@@ -310,6 +340,8 @@ def main(argv=None):
                     help="serving settings: cpu, or cuda (bf16, larger batches, JPEGs decoded on the GPU)")
     ap.add_argument("--tta", action="store_true",
                     help="answer with the mean over the 8 flips/quarter turns (8x the compute)")
+    ap.add_argument("--runtime", default=None, choices=list(RUNTIMES),
+                    help="where the forward runs (default: the device's: onnx on cpu, torch on cuda)")
     ap.add_argument("--print-built-from", action="store_true",
                     help="print what the store would be stamped with, build nothing")
     args = ap.parse_args(argv)
@@ -326,10 +358,10 @@ def main(argv=None):
     if len(set(models)) != len(models):
         ap.error(f"--models {args.models!r} names a model twice")
     if args.print_built_from:
-        print(built_from(args.run, models, args.device, args.tta))
+        print(built_from(args.run, models, args.device, args.tta, args.runtime))
         return
     for p in build_all(args.run, args.store, args.version, models, not args.no_workflow,
-                       args.versioned_name, device=args.device, tta=args.tta):
+                       args.versioned_name, device=args.device, tta=args.tta, runtime=args.runtime):
         print(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
 
 
