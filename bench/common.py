@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = SAMPLES_DIR
 DOCS = REPO / "docs"
 TARGETS = ("b0", "b2", "ensemble")
-CONCURRENCY = (1, 8)
+CONCURRENCY = (1, 8, 64)  # clients at once: every server of make bench is measured at each
 
 
 def machine_info() -> dict:
@@ -46,6 +46,7 @@ def machine_info() -> dict:
             "python": platform.python_version(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "torchserve": _version("torchserve"), "flask": _version("flask"),
+            "fastapi": _version("fastapi"), "uvicorn": _version("uvicorn"), "ray": _version("ray"),
             "load_avg_start": [round(x, 2) for x in os.getloadavg()],
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 

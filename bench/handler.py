@@ -24,7 +24,7 @@ from ts.context import Context, RequestProcessor  # noqa: E402
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl  # noqa: E402
 
 from bench.common import sample_payloads  # noqa: E402
-from bench.raw import classify_bytes  # noqa: E402
+from bench.raw import OnnxLogits, classify_bytes  # noqa: E402
 from galaxy_morph.answers import DEFAULT_VERSION  # noqa: E402
 from torchserve_ops.archive import model_config_for  # noqa: E402
 from handlers.galaxy_handler import GalaxyHandler  # noqa: E402
@@ -44,11 +44,18 @@ def context(model_dir: Path, name: str, n: int, yaml_config: dict | None = None,
     return ctx
 
 
-def compare(model_dir: Path, spec: str, payloads: list[bytes], rounds: int) -> dict:
-    """{"handler": [(wall ms, cpu ms) per image, per round], "raw": [...]}."""
+def compare(model_dir: Path, spec: str, payloads: list[bytes], rounds: int, runtime: str | None = None) -> dict:
+    """{"handler": [(wall ms, cpu ms) per image, per round], "raw": [...]}; `runtime` over the
+    archive's (onnx: the checkpoint's export, made first if missing)."""
     name = f"galaxy-{spec}"
+    config = model_config_for(spec, spec, runtime=runtime)
+    if config["handler"]["runtime"] == "onnx":
+        from galaxy_morph.runtimes import ensure_onnx
+
+        ensure_onnx(model_dir)
     handler = GalaxyHandler()
-    handler.initialize(context(model_dir, name, 1, model_config_for(spec, spec)))
+    handler.initialize(context(model_dir, name, 1, config))
+    model = handler.model if handler.member.runtime == "torch" else OnnxLogits(model_dir)
     batches = [payloads[i:i + BATCH] for i in range(0, len(payloads) - BATCH + 1, BATCH)]
     metrics = MetricsCacheYamlImpl(METRICS_YAML)
 
@@ -57,7 +64,7 @@ def compare(model_dir: Path, spec: str, payloads: list[bytes], rounds: int) -> d
         return handler.handle(rows, context(model_dir, name, len(rows), metrics=metrics))
 
     def raw(batch):
-        return classify_bytes(batch, {spec: (handler.model, handler.member.transform)})
+        return classify_bytes(batch, {spec: (model, handler.member.transform)})
 
     out = {"handler": [], "raw": []}
     for f in (handle, raw):

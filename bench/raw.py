@@ -2,7 +2,9 @@
 
 classify_bytes is what a user's own script does with image bytes without a server (the rate the
 serving goals judge TorchServe against); raw_throughput times it and the model-only limit per
-target. Used by bench.serving and bench.handler; not a script.
+target, with the forward on PyTorch eager or on ONNX Runtime (load_members' runtime, the
+exported RUN/M/model.onnx that the CPU archives serve). Used by bench.serving and bench.handler;
+not a script.
 """
 from __future__ import annotations
 
@@ -10,11 +12,27 @@ import gc
 import time
 from pathlib import Path
 
-from bench.common import TARGETS
+from bench.common import SAMPLES, TARGETS
 from galaxy_morph.specs import PAIR
 
-def load_members(run: Path) -> dict:
-    """{"b0": (model, eval transform), "b2": ...}: the checkpoints as the handler loads them."""
+
+class OnnxLogits:
+    """An exported member on ONNX Runtime, called like the torch model: batch -> logits."""
+
+    def __init__(self, ckpt_dir: Path):
+        from galaxy_morph.run_files import ONNX_FILE
+        from galaxy_morph.runtimes import OnnxModel
+
+        self.session = OnnxModel(ckpt_dir / ONNX_FILE)
+
+    def __call__(self, x):
+        return self.session.features_and_logits(x)[1]
+
+
+def load_members(run: Path, runtime: str = "torch") -> dict:
+    """{"b0": (model, eval transform), "b2": ...}: the checkpoints as the handler loads them;
+    runtime "onnx": the model is RUN/M/model.onnx on ONNX Runtime (exported and checked on the
+    sample JPEGs first when missing, as the archive builder does)."""
     import torch
 
     from galaxy_morph.models import load_checkpoint
@@ -22,7 +40,13 @@ def load_members(run: Path) -> dict:
     members = {}
     for name in PAIR:
         ckpt = load_checkpoint(run / name)
-        members[name] = (ckpt.model.to(memory_format=torch.channels_last).eval(), ckpt.transform)
+        if runtime == "onnx":
+            from galaxy_morph.runtimes import ensure_onnx
+
+            ensure_onnx(run / name, SAMPLES)
+            members[name] = (OnnxLogits(run / name), ckpt.transform)
+        else:
+            members[name] = (ckpt.model.to(memory_format=torch.channels_last).eval(), ckpt.transform)
     return members
 
 
@@ -60,13 +84,14 @@ TARGET_MEMBERS = {**{m: (m,) for m in PAIR}, "ensemble": PAIR}
 
 
 def raw_throughput(members: dict, payloads: list[bytes], seconds: float, batch: int = 8,
-                   threads=(1, None), targets=TARGETS) -> dict:
+                   threads=(1, None), targets=TARGETS, modes=("model", "bytes")) -> dict:
     """Images/s in this process, batches of `batch`, two ways, for each target:
 
       "model": pre-transformed tensors into the model(s): the physical limit;
       "bytes": the sample JPEG bytes through classify_bytes (decode + transform + forward).
 
-    Measured with each torch thread count in `threads` (None = torch's default, one per core).
+    Measured with each torch thread count in `threads` (None = torch's default, one per core; an
+    ONNX Runtime session keeps the count it was made with: measure it with (None,)), in `modes`.
     Returns {mode: {target: {"img_s" (the best thread count), "threads", "per_cpu",
     "by_threads" {n: img/s}, and for "bytes" the ms per image of decode, transform, forward}}}.
     """
@@ -107,11 +132,11 @@ def raw_throughput(members: dict, payloads: list[bytes], seconds: float, batch: 
                 return r
 
     default = torch.get_num_threads()
-    out = {"model": {}, "bytes": {}}
+    out = {mode: {} for mode in modes}
     try:
         for th in threads:
             torch.set_num_threads(th or default)
-            for mode in ("model", "bytes"):
+            for mode in modes:
                 for t in targets:
                     r = run_for(mode, TARGET_MEMBERS[t])
                     cur = out[mode].setdefault(t, {"img_s": 0.0, "per_cpu": 0.0, "by_threads": {}})

@@ -1,5 +1,6 @@
 """The servers under test: the Flask baseline and TorchServe (archives, start/stop, memory), and
-TorchServe measured at each concurrency (measure_served).
+TorchServe measured at each concurrency (measure_served). The servers a user would pick instead
+(FastAPI, Ray Serve) are in bench.peers.
 
 Used by bench.serving and bench.gpu_serving; not a script.
 """
@@ -18,13 +19,13 @@ from bench.common import CONCURRENCY, REPO, TARGETS, log
 from bench.load import fmt_result, load_test, ok_answer
 
 @contextlib.contextmanager
-def flask_server(run: Path, log: Path):
+def flask_server(run: Path, log: Path, runtime: str = "onnx"):
     from torchserve_ops.server import free_port
     from torchserve_ops.client import wait_for
 
     port = free_port()
-    cmd = [sys.executable, "-m", "bench.flask_baseline", "--port", str(port),
-           "--b0", str(run / "b0"), "--b2", str(run / "b2")]
+    cmd = [sys.executable, "-m", "bench.flask_baseline", "--port", str(port), "--run", str(run),
+           "--runtime", runtime]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -49,6 +50,13 @@ def build_store(run: Path, store: Path, model_config: dict | None = None,
     with contextlib.redirect_stdout(sys.stderr):
         build_all(run, store, model_config=model_config, workflow_models=workflow_models)
     return store
+
+
+def served_runtime(device: str = "cpu") -> str:
+    """The runtime the archives serve with by default on `device` (torchserve_ops.archive)."""
+    from torchserve_ops.archive import DEVICE_CONFIG
+
+    return DEVICE_CONFIG[device]["handler"].get("runtime", "torch")
 
 
 @contextlib.contextmanager

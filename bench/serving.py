@@ -1,38 +1,49 @@
-"""Serving benchmark: raw in-process (model-only and from bytes) vs the seed's Flask endpoint vs
-TorchServe, and `make predict` on Ray, one run, one table.
+"""Serving benchmark: raw in-process (model-only and from bytes) vs the servers a user would pick
+(Flask, FastAPI, Ray Serve) vs TorchServe, and `make predict` on Ray, one run, one table.
 
     make bench                         # = python -m bench.serving
     python -m bench.serving --seconds 4 --tune      # shorter runs, plus the tuning sweep
     python -m bench.serving --ray-images 0          # without the Ray run
+    python -m bench.serving --seconds 2 --ray-images 0 --peers none   # a short run: Flask and TorchServe only
 
+Every server serves the same checkpoints on the runtime the CPU archives serve with (ONNX Runtime,
+torchserve_ops.archive.DEVICE_CONFIG; RUN/M/model.onnx is exported and checked first if missing).
 For b0, b2 and the ensemble, measured in the same run on this machine:
-  raw model-only   the same checkpoints in this process, eval transform already applied, batched,
-                   torch.inference_mode (the physical limit);
+  raw model-only   the same checkpoints in this process on the served runtime, eval transform already
+                   applied, batched (the physical limit);
   raw from bytes   the same JPEG bytes the clients send, decoded (galaxy_morph.imaging.decode_image),
-                   eval-transformed and run in batches in this process (classify_bytes): what a
-                   user's own script does without a server; the ensemble decodes once and runs both
-                   models (the workflow's work). The goals judge the server against this one;
-  flask            bench/flask_baseline.py, one Flask process that decodes, transforms and runs the
-                   model(s) per request (the seed's architecture), at concurrency 1 and 8;
+                   eval-transformed and run in batches in this process (classify_bytes) on the served
+                   runtime: what a user's own script does without a server; the ensemble decodes once
+                   and runs both models (the workflow's work). Also on PyTorch eager
+                   (raw_bytes_torch_img_s): the script without the exported model. The goals judge
+                   the server against both;
+  flask            bench/flask_baseline.py, one Flask process that answers each request on its own
+                   with galaxy_morph.Predictor (the seed's architecture);
+  fastapi,         bench/peers.py: FastAPI + uvicorn with an asyncio batcher, and Ray Serve with
+  ray_serve        @serve.batch on a local Ray, each serving Predictor.from_run from the same bytes
+                   (--peers picks them);
   served           TorchServe (torchserve_ops/server.py, token auth on, free ports) with the galaxy-b0/b2
-                   handlers and the galaxy-ensemble workflow, at concurrency 1 and 8;
+                   handlers and the galaxy-ensemble workflow;
   ray              `make predict`'s command (prediction.ray_predict, local Ray) on --ray-images
-                   copies of the samples, against raw from bytes measured right after it.
-Clients send the 100 real sample JPEGs (samples/galaxy10_decals) one image per request, each
-measurement runs for --seconds. Checkpoints come from checkpoints/demo (what make serve serves)
-or runs/demo, else random-init ones in a temporary folder (speed does not depend on the weights). Besides wall-clock images/s,
-each measurement counts the CPU seconds the server processes used, so that images per CPU-second
-can be compared even when other processes share the cores, and the stages of raw from bytes
-(decode, transform, forward) are timed, so that the server's share of the time can be read off.
-Every process runs with OMP_WAIT_POLICY=PASSIVE (see below). Writes docs/benchmarks.md and
-docs/benchmarks.json (about 5 minutes on 2 cores); with --tune (about 7 minutes more), also measures
-TorchServe variants (batch size and delay, threads, workers), each next to raw from bytes; a run
-without --tune keeps the last sweep in the files, a run with --ray-images 0 the last Ray figures.
+                   copies of the samples, against raw from bytes on PyTorch eager measured right after it.
+Every server is measured at each of bench.common.CONCURRENCY (1, 8, 64 clients). Clients send the
+100 real sample JPEGs (samples/galaxy10_decals) one image per request, each measurement runs for
+--seconds. Checkpoints come from checkpoints/demo (what make serve serves) or runs/demo, else
+random-init ones in a temporary folder (speed does not depend on the weights). Besides wall-clock
+images/s, each measurement counts the CPU seconds the server processes used, so that images per
+CPU-second can be compared even when other processes share the cores, and the stages of raw from
+bytes (decode, transform, forward) are timed, so that the server's share of the time can be read
+off. Every process runs with OMP_WAIT_POLICY=PASSIVE (see below). Writes docs/benchmarks.md and
+docs/benchmarks.json (about 10 minutes on 2 cores); with --tune (about 7 minutes more), also
+measures TorchServe variants (batch size and delay, threads, workers), each next to raw from bytes;
+a run without --tune keeps the last sweep in the files, a run with --ray-images 0 the last Ray
+figures.
 
 The pieces live in bench.common (paths, targets, machine, sample JPEGs, checkpoints), bench.raw (raw
 rates, classify_bytes), bench.load (the HTTP load generator), bench.servers (Flask and TorchServe
-under test), bench.ray_rate (make predict on Ray) and bench.report (summary, goals, benchmarks.md);
-this module holds the run: what is served, the tuning variants and main().
+under test), bench.peers (FastAPI and Ray Serve under test), bench.ray_rate (make predict on Ray)
+and bench.report (summary, goals, benchmarks.md); this module holds the run: what is served, the
+tuning variants and main().
 """
 from __future__ import annotations
 
@@ -53,8 +64,9 @@ from bench.common import CONCURRENCY, DOCS, TARGETS, checkpoints, log, machine_i
 from bench.load import fmt_result, load_test, ok_answer
 from bench.raw import load_members, raw_throughput
 from bench.ray_rate import marginal_rate, ray_predict_rate
+from bench.peers import PEERS, peer_server, pss_mb
 from bench.report import collect_raw, judge, ratio, summarise, write_md
-from bench.servers import build_store, flask_server, measure_served, served_memory, torchserve
+from bench.servers import build_store, flask_server, measure_served, served_memory, served_runtime, torchserve
 
 # What the benchmark serves with on top of the archive defaults (torchserve_ops/archive.py: batches of
 # up to 8 images, 10 ms delay, one worker per model, workflow nodes timeout-ms 5000 x 3 attempts
@@ -87,18 +99,26 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each measurement")
     ap.add_argument("--tune", action="store_true",
                     help="also measure TorchServe variants at c=8 (about 1 min per variant)")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help=f"peers to measure beside Flask and TorchServe: a comma list of {', '.join(PEERS)}, "
+                         "or none")
     ap.add_argument("--ray-images", type=int, default=600,
                     help="images (copies of the samples) for make predict on Ray; 0: skip Ray")
     ap.add_argument("--ray-model", default="ensemble", choices=TARGETS, help="model for the Ray run")
     ap.add_argument("--out", default=str(DOCS), help="folder for benchmarks.md/json")
     args = ap.parse_args(argv)
+    peers = [] if args.peers.strip().lower() == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        ap.error(f"unknown peer(s) {', '.join(unknown)}: choose from {', '.join(PEERS)} or none")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     info = machine_info()
     payloads = sample_payloads()
+    runtime = served_runtime()
     results = {t: {} for t in TARGETS}
-    raws = []
+    raws, raws_torch = [], []
     previous = {}
     with contextlib.suppress(OSError, ValueError):
         previous = json.loads((out_dir / "benchmarks.json").read_text())
@@ -106,27 +126,47 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         run, source = checkpoints(tmp)
         info["checkpoints"] = source
-        log(f"checkpoints: {source}; {len(payloads)} sample JPEGs; {args.seconds:g} s per measurement")
-        members = load_members(run)
+        log(f"checkpoints: {source}; {len(payloads)} sample JPEGs; {args.seconds:g} s per measurement; "
+            f"served runtime {runtime}")
+        members = load_members(run, runtime)  # exports RUN/M/model.onnx first if needed
+        members_torch = members if runtime == "torch" else load_members(run)
 
         def raw_round(when):
-            r = raw_throughput(members, payloads, args.seconds / 3)
+            r = raw_throughput(members, payloads, args.seconds / 3,
+                               threads=(1, None) if runtime == "torch" else (None,))
             raws.append(r)
-            for mode in ("model", "bytes"):
-                log(f"raw {mode:5s} ({when}): " + ", ".join(
-                    f"{t} {r[mode][t]['img_s']:.1f} ({r[mode][t]['threads']} threads)" for t in TARGETS) + " img/s")
+            rounds = [(runtime, r)]
+            if runtime != "torch":
+                rt = raw_throughput(members_torch, payloads, args.seconds / 3, modes=("bytes",))
+                raws_torch.append(rt)
+                rounds.append(("torch", rt))
+            for rt_name, rr in rounds:
+                for mode in rr:
+                    log(f"raw {mode:5s} {rt_name:5s} ({when}): " + ", ".join(
+                        f"{t} {rr[mode][t]['img_s']:.1f} ({rr[mode][t]['threads']} threads)" for t in TARGETS)
+                        + " img/s")
 
         raw_round("first")
         log("Flask baseline ...")
-        with flask_server(run, tmp / "flask.log") as (url, proc):
-            for t in TARGETS:
-                for c in CONCURRENCY:
-                    r = load_test(f"{url}/predict/{t}", payloads, c, args.seconds, check=ok_answer,
-                                  server_procs=lambda: [psutil.Process(proc.pid)])
-                    results[t][f"flask_c{c}"] = r
-                    log(f"  flask  {t:8s} c={c}: {fmt_result(r)}")
-            flask_rss = round(psutil.Process(proc.pid).memory_info().rss / 2 ** 20)
-        raw_round("between Flask and TorchServe")
+        with flask_server(run, tmp / "flask.log", runtime) as (url, proc):
+            flask = psutil.Process(proc.pid)
+            measure_peer("flask", lambda t: f"{url}/predict/{t}", lambda: [flask], payloads, args.seconds, results)
+            flask_rss = round(flask.memory_info().rss / 2 ** 20)
+            peers_pss = {"flask": pss_mb([flask])["total"]}
+        peer_startup = {}
+        for peer in peers:
+            log(f"{peer} ...")
+            t0 = time.time()
+            try:
+                with peer_server(peer, run, tmp / f"{peer}.log", runtime) as (url, procs):
+                    peer_startup[peer] = round(time.time() - t0)
+                    measure_peer(peer, lambda t: f"{url}/predictions/{t}", procs, payloads, args.seconds, results)
+                    peers_pss[peer] = pss_mb(procs())["total"]
+            except Exception as e:  # a peer that does not start is a result too, not the end of the run
+                log(f"  {peer} failed: {e}")
+                peer_startup[peer] = f"failed: {str(e)[:200]}"
+        info["peer_startup_s"] = peer_startup
+        raw_round("between the peers and TorchServe")
 
         log("TorchServe: building archives, starting ...")
         store = build_store(run, tmp / "store", CHOSEN_MODEL, CHOSEN_WORKFLOW)
@@ -140,6 +180,10 @@ def main(argv=None) -> int:
             results[t][f"served_c{c}"] = r
         raw_round("last")
         collect_raw(results, raws)
+        if raws_torch:
+            collect_raw(results, raws_torch, tag="_torch")
+        else:  # served on torch: the same rounds
+            collect_raw(results, [{"bytes": r["bytes"]} for r in raws], tag="_torch")
 
         ray = previous.get("ray")
         if args.ray_images > 0:
@@ -149,7 +193,8 @@ def main(argv=None) -> int:
             ray["small"] = {k: small[k] for k in ("images", "rows", "rc", "wall_s")}
             ray["img_s_marginal"] = marginal_rate(small, ray)
             ray["date"] = info["date"]
-            r = raw_throughput(members, payloads, args.seconds / 3, targets=(args.ray_model,))
+            # make predict runs PyTorch eager: against raw from bytes on torch
+            r = raw_throughput(members_torch, payloads, args.seconds / 3, targets=(args.ray_model,))
             ray["raw_bytes_img_s"] = round(r["bytes"][args.ray_model]["img_s"], 1)
             ray["raw_bytes_by_threads"] = r["bytes"][args.ray_model]["by_threads"]
             log(f"  ray: {ray}")
@@ -165,7 +210,7 @@ def main(argv=None) -> int:
     info["bench_wall_s"] = round(time.time() - t_start)
     settings["changes_over_archive_defaults"] = {"workflow": CHOSEN_WORKFLOW, "model-config": CHOSEN_MODEL,
                                                  "env": CHOSEN_ENV}
-    summary = summarise(results, memory, flask_rss)
+    summary = summarise(results, memory, flask_rss, runtime, peers_pss)
     goals = judge(summary)
     (out_dir / "benchmarks.json").write_text(json.dumps(
         {**summary, "goals": goals, "ray": ray, "machine": info, "settings": settings, "tuning": tuning,
@@ -175,6 +220,15 @@ def main(argv=None) -> int:
     log(f"wrote {out_dir / 'benchmarks.md'} and benchmarks.json in {info['bench_wall_s']} s")
     print((out_dir / "benchmarks.md").read_text().split("\n## Memory")[0])
     return 0
+
+
+def measure_peer(peer: str, url_of, procs, payloads, seconds, results) -> None:
+    """One server other than TorchServe at each target and concurrency, into results[t]["<peer>_c<c>"]."""
+    for t in TARGETS:
+        for c in CONCURRENCY:
+            r = load_test(url_of(t), payloads, c, seconds, check=ok_answer, server_procs=procs)
+            results[t][f"{peer}_c{c}"] = r
+            log(f"  {peer:9s} {t:8s} c={c}: {fmt_result(r)}")
 
 
 def served_settings(server) -> dict:

@@ -7,6 +7,7 @@
 #                               # ports from TS_*_PORT (8080/8081/8082)
 #   DEVICE=cuda scripts/serve.sh   # GPU serving settings (torchserve_ops/archive.py DEVICE_CONFIG)
 #   TTA=1 scripts/serve.sh         # every answer the mean over the 8 flips/quarter turns
+#   RUNTIME=torch scripts/serve.sh # PyTorch eager instead of the device's default (onnx on a CPU)
 #
 # Logs and the pid file go to logs/; key_file.json (the API tokens) to the repository root.
 set -euo pipefail
@@ -17,6 +18,7 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 RUN="${RUN:-checkpoints/demo}"
 DEVICE="${DEVICE:-cpu}"
 TTA="${TTA:-}"
+RUNTIME="${RUNTIME:-}"
 STORE="$ROOT/model_store"
 mkdir -p logs "$STORE"
 
@@ -39,6 +41,7 @@ else
     done
     options=(--device "$DEVICE")
     [[ -n "$TTA" && "$TTA" != 0 ]] && options+=(--tta)
+    [[ -n "$RUNTIME" ]] && options+=(--runtime "$RUNTIME")
     # torchserve_ops.archive stamps the store with a digest of what it was built from: the checkpoint
     # folders, the run's reports and ensemble settings, the options and the shipped code
     model_list="$(IFS=,; echo "${models[*]}")"

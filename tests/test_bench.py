@@ -1,8 +1,10 @@
 """The serving bench's logic (bench.raw, bench.report, bench.ray_rate), bench.gpu_serving and
-bench.handler on tiny models and made-up figures (no timing assertions, no server)."""
+bench.handler on tiny models and made-up figures (no timing assertions), and the FastAPI peer
+(bench.peers) on a real port against Predictor.answer."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -103,12 +105,16 @@ def fake_load(img_s, p50=50.0, p99=100.0, statuses=None):
 def fake_results(served=(85.0, 40.0, 20.0)):
     results = {}
     for t, s in zip(common.TARGETS, served):
-        results[t] = {"served_c1": fake_load(s / 3), "served_c8": fake_load(s), "flask_c1": fake_load(10.0),
-                      "flask_c8": fake_load(20.0), "raw_img_s": 200.0, "raw_bytes_img_s": 100.0,
+        results[t] = {"served_c1": fake_load(s / 3), "served_c8": fake_load(s), "served_c64": fake_load(s),
+                      "flask_c1": fake_load(10.0), "flask_c8": fake_load(20.0), "flask_c64": fake_load(20.0),
+                      "fastapi_c1": fake_load(30.0), "fastapi_c8": fake_load(70.0),
+                      "fastapi_c64": fake_load(75.0), "raw_img_s": 200.0, "raw_bytes_img_s": 100.0,
                       "raw_per_cpu": 100.0, "raw_bytes_per_cpu": 50.0, "raw_runs": [200.0],
                       "raw_threads": [2], "raw_bytes_runs": [100.0], "raw_bytes_threads": [2],
                       "raw_bytes_stage_ms": {"decode": 1.0, "transform": 2.0, "forward": 7.0},
-                      "raw_bytes_by_threads": {1: 60.0, 2: 100.0}}
+                      "raw_bytes_by_threads": {1: 60.0, 2: 100.0},
+                      "raw_bytes_torch_img_s": 50.0, "raw_bytes_torch_per_cpu": 25.0,
+                      "raw_bytes_torch_runs": [50.0], "raw_bytes_torch_threads": [1]}
     return results
 
 
@@ -116,21 +122,44 @@ MEMORY = {"rss": {"frontend (java)": 300, "total": 300}, "pss": {"frontend (java
 
 
 def test_summarise_and_judge():
-    summary = report.summarise(fake_results(), MEMORY, 1000)
+    summary = report.summarise(fake_results(), MEMORY, 1000, "onnx", {"flask": 900, "fastapi": 800})
     b0 = summary["b0"]
+    assert b0["runtime"] == "onnx" and b0["raw_bytes_torch_img_s"] == 50.0 and b0["raw_bytes_img_s"] == 100.0
     assert b0["served_over_raw_bytes"] == 0.85 and b0["served_over_raw"] == 0.42
+    assert b0["served_over_raw_bytes_torch"] == 1.7
     assert b0["raw_bytes_over_raw"] == 0.5 and b0["p99_over_p50"] == 2.0
     assert b0["served_over_raw_bytes_per_cpu"] == 0.85  # (85/2) / 50
+    assert b0["peers"] == {"fastapi": 70.0, "flask": 20.0} and b0["best_peer"] == "fastapi"
+    assert b0["served_over_best_peer"] == 1.21
+    assert set(b0["peers_detail"]["fastapi"]) == {"c1", "c8", "c64"}
+    assert b0["peers_detail"]["fastapi"]["c8"]["cpu_s_per_img"] == 0.01
+    assert summary["memory"]["torchserve_pss_mb"]["total"] == 290
     goals = {g["goal"]: g for g in report.judge(summary)}
-    assert goals["b0 served c=8 >= 0.85x raw-from-bytes"]["met"]  # the bound itself is met
-    assert not goals["b2 served c=8 >= 0.85x raw-from-bytes"]["met"]  # 0.4
-    assert not goals["ensemble served c=8 >= 0.7x raw-from-bytes (b0+b2)"]["met"]  # 0.2
+    assert goals["b0 served c=8 >= 0.7x raw-from-bytes on onnx"]["met"]  # 0.85
+    assert goals["b0 served c=8 >= 1.0x raw-from-bytes on PyTorch eager"]["met"]  # 1.7
+    peer_goal = goals["b0 served c=8 >= 1.0x the best peer"]
+    assert peer_goal["met"] and peer_goal["peer"] == "fastapi"
+    assert not goals["b2 served c=8 >= 0.7x raw-from-bytes on onnx"]["met"]  # 0.4
+    assert not goals["b2 served c=8 >= 1.0x the best peer"]["met"]  # 40 against 70
+    assert not goals["ensemble served c=8 >= 0.7x raw-from-bytes on onnx (b0+b2)"]["met"]  # 0.2
     assert goals["b0: p99 <= 3x p50 at c=8"]["met"]
+    assert goals["TorchServe stack PSS < 3000 MB"]["met"]
     summary["b2"]["p99_over_p50"] = 3.01
     assert not {g["goal"]: g for g in report.judge(summary)}["b2: p99 <= 3x p50 at c=8"]["met"]
     summary["ensemble"]["served_over_raw_bytes"] = None  # nothing answered: not met, no crash
     assert not {g["goal"]: g for g in report.judge(summary)}[
-        "ensemble served c=8 >= 0.7x raw-from-bytes (b0+b2)"]["met"]
+        "ensemble served c=8 >= 0.7x raw-from-bytes on onnx (b0+b2)"]["met"]
+    summary["memory"]["torchserve_pss_mb"]["total"] = 3000
+    assert not {g["goal"]: g for g in report.judge(summary)}["TorchServe stack PSS < 3000 MB"]["met"]
+
+
+def test_collect_raw_keeps_the_torch_rounds_apart():
+    rounds = [{"bytes": {t: {"img_s": v, "per_cpu": v, "threads": 1, "by_threads": {1: v}} for t in common.TARGETS}}
+              for v in (40.0, 60.0, 50.0)]
+    results = {t: {"raw_bytes_img_s": 100.0} for t in common.TARGETS}
+    report.collect_raw(results, rounds, tag="_torch")
+    assert results["b2"]["raw_bytes_torch_img_s"] == 50.0 and results["b2"]["raw_bytes_img_s"] == 100.0
+    assert "raw_torch_img_s" not in results["b2"]  # no model-only rounds: nothing made up
 
 
 def test_ratio_and_marginal_rate():
@@ -143,7 +172,7 @@ def test_write_md_has_both_raw_rates_and_the_ratio(tmp_path):
     import argparse
 
     results = fake_results()
-    summary = report.summarise(results, MEMORY, 1000)
+    summary = report.summarise(results, MEMORY, 1000, "onnx", {"flask": 900, "fastapi": 800})
     goals = report.judge(summary)
     ray = {"model": "ensemble", "images": 300, "rows": 300, "rc": 0, "wall_s": 40.0, "img_s_end_to_end": 7.5,
            "img_s_marginal": 15.0, "small": {"images": 75, "rows": 75, "rc": 0, "wall_s": 30.0}, "first_shard_s": 20.0, "shards": 2, "shard_size": 150,
@@ -163,7 +192,11 @@ def test_write_md_has_both_raw_rates_and_the_ratio(tmp_path):
     report.write_md(out, results, summary, goals, ray, info, MEMORY, 1000, settings, 9.0, tuning,
                     argparse.Namespace(seconds=6.0, tune=False))
     text = out.read_text()
-    assert "| b0 | 200.0 | 100.0 |" in text and "**0.85**" in text
+    assert "| b0 | 200.0 | 100.0 | 50.0 | 70.0 | 20.0 | 28.3 | 85.0 | **1.7** | **0.85** | **1.21**" in text
+    assert "## TorchServe against the peers" in text
+    assert "| b2 | FastAPI + uvicorn | 8 | 70.0 | 50.0 | 100.0 | 10.0 | 1.75 |" in text
+    assert "FastAPI + uvicorn on b2 at c=8: 1.75x (+30.0 img/s)" in text
+    assert "| TorchServe stack PSS < 3000 MB | PSS 290 MB | met |" in text
     assert "## Where the time goes" in text and "## make predict on Ray" in text
     assert "| ensemble | 300 | 300 | 40.0 | 7.5 | 15.0 | 20.0" in text and "| 0.75 |" in text
     assert "failed: did not start" in text
@@ -198,6 +231,59 @@ def test_handler_in_process_against_raw(tmp_path):
 
     save_checkpoint(tmp_path / "b0", build_model("b0"), get_spec("b0"), GALAXY10_CLASSES, version="1.0",
                     data={"path": "random-init", "sha256": None, "n": 0})
-    r = bh.compare(tmp_path / "b0", "b0", common.sample_payloads()[:16], rounds=1)
+    r = bh.compare(tmp_path / "b0", "b0", common.sample_payloads()[:16], rounds=1, runtime="torch")
     assert len(r["handler"]) == len(r["raw"]) == 1
     assert all(w > 0 and c > 0 for w, c in r["handler"] + r["raw"])
+
+
+def test_fastapi_peer_answers_as_the_predictor(served_archives):
+    """The FastAPI peer's app under uvicorn on a real port (in a thread of this process: `make bench`
+    runs the same app in a process of its own): each model's answer to a JPEG is Predictor.answer's,
+    and a burst of concurrent requests (batched together) gets each image's own answer back."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+    import uvicorn
+
+    from bench.peers import fastapi_app, load_predictors
+    from torchserve_ops.server import free_port
+
+    run_dir, _ = served_archives
+    jpegs = [p.read_bytes() for p in sorted(SAMPLES.glob("class_*_3.jpg"))[:8]]
+    headers = {"Content-Type": "application/octet-stream"}
+    predictors = load_predictors(run_dir, "onnx")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(fastapi_app(predictors), host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert requests.get(f"{url}/ping", timeout=10).status_code == 200
+        got = {m: requests.post(f"{url}/predictions/{m}", data=jpegs[0], headers=headers, timeout=60)
+               for m in common.TARGETS}
+        with ThreadPoolExecutor(len(jpegs)) as pool:
+            burst = list(pool.map(lambda b: requests.post(f"{url}/predictions/b0", data=b, headers=headers,
+                                                           timeout=60), jpegs))
+        bad = requests.post(f"{url}/predictions/b0", data=b"not an image", headers=headers, timeout=60)
+        unknown = requests.post(f"{url}/predictions/b7", data=jpegs[0], headers=headers, timeout=60)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert bad.status_code == 400 and "error" in bad.json() and unknown.status_code == 404
+
+    def same(a: dict, b: dict) -> None:
+        assert a["label"] == b["label"] and a["model"] == b["model"] and set(a) == set(b)
+        assert max(abs(a["probabilities"][k] - b["probabilities"][k]) for k in b["probabilities"]) <= 1e-4
+
+    for m in common.TARGETS:
+        assert got[m].status_code == 200, got[m].text
+        same(got[m].json(), predictors[m].answer(jpegs[0]))
+    for r, want in zip(burst, predictors["b0"].answer_batch(jpegs)):
+        assert r.status_code == 200
+        same(r.json(), want)

@@ -190,16 +190,18 @@ def model_config_for(m: str, spec_name: str, device: str = "cpu", tta: bool = Fa
     return {**MODEL_CONFIG, **dev, **(overrides or {}), "handler": handler}
 
 
-def onnx_export(ckpt: Path) -> dict:
-    """CKPT/model.onnx, exported and checked against torch on the real samples (training.export_onnx,
-    in a process of its own: this module loads no torch) unless current; its check record."""
-    if not onnx_is_current(ckpt):
-        done = subprocess.run([sys.executable, "-m", "training.export_onnx", str(ckpt), "--samples", str(SAMPLES_DIR)],
+def onnx_export(*ckpts: Path) -> list[dict]:
+    """CKPT/model.onnx of each checkpoint, exported and checked against torch on the real samples
+    unless current (training.export_onnx, one process for all: this module loads no torch); their
+    check records."""
+    stale = [str(c) for c in ckpts if not onnx_is_current(c)]
+    if stale:
+        done = subprocess.run([sys.executable, "-m", "training.export_onnx", *stale, "--samples", str(SAMPLES_DIR)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
-                             f"ONNX export of {ckpt} failed (exit {done.returncode})")
-    return _read_json(ckpt / ONNX_RECORD)
+                             f"ONNX export of {', '.join(stale)} failed (exit {done.returncode})")
+    return [_read_json(c / ONNX_RECORD) for c in ckpts]
 
 
 def build_model_archive(run: Path, m: str, store: Path, version: str | None = None,
@@ -229,7 +231,7 @@ def build_model_archive(run: Path, m: str, store: Path, version: str | None = No
         config = model_config_for(m, meta["spec"]["name"], device, tta, model_config, runtime)
         card = model_card(name, version, ckpt, meta, run, config["handler"])
         if config["handler"].get("runtime") == "onnx":
-            card["onnx_check"] = onnx_export(ckpt)
+            card["onnx_check"] = onnx_export(ckpt)[0]
             for f in (ONNX_FILE, ONNX_RECORD):
                 shutil.copy2(ckpt / f, extra / f)
         (extra / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
@@ -310,6 +312,8 @@ def build_all(run, store, version=None, models=PAIR, workflow=True, versioned_na
                          f"add more with --models, or --no-workflow")
     (store / BUILT_FROM).unlink(missing_ok=True)  # a build that fails half way must not look done
     workflow_models = workflow_config_for(device, workflow_models)
+    if (runtime or DEVICE_CONFIG[device]["handler"]["runtime"]) == "onnx":
+        onnx_export(*(run / m for m in models))  # every stale export in one process
     built = [build_model_archive(run, m, store, version, versioned_name, model_config, device, tta, runtime)
              for m in models]
     if workflow:
