@@ -55,7 +55,7 @@ def compare(model_dir: Path, spec: str, payloads: list[bytes], rounds: int, runt
         ensure_onnx(model_dir)
     handler = GalaxyHandler()
     handler.initialize(context(model_dir, name, 1, config))
-    model = handler.model if handler.member.runtime == "torch" else OnnxLogits(model_dir)
+    model = handler.member.model if handler.member.runtime == "torch" else OnnxLogits(model_dir)
     batches = [payloads[i:i + BATCH] for i in range(0, len(payloads) - BATCH + 1, BATCH)]
     metrics = MetricsCacheYamlImpl(METRICS_YAML)
 

@@ -30,7 +30,7 @@ from galaxy_morph.calibration import provenance, read_calibration, served_entry,
 from galaxy_morph.files import atomic_path, atomic_write_json
 from galaxy_morph.run_files import META_FILE, WEIGHTS_FILE, read_meta  # noqa: F401  (re-exported)
 from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec, get_spec
-from galaxy_morph.transforms import eval_transform
+from galaxy_morph.preprocess import eval_transform
 
 SYNTHETIC_SOURCES = (SYNTHETIC_SOURCE, "simulation.synthetic")
 TTA_BATCH = 256  # class_probabilities: up to this many images in one forward (8 views x 32)
@@ -231,7 +231,7 @@ def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, spec: ModelSpe
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: everything a caller needs to answer with it, parsed once."""
-    model: nn.Module  # eval mode
+    model: nn.Module | None  # eval mode; None when loaded without it
     spec: ModelSpec
     transform: Callable  # PIL image -> normalised tensor, from the spec
     class_names: list[str]
@@ -260,17 +260,21 @@ def synthetic_data(meta: dict) -> bool:
     return data.get("source") in SYNTHETIC_SOURCES or "synthetic" in Path(str(data.get("path") or "")).name
 
 
-def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu") -> Checkpoint:
-    """Rebuild the model a checkpoint folder describes and load its weights (eval mode)."""
+def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu", with_model: bool = True) -> Checkpoint:
+    """Rebuild the model a checkpoint folder describes and load its weights (eval mode);
+    `with_model` False: everything but the model (no torchvision or timm imported)."""
     ckpt_dir = Path(ckpt_dir)
     meta = read_meta(ckpt_dir)
     spec = ModelSpec.from_dict(meta["spec"])
-    model = build_model(spec, num_classes=meta["num_classes"])
     weights = ckpt_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"no checkpoint weights at {weights}")
-    model.load_state_dict(torch.load(weights, map_location=map_location, weights_only=True))
-    return Checkpoint(model.eval(), spec, eval_transform(spec), list(meta["class_names"]), meta,
+    model = None
+    if with_model:
+        model = build_model(spec, num_classes=meta["num_classes"])
+        model.load_state_dict(torch.load(weights, map_location=map_location, weights_only=True))
+        model.eval()
+    return Checkpoint(model, spec, eval_transform(spec), list(meta["class_names"]), meta,
                       read_calibration(ckpt_dir))
 
 

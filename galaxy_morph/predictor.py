@@ -19,6 +19,7 @@ the rule with the lowest NLL on the validation split (`choose_rule`), with every
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 import numpy as np
@@ -35,7 +36,6 @@ from galaxy_morph.ood import OODDetector, cheap_check, verdict
 from galaxy_morph.run_files import (ENSEMBLE, ONNX_FILE, REPORT_FILE, RUNTIMES, SETTINGS_FILE,  # noqa: F401
                                     CheckpointError, read_settings, run_members, val_per_class_f1)
 from galaxy_morph.specs import ALL_SPECS, PAIR
-from galaxy_morph.transforms import eval_tensor_transform
 from galaxy_morph.uncertainty import mutual_information
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -74,10 +74,12 @@ class Member:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        ckpt = load_checkpoint(ckpt_dir, map_location="cpu")
+        # On onnx the torch model is built when first needed (Grad-CAM, MC dropout's head): a worker
+        # that only answers imports neither torchvision nor timm.
+        ckpt = load_checkpoint(ckpt_dir, map_location="cpu", with_model=runtime == "torch")
         self.ckpt_dir = Path(ckpt_dir)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = ckpt.model.to(self.device, memory_format=torch.channels_last).eval()
+        self._model = None if ckpt.model is None else ckpt.model.to(self.device, memory_format=torch.channels_last)
         self.runtime = runtime
         if runtime == "onnx":
             if self.device.type != "cpu" or PRECISIONS[precision] is not None:
@@ -92,7 +94,7 @@ class Member:
         else:                                        # Grad-CAM and MC dropout's head
             self.forward = self.model
         self.meta, self.spec, self.class_names = ckpt.meta, ckpt.spec, ckpt.class_names
-        self.transform, self.tensor_transform = ckpt.transform, eval_tensor_transform(ckpt.spec)
+        self.transform = ckpt.transform
         self.name, self.version = served_name(self.spec.name), ckpt.version
         self.tta = bool(tta)
         self.temperature, self.calibrated = ckpt.temperature(self.tta), ckpt.calibrated(self.tta)
@@ -100,8 +102,28 @@ class Member:
         self.autocast_dtype = PRECISIONS[precision]
         self.ood = OODDetector.load(ckpt_dir)  # None: only the cheap checks flag inputs
         self.f1 = val_per_class_f1(ckpt_dir, self.meta)
-        self.cam_layer = cam_layer or next(n for n, m in self.model.named_modules()
-                                           if m is classifier_layer(self.model))
+        self._cam_layer = cam_layer
+
+    @property
+    def model(self):
+        """The torch model (eval mode, on the device)."""
+        if self._model is None:
+            model = load_checkpoint(self.ckpt_dir, map_location="cpu").model
+            self._model = model.to(self.device, memory_format=torch.channels_last)
+        return self._model
+
+    @property
+    def cam_layer(self) -> str:
+        if self._cam_layer is None:
+            self._cam_layer = next(n for n, m in self.model.named_modules() if m is classifier_layer(self.model))
+        return self._cam_layer
+
+    @functools.cached_property
+    def tensor_transform(self):
+        """The eval transform on a uint8 CHW tensor (images decoded on the device)."""
+        from galaxy_morph.transforms import eval_tensor_transform
+
+        return eval_tensor_transform(self.spec)
 
     def inputs(self, images) -> torch.Tensor:
         """PIL images -> the normalised batch this model reads."""

@@ -20,10 +20,13 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
+from galaxy_morph.preprocess import eval_transform  # noqa: F401  (re-exported: one eval transform)
 from galaxy_morph.specs import ModelSpec
 
 
-def eval_transform(spec: ModelSpec) -> T.Compose:
+def torchvision_eval_transform(spec: ModelSpec) -> T.Compose:
+    """The eval transform in torchvision's terms; eval_transform (galaxy_morph.preprocess, no
+    torchvision) computes the same tensors."""
     return T.Compose([
         T.Resize(spec.resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
         T.CenterCrop(spec.crop),

@@ -74,7 +74,7 @@ class GalaxyHandler(BaseHandler):
                              f"holds {self.member.spec.name!r}")
         self.member.name = context.model_name
         self.member.version = str((self.manifest.get("model") or {}).get("modelVersion") or self.member.version)
-        self.model, self.device, self.max_pixels = self.member.model, device, int(config.get("max_pixels", MAX_PIXELS))
+        self.device, self.max_pixels = device, int(config.get("max_pixels", MAX_PIXELS))
         card = Path(model_dir) / CARD_FILE
         self.card = json.loads(card.read_text()) if card.is_file() else None
         self.initialized = True

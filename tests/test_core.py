@@ -7,7 +7,7 @@ from torchvision import transforms as T
 
 from galaxy_morph import GALAXY10_CLASSES, SPECS, get_spec
 from galaxy_morph.specs import ALL_SPECS, EXTRA_SPECS, IMAGENET_MEAN, IMAGENET_STD, ModelSpec
-from galaxy_morph.transforms import eval_transform, to_pil, train_transform
+from galaxy_morph.transforms import eval_transform, to_pil, torchvision_eval_transform, train_transform
 
 
 def test_classes():
@@ -54,7 +54,7 @@ def _params(tf, kind):
 @pytest.mark.parametrize("name", sorted(ALL_SPECS))
 def test_train_and_eval_share_constants(name):
     spec = get_spec(name)
-    tr, ev = train_transform(spec), eval_transform(spec)
+    tr, ev = train_transform(spec), torchvision_eval_transform(spec)
     for tf in (tr, ev):
         (resize,), (crop,), (norm,) = _params(tf, T.Resize), _params(tf, T.CenterCrop), _params(tf, T.Normalize)
         assert resize.size == spec.resize and list(crop.size) == [spec.crop, spec.crop]
@@ -71,6 +71,25 @@ def test_output_shapes(name, size):
     for tf in (train_transform(spec), eval_transform(spec)):
         x = tf(img)
         assert x.shape == (3, spec.crop, spec.crop) and x.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", sorted(ALL_SPECS))
+def test_eval_transform_without_torchvision_computes_torchvisions_tensors(name):
+    """galaxy_morph.preprocess (what an ONNX worker runs) against torchvision's Resize, CenterCrop,
+    ToTensor, Normalize: equal, for the real samples and odd shapes, at the spec's and a small size."""
+    from pathlib import Path
+
+    from galaxy_morph.imaging import decode_image
+
+    samples = sorted((Path(__file__).resolve().parents[1] / "samples" / "galaxy10_decals").glob("class_*_[05].jpg"))
+    rng = np.random.default_rng(1)
+    images = [decode_image(p.read_bytes()) for p in samples] + [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in
+        ((100, 333), (257, 64), (300, 300), (128, 128), (97, 131), (8, 9))]
+    for spec in (get_spec(name), ModelSpec.from_dict({**get_spec(name).to_dict(), "resize": 76, "crop": 64})):
+        ours, theirs = eval_transform(spec), torchvision_eval_transform(spec)
+        for im in images:
+            assert torch.equal(ours(im), theirs(im)), (spec.resize, spec.crop, im.size)
 
 
 def test_eval_normalisation_values():

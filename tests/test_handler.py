@@ -173,7 +173,7 @@ def test_embedding_on_request_is_the_penultimate_layer(handler, b0_dir, sample_i
 
     x = handler.member.transform(decode_image(data)).unsqueeze(0)
     with torch.inference_mode():
-        expected, _ = features_and_logits(handler.model, x)
+        expected, _ = features_and_logits(handler.member.model, x)
     for o in out[:3]:
         assert len(o["embedding"]) == 1280
         assert np.allclose(o["embedding"], expected[0].numpy(), atol=1e-4)
@@ -544,7 +544,7 @@ def test_mc_dropout_on_request(sample_images, monkeypatch):
     assert mc["bald"] == pytest.approx(float(bald(np.array(mc["probabilities"])[:, None])[0]), abs=1e-5)
     assert mc["bald"] > 0
     assert out[0]["probabilities"] == pytest.approx(out[1]["probabilities"], abs=1e-6)
-    monkeypatch.setattr(handler.model.classifier[0], "p", 0.0)  # a head trained without dropout
+    monkeypatch.setattr(handler.member.model.classifier[0], "p", 0.0)  # a head trained without dropout
     out, codes = run(handler, b0_dir, [{"body": data}], [{"X-MC-Dropout": "8"}])
     assert codes == [400] and "without dropout" in out[0]["error"]
 

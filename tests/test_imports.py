@@ -38,3 +38,19 @@ def test_the_archive_builder_and_its_staleness_check_load_no_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     digest, loaded = out.stdout.split()[0], out.stdout.strip().splitlines()[-1]
     assert len(digest) >= 16 and loaded == "[]", out.stdout
+
+
+def test_a_worker_answering_on_onnx_loads_neither_torchvision_nor_timm(served_archives):
+    """They cost a TorchServe worker 3-4 s of CPU and about 150 MB at every start; the torch model
+    (Grad-CAM, MC dropout's head) is built on first use."""
+    run, _ = served_archives
+    code = ("import sys, numpy as np; from PIL import Image; import handlers.galaxy_handler\n"
+            "from galaxy_morph.predictor import Member\n"
+            f"m = Member({str(run / 'b2')!r}, 'cpu', runtime='onnx')\n"
+            "a = m.answers(m.inputs([Image.fromarray(np.zeros((90, 90, 3), np.uint8))]))\n"
+            "print(sorted(k for k in ('torchvision', 'timm') if k in sys.modules), a[0]['label'] in range(10))\n"
+            "m.explain(m.inputs([Image.fromarray(np.zeros((90, 90, 3), np.uint8))])[0])\n"
+            "print(sorted(k for k in ('torchvision', 'timm') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[] True", "['timm', 'torchvision']"], out.stdout
