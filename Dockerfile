@@ -55,13 +55,14 @@ RUN case "$DEVICE" in \
 COPY config.properties ./
 COPY deploy deploy
 COPY ${RUN} ${RUN}
+# The real samples: make archive checks each ONNX export against torch on them; the dashboard's gallery.
+COPY samples samples
 RUN mkdir -p model_store \
  && make archive RUN=${RUN} VERSION=${VERSION} DEVICE=${DEVICE} LOCK=requirements.txt \
  && ls -l model_store
 
 # The dashboard runs from the same image (deploy/k8s/base/dashboard-deployment.yaml): its pages (copied
-# above), the real samples of its gallery, and the text it shows from README.md and docs/demo_models.md.
-COPY samples samples
+# above), the real samples of its gallery (above), and the text it shows from README.md and docs/demo_models.md.
 COPY README.md ./
 COPY docs/demo_models.md docs/
 

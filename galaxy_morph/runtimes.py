@@ -60,6 +60,9 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
+        # No spinning between batches: a server runs several workers on few cores, and a spinning
+        # thread pool takes CPU that the others' forwards need (OMP_WAIT_POLICY=PASSIVE for torch).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = str(onnx) if isinstance(onnx, Path) else onnx
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.threads = options.intra_op_num_threads
@@ -69,16 +72,18 @@ class OnnxModel:
         return torch.from_numpy(feats), torch.from_numpy(logits)
 
 
-def check_images(samples=None) -> list:
-    """The images an export is checked on: the files in `samples` (a folder), else seeded random pixels."""
+def check_images(samples=None) -> tuple[list, str]:
+    """(the images an export is checked on, what they are): the files in `samples` (a folder), else
+    seeded random pixels."""
     from galaxy_morph.predictor import IMAGE_SUFFIXES, to_image
 
-    if samples is not None:
+    if samples is not None and Path(samples).is_dir():
         files = sorted(p for p in Path(samples).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if files:
-            return [to_image(p) for p in files]
+            return [to_image(p) for p in files], str(samples)
     rng = np.random.default_rng(0)
-    return [to_image(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(RANDOM_CHECK_IMAGES)]
+    return ([to_image(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)) for _ in range(RANDOM_CHECK_IMAGES)],
+            "random pixels")
 
 
 def compare(ckpt_dir, onnx: bytes, images) -> dict:
@@ -105,7 +110,8 @@ def ensure_onnx(ckpt_dir, samples=None, force: bool = False) -> dict:
         return json.loads((ckpt_dir / ONNX_RECORD).read_text())
     ckpt = load_checkpoint(ckpt_dir)
     onnx = export_onnx(ckpt.model, ckpt.spec.crop)
-    checked = compare(ckpt_dir, onnx, check_images(samples))
+    images, checked_on = check_images(samples)
+    checked = compare(ckpt_dir, onnx, images)
     if checked["labels_differ"] or checked["verdicts_differ"] or checked["max_prob_diff"] > MAX_PROB_DIFF:
         raise ValueError(f"{ckpt_dir}: the ONNX export does not answer as torch does on {checked['n']} images "
                          f"({checked['labels_differ']} labels and {checked['verdicts_differ']} verdicts differ, "
@@ -114,8 +120,7 @@ def ensure_onnx(ckpt_dir, samples=None, force: bool = False) -> dict:
     atomic_write_bytes(ckpt_dir / ONNX_FILE, onnx)
     record = {"runtime": "onnx", "opset": OPSET, "onnxruntime": _ort_version(), "torch": torch.__version__,
               "weights_sha256": weights_sha256(ckpt_dir),
-              "checked_on": str(samples) if samples is not None and checked["n"] != RANDOM_CHECK_IMAGES
-              else "random pixels", **checked}
+              "checked_on": checked_on, **checked}
     atomic_write_json(ckpt_dir / ONNX_RECORD, record, indent=1)
     return record
 
