@@ -9,7 +9,8 @@
 #
 # The steps are the Makefile's own: `make setup java` (the venv from the runtime lock requirements.txt,
 # then the project itself with --no-deps; LOCK=requirements.txt leaves out the test and benchmark tools;
-# Java 17) and `make archive` (model_store/galaxy-b0.mar, galaxy-b2.mar, galaxy-ensemble.war from the
+# Java 17 and the frontend's fixed workflow executor, compiled into the venv) and `make archive`
+# (model_store/galaxy-b0.mar, galaxy-b2.mar, galaxy-ensemble.war from the
 # checkpoints in RUN, with the serving settings of DEVICE: for cuda bf16, batches of 32, JPEGs decoded on
 # the GPU). DEVICE=cpu takes the same pinned torch/torchvision versions from PyTorch's CPU-only wheel
 # index (about 3 GB smaller; uv reads the index from UV_EXTRA_INDEX_URL, not pip's variable, and takes

@@ -27,13 +27,15 @@ DASHBOARD_PORT ?= 8501
 VERSION ?=
 export TS_HOST TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT DASHBOARD_PORT
 
-.PHONY: help setup java browser postgres test data demo-data demo-models models train evaluate archive serve stop versions \
+.PHONY: help setup java browser postgres test soak data demo-data demo-models models train evaluate archive serve stop versions \
         dashboard bench bench-train bench-gpu classify predict similar queue retrain clean
 
 help:
 	@echo "make serve        set up, serve the shipped demo models (or RUN=dir), start TorchServe + dashboard"
 	@echo "                  [DEVICE=cpu|cuda] serving settings, [TTA=1] answers averaged over 8 flips/rotations"
+	@echo "                  [RUNTIME=onnx|torch] where the forward runs (default: onnx on a CPU, torch on a GPU)"
 	@echo "make test         set up, run the test suite"
+	@echo "make soak         overload and soak TorchServe (minutes; figures in docs/reliability.md)"
 	@echo "make stop         stop TorchServe and the dashboard"
 	@echo "make data         download Galaxy10_DECals.h5 (2.54 GB) into data/"
 	@echo "make demo-data    generate data/synthetic.h5"
@@ -68,13 +70,15 @@ $(STAMP): requirements.txt $(LOCK) pyproject.toml
 	sync
 	touch $@
 
-# TorchServe's frontend is Java 17.
-java:
-	@if java -version 2>&1 | grep -qE 'version "(1[7-9]|2[0-9])'; then :; \
+# TorchServe's frontend is Java 17; javac (a JDK) compiles its fixed workflow executor
+# (torchserve_ops/frontend.py) into the venv.
+java: setup
+	@if java -version 2>&1 | grep -qE 'version "(1[7-9]|2[0-9])' && command -v javac >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing Java 17 (openjdk-17-jre-headless)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; \
-	else echo "TorchServe needs Java 17: sudo apt-get install -y openjdk-17-jre-headless" >&2; exit 1; fi
+		echo "installing Java 17 (openjdk-17-jdk-headless)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jdk-headless; \
+	else echo "TorchServe needs Java 17 and javac: sudo apt-get install -y openjdk-17-jdk-headless" >&2; exit 1; fi
+	@$(PY) -m torchserve_ops.frontend >/dev/null
 
 # The browser test drives Debian's Chromium (Playwright's own browser download cannot work offline).
 browser:
@@ -104,6 +108,10 @@ test: setup java browser postgres
 	env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
 		$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
+# Not part of make test: minutes of overload and a 10,000-request soak (tests/test_overload.py).
+soak: setup java
+	GALAXY_SOAK=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_overload.py
+
 data: setup
 	$(PY) -m training.download --out data/Galaxy10_DECals.h5
 
@@ -129,10 +137,10 @@ evaluate: setup
 
 archive: setup
 	$(VENV)/bin/galaxy-morph archive --run $(RUN) --store model_store $(if $(VERSION),--version $(VERSION)) \
-		--device $(or $(DEVICE),cpu) $(if $(filter-out 0,$(TTA)),--tta)
+		--device $(or $(DEVICE),cpu) $(if $(filter-out 0,$(TTA)),--tta) $(if $(RUNTIME),--runtime $(RUNTIME))
 
 serve: setup java
-	RUN=$(RUN) DEVICE=$(or $(DEVICE),cpu) TTA=$(filter-out 0,$(TTA)) scripts/serve.sh
+	RUN=$(RUN) DEVICE=$(or $(DEVICE),cpu) TTA=$(filter-out 0,$(TTA)) RUNTIME=$(RUNTIME) scripts/serve.sh
 
 stop:
 	scripts/stop.sh

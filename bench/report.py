@@ -167,10 +167,6 @@ def workflow_facts() -> dict:
     """Read from the handlers, so that the notes say what the served code does today."""
     facts = {}
     with contextlib.suppress(Exception):
-        from handlers import workflow as wf
-
-        facts["race_guard_ms"] = round(1000 * wf.RACE_GUARD_S, 1)
-    with contextlib.suppress(Exception):
         from torchserve_ops import archive
 
         facts["workflow_models"] = archive.WORKFLOW_MODELS
@@ -310,15 +306,10 @@ def write_md(path, results, summary, goals, ray, info, memory, flask_rss, settin
     facts = workflow_facts()
     if facts:
         L.append("What the served ensemble does per image that raw from bytes does not (handlers/workflow.py, "
-                 "handlers/galaxy_handler.py, read-only here): `pre` decodes the image to check it and "
-                 "sends it base64 in JSON to every model node; each model handler decodes it again "
-                 f"(3 decodes instead of 1, about {2 * summary['ensemble']['raw_bytes_stage_ms']['decode']:.1f} "
-                 "ms more per image at the decode rate above); `ensemble` parses both answers; the Java "
-                 "frontend routes every request through 4 nodes (4 worker round trips instead of 1); "
-                 f"each function node sleeps {facts.get('race_guard_ms')} ms per batch before it answers "
-                 "(RACE_GUARD_S, against TorchServe 0.12's lost-answer race), so a request's path carries "
-                 f"{2 * (facts.get('race_guard_ms') or 0):g} ms of sleeping that no CPU work fills when "
-                 "fewer than a full batch of requests are in flight.\n")
+                 "handlers/galaxy_handler.py, read-only here): `pre` reads the image header to check it "
+                 "and sends the bytes base64 in JSON to every model node, each of which decodes them (as "
+                 "many decodes as members); `ensemble` parses the members' answers; the Java frontend routes "
+                 "every request through 4 nodes (4 worker round trips instead of 1).\n")
 
     if ray:
         L.append("## make predict on Ray against raw from bytes\n")

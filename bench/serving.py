@@ -69,8 +69,7 @@ from bench.report import collect_raw, judge, ratio, summarise, write_md
 from bench.servers import build_store, flask_server, measure_served, served_memory, served_runtime, torchserve
 
 # What the benchmark serves with on top of the archive defaults (torchserve_ops/archive.py: batches of
-# up to 8 images, 10 ms delay, one worker per model, workflow nodes timeout-ms 5000 x 3 attempts
-# against TorchServe 0.12's lost-answer race): nothing, so the table is what `make serve` runs.
+# up to 8 images, 10 ms delay, one worker per model, workflow node timeouts with retries): nothing, so the table is what `make serve` runs.
 CHOSEN_WORKFLOW = {}
 CHOSEN_MODEL = {}
 # Torch's default threads (one per core) in every worker, with OMP_WAIT_POLICY=PASSIVE (set in

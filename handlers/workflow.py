@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 
 from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS
 from galaxy_morph.ensemble import RULES, check_rule, default_rule, ensemble_answer, ensemble_calibration
@@ -30,12 +29,6 @@ from handlers.payload import RequestError, error_body, header, read_request
 
 from handlers.payload import RULE_HEADER  # noqa: F401  (re-exported)
 SETTINGS_FILE = WORKFLOW_SETTINGS
-# TorchServe 0.12 attaches the promise for a node's answer only after queueing its job; an answer
-# that comes back sooner is lost and the request stalls until the node's timeout-ms. Function
-# nodes answer in ~1 ms, so they wait this long first (see WORKFLOW_MODELS in torchserve_ops/archive.py).
-# Measured side by side (ensemble, 12 s per point, two rounds): 20 ms -> 5 ms raised c=8 from 19-20
-# to 22 img/s and c=1 from 7.5 to 9-10 img/s; no request stalled at 5 ms or at 0 ms.
-RACE_GUARD_S = float(os.environ.get("GALAXY_RACE_GUARD_S", "0.005"))
 _settings = {}
 
 
@@ -75,7 +68,6 @@ def pre(data, context):
     """Start node: check the rule, hand the image bytes to every model as JSON base64."""
     if data is None:
         return None
-    time.sleep(RACE_GUARD_S)
     conf = settings(context)
     members = members_of(conf)
     out = []
@@ -100,7 +92,6 @@ def ensemble(data, context):
     """Aggregate node: combine every member's probabilities with the requested rule."""
     if data is None:
         return None
-    time.sleep(RACE_GUARD_S)
     conf = settings(context)
     members = members_of(conf)
     out = []

@@ -148,14 +148,11 @@ def test_served_demo_models_flag_what_is_not_a_galaxy(pod):
         local = demo_verdicts(name, junk + real)
         assert [a["in_distribution"] for a in got] == [a["in_distribution"] for a in local]
         assert [a["ood_score"] for a in got] == pytest.approx([a["ood_score"] for a in local], rel=1e-4, abs=1e-4)
-    # The workflow on the issue's five kinds and a few real galaxies: it flags when either member does
-    # (TorchServe 0.12's workflow race makes a long series of workflow requests slow under load).
-    kinds = ["uniform colour", "Gaussian noise", "gradient", "checkerboard"]
-    few = [png(generated[k][0]) for k in kinds] + bodies[len(junk) - 2:len(junk) + 4]  # + 2 photographs
-    got = ask("/wfpredict/galaxy-ensemble", few)
-    assert [a["in_distribution"] for a in got[:6]] == [False] * 6, got[:6]
+    # The workflow on the same images: it flags what either member flags.
+    got = ask("/wfpredict/galaxy-ensemble", bodies)
     assert all(a["in_distribution"] == (a["b0"]["in_distribution"] and a["b2"]["in_distribution"]) for a in got)
-    assert sum(not a["in_distribution"] for a in got[6:]) <= 1
+    assert np.mean([not a["in_distribution"] for a in got[:len(junk)]]) >= 0.95
+    assert sum(not a["in_distribution"] for a in got[len(junk):]) <= 4  # at most each member's 2 of 20
     r = requests.post(base + "/predictions/galaxy-b2", data=b"not an image", timeout=60)
     assert r.status_code == 400 and "not an image" in r.json()["error"]
 

@@ -499,7 +499,7 @@ def test_gpu_settings_answer_as_the_cpu_settings(sample_images):
     and nearly the same probabilities."""
     from torchserve_ops.archive import DEVICE_CONFIG
 
-    ref = make_handler(SHIPPED_B0, **DEVICE_CONFIG["cpu"]["handler"])
+    ref = make_handler(SHIPPED_B0, **{**DEVICE_CONFIG["cpu"]["handler"], "runtime": "torch"})  # fp32, PIL
     gpu_like = make_handler(SHIPPED_B0, **DEVICE_CONFIG["cuda"]["handler"])
     assert gpu_like.member.autocast_dtype == torch.bfloat16 and gpu_like.decoder == "device"
     # a fifth of the samples, two of each class: bf16 on a CPU is slow (~0.25 s an image)

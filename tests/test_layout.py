@@ -23,7 +23,8 @@ ML = {"torch", "torchvision", "timm", "captum"}
 # room (a package, or a module inside one: the longest match wins) -> the third-party roots its files
 # may import, at the top or inside a function. What the code imports today: a new library in a room is
 # a decision, made here. The HTTP side (survey I/O, torchserve_ops, the dashboard's plain modules)
-# has no deep-learning stack; only handlers/, torchserve_ops.server and bench/ import TorchServe's `ts`.
+# has no deep-learning stack; only handlers/, torchserve_ops.server and .frontend and bench/ import
+# TorchServe's `ts`.
 THIRD_PARTY = {
     "galaxy_morph": {"numpy", "scipy", "PIL", "h5py", "astropy", "sklearn", "pandas", "tqdm", "huggingface_hub",
                      "onnxruntime"} | ML,
@@ -34,6 +35,7 @@ THIRD_PARTY = {
     "torchserve_ops.client": {"requests", "tenacity", "prometheus_client"},
     "torchserve_ops.pool": {"tenacity"},
     "torchserve_ops.server": {"psutil", "ts"},  # ts: where its Java frontend is installed
+    "torchserve_ops.frontend": {"ts"},
     "prediction": {"numpy", "PIL", "h5py", "pyarrow", "ray", "torch"},
     "prediction.parts": {"pyarrow"},
     "prediction.similarity": {"numpy", "pyarrow", "faiss"},

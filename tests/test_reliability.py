@@ -39,7 +39,7 @@ pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples" / "galaxy10_decals"
 DOC = REPO / "docs" / "reliability.md"
-SCENARIOS = ("load", "worker_killed", "server_restarted", "fuzz", "security")
+SCENARIOS = ("load", "workflow_burst", "worker_killed", "server_restarted", "fuzz", "security")
 FIGURES: dict[str, dict] = {}
 
 
@@ -65,6 +65,9 @@ def write_report() -> None:
     what = {
         "load": "many concurrent clients, a fixed number of requests to b0, b2 and the workflow: "
                 "every request answered, no 5xx",
+        "workflow_burst": "more workflow requests at once than a node's job queue holds: each answered "
+                          "or refused (500, the node's queue-full message), none waits out a node's "
+                          "timeout-ms, the frontend's threads back to where they were",
         "worker_killed": "the galaxy-b0 worker killed (SIGKILL) while a bulk classification runs: "
                          "TorchServe starts a new worker, the catalogue has every row exactly once",
         "server_restarted": "TorchServe stopped in the middle of a bulk classification and started "
@@ -107,6 +110,13 @@ def worker_pid(server, model="galaxy-b0") -> tuple[int | None, str | None]:
             workers[0]["status"] if workers else None)
 
 
+def log_lines(server, text: bytes, since: int = 0) -> tuple[int, int]:
+    """Distinct lines of ts_log.log from byte `since` that contain `text`, and the log's size now
+    (TorchServe's log4j2.xml writes each line to ts_log twice)."""
+    data = (server.log_dir / "ts_log.log").read_bytes()[since:]
+    return len({line for line in data.splitlines() if text in line}), since + len(data)
+
+
 @pytest.fixture(scope="module")
 def victim(make_torchserve):
     """A TorchServe of its own (galaxy-b0 only) that the destructive tests may break."""
@@ -143,6 +153,48 @@ def test_load_every_request_answered(torchserve):
            errors=len(bad), **{"5xx": sum(isinstance(c, int) and c >= 500 for c in codes)},
            wall_s=round(wall, 1))
     assert not bad, bad[:5]
+
+
+def test_workflow_burst_refused_promptly_without_leaking_threads(torchserve):
+    """TorchServe 0.12's workflow executor lost node answers that came back before it attached their
+    promise (the request waited out the node's timeout-ms) and leaked up to 4 threads per failed
+    request; torchserve_ops/frontend/DagExecutor.java replaces it. N requests at once, more than
+    a node's job queue (job_queue_size=100) holds."""
+    n, body = 400, samples(1)[0]
+    headers = {**torchserve.auth("inference"), "Content-Type": "application/octet-stream"}
+    frontend = psutil.Process(torchserve.pid)
+    threads_before = frontend.num_threads()
+    _, log_at = log_lines(torchserve, b"")
+
+    def send(_):
+        t0 = time.time()
+        try:
+            r = requests.post(f"{torchserve.inference_url}/wfpredict/galaxy-ensemble", data=body,
+                              headers=headers, timeout=120)
+        except requests.RequestException as e:
+            return type(e).__name__, "", time.time() - t0
+        return r.status_code, r.text, time.time() - t0
+
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=n) as ex:
+        results = list(ex.map(send, range(n)))
+    wall = time.time() - t0
+    answered = [r for r in results if r[0] == 200 and '"label"' in r[1]]
+    refused = [r for r in results if r[0] == 500 and "has no worker to serve inference request" in r[1]]
+    other = [(c, t[:200]) for c, t, _ in results if (c, t) not in {(a[0], a[1]) for a in answered + refused}]
+    stalled, _ = log_lines(torchserve, b"Timed out while executing", log_at)
+    deadline, threads_after = time.time() + 30, frontend.num_threads()
+    while threads_after > threads_before + 10 and time.time() < deadline:  # idle node threads end after 5 s
+        time.sleep(1)
+        threads_after = frontend.num_threads()
+    record("workflow_burst", requests_at_once=n, answered_200=len(answered), refused_500=len(refused),
+           other=len(other), refused_max_s=round(max((r[2] for r in refused), default=0), 1),
+           answered_max_s=round(max((r[2] for r in answered), default=0), 1),
+           node_timeouts=stalled, frontend_threads=f"{threads_before} -> {threads_after}", wall_s=round(wall, 1))
+    assert not other, other[:5]
+    assert answered and refused, (len(answered), len(refused))
+    assert stalled == 0, f"{stalled} workflow node calls waited out their timeout-ms (ts_log.log)"
+    assert threads_after <= threads_before + 10, (threads_before, threads_after)
 
 
 def test_worker_killed_during_bulk_classification(victim, tmp_path):

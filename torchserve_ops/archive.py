@@ -66,10 +66,8 @@ DEVICE_CONFIG = {
 }
 # Grad-CAM layer per model: B0's last stage is 4x4 at 128 px, features.5 is 8x8.
 CAM_LAYERS = {"b0": "features.5"}
-# TorchServe 0.12 queues a workflow node's job before it attaches the promise that receives the
-# answer (DagExecutor.invokeModel), so a node that answers within that gap is never heard and the
-# request waits for timeout-ms, then retries. Short node timeouts with retries bound that stall
-# (the function nodes also wait a few ms before answering: handlers/workflow.py).
+# A workflow node call that gets no answer within timeout-ms is sent again, retry-attempts times
+# (the frontend's executor: torchserve_ops/frontend/DagExecutor.java).
 WORKFLOW_MODELS = {"min-workers": 1, "max-workers": 1, "batch-size": 8, "max-batch-delay": 10,
                    "retry-attempts": 3, "timeout-ms": 5000}
 WORKFLOW_MODEL_NODE = {"timeout-ms": 30000}  # b0/b2 nodes: inference may take seconds under load

@@ -36,6 +36,7 @@ import psutil
 
 from galaxy_morph.answers import WORKFLOW_NAME, WORKFLOW_SETTINGS, served_name
 from galaxy_morph.specs import PAIR
+from torchserve_ops import frontend
 from torchserve_ops.client import (DEFAULT_HOST, KEY_FILE_NAME, PORT_ENV, TorchServeClient, TorchServeError,
                                    read_key_file)
 
@@ -195,7 +196,7 @@ def java_command(config: Path, model_store: Path, tmp_dir: Path, log_dir: Path) 
             vmargs = line.split("=", 1)[1].split()
     return [java, f"-Dmodel_server_home={ts_home}", f"-Djava.io.tmpdir={tmp_dir}",
             f"-Dlog_location={log_dir}", f"-Dmetrics_location={log_dir}", *vmargs,
-            "-cp", f".:{ts_home / 'ts' / 'frontend' / '*'}", "org.pytorch.serve.ModelServer",
+            "-cp", frontend.class_path(), "org.pytorch.serve.ModelServer",
             "--python", sys.executable, "-f", str(config), "-s", str(model_store.resolve()),
             "-w", str(model_store.resolve()), "-ncs"]
 
