@@ -41,6 +41,7 @@ SAMPLES = REPO / "samples" / "galaxy10_decals"
 DOC = REPO / "docs" / "reliability.md"
 SCENARIOS = ("load", "workflow_burst", "worker_killed", "server_restarted", "fuzz", "security")
 FIGURES: dict[str, dict] = {}
+SOAK_SECTION = "<!-- overload-soak: begin -->"  # tests/test_overload.py's section of the doc
 
 
 def record(name: str, **figures) -> None:
@@ -81,7 +82,9 @@ def write_report() -> None:
         figs = "; ".join(f"{k}: {v}" for k, v in FIGURES[s].items())
         L.append(f"| {s.replace('_', ' ')} | {what[s]} | {figs} |")
     DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text("\n".join(L) + "\n")
+    old = DOC.read_text() if DOC.is_file() else ""
+    soak = old[old.index(SOAK_SECTION):] if SOAK_SECTION in old else ""  # make soak's, kept as it is
+    DOC.write_text("\n".join(L) + "\n" + ("\n" + soak if soak else ""))
 
 
 def samples(n: int) -> list[bytes]:
