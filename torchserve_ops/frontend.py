@@ -55,9 +55,10 @@ def classes() -> Path:
         if done.returncode != 0:
             raise FrontendError(f"javac failed:\n{done.stderr[-2000:]}")
         mark_current(Path(tmp) / STAMP, digest)
-        shutil.rmtree(out, ignore_errors=True)
-        Path(tmp).rename(out)
-        Path(tmp).mkdir()  # for TemporaryDirectory's own clean-up
+        if not is_current(out / STAMP, digest):  # another process may have compiled it meanwhile
+            shutil.rmtree(out, ignore_errors=True)
+            Path(tmp).rename(out)
+            Path(tmp).mkdir()  # for TemporaryDirectory's own clean-up
     return out
 
 
