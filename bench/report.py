@@ -333,13 +333,14 @@ def write_md(path, results, summary, goals, ray, info, memory, flask_rss, settin
                  f"{(ray.get('small') or {}).get('images')} images took {(ray.get('small') or {}).get('wall_s')} s.\n")
 
     L.append("## Memory after the load tests (MB)\n")
-    L.append("Every TorchServe worker is its own Python process and imports torch (TorchServe's worker "
-             "does so itself, before any handler); this torch build maps its CUDA libraries at import, "
-             "about 0.7 GB of RSS per process before a model is loaded. The workflow adds four workers: "
-             "its own copies of both models (`galaxy-ensemble__b0`, `__b2`) and one per function node "
-             "(`__pre`, `__ensemble`). RSS counts the shared library pages once per process; PSS "
-             "divides them among the processes that share them, so the PSS total is what the stack "
-             "really holds.\n")
+    L.append("Every TorchServe worker is its own Python process. A model worker imports torch (its "
+             "handler does; this torch build maps its CUDA libraries at import, about 0.5 GB per process "
+             "before a model is loaded); the workflow's function nodes (`__pre`, `__ensemble`) do not: "
+             "TorchServe's worker imports torch only for its message codec, and torchserve_ops.worker "
+             "defers that import to first use. The workflow adds four workers: its own copies of both "
+             "models (`galaxy-ensemble__b0`, `__b2`) and one per function node. RSS counts the shared "
+             "library pages once per process; PSS divides them among the processes that share them, so "
+             "the PSS total is what the stack really holds.\n")
     L.append("| process | RSS | PSS |")
     L.append("|---|---:|---:|")
     for k in memory["rss"]:

@@ -200,6 +200,22 @@ def test_workflow_burst_refused_promptly_without_leaking_threads(torchserve):
     assert threads_after <= threads_before + 10, (threads_before, threads_after)
 
 
+def test_the_workflow_function_nodes_never_load_torch(torchserve):
+    """torchserve_ops.worker: TorchServe's worker imports torch for its message codec; here the
+    workflow's function nodes (pre, ensemble) never load it, the model workers do."""
+    def loaded_torch(model: str) -> bool:
+        pid, status = worker_pid(torchserve, model)
+        assert pid and status == "READY", (model, pid, status)
+        return any("libtorch" in m.path for m in psutil.Process(pid).memory_maps())
+
+    body = samples(1)[0]
+    r = requests.post(f"{torchserve.inference_url}/wfpredict/galaxy-ensemble", data=body,
+                      headers=torchserve.auth("inference"), timeout=120)
+    assert r.status_code == 200 and "label" in r.json(), r.text[:300]
+    assert not loaded_torch("galaxy-ensemble__pre") and not loaded_torch("galaxy-ensemble__ensemble")
+    assert loaded_torch("galaxy-ensemble__b0") and loaded_torch("galaxy-b2")
+
+
 def test_worker_killed_during_bulk_classification(victim, tmp_path):
     n = 120
     h5 = make_h5(tmp_path / "survey.h5", n)

@@ -184,6 +184,15 @@ def render_config(out: Path, ports: dict, model_store: Path, models=ARCHIVES,
     return out
 
 
+def worker_python(folder: Path) -> Path:
+    """The Python the frontend starts its workers with: this one, through torchserve_ops.worker
+    (torch imported on first use, so the workflow's function nodes never load it)."""
+    path = Path(folder) / "worker-python"
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m torchserve_ops.worker "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
 def java_command(config: Path, model_store: Path, tmp_dir: Path, log_dir: Path) -> list[str]:
     """What `torchserve --start --ncs` runs, with this instance's temp and log folders."""
     import ts
@@ -197,7 +206,7 @@ def java_command(config: Path, model_store: Path, tmp_dir: Path, log_dir: Path) 
     return [java, f"-Dmodel_server_home={ts_home}", f"-Djava.io.tmpdir={tmp_dir}",
             f"-Dlog_location={log_dir}", f"-Dmetrics_location={log_dir}", *vmargs,
             "-cp", frontend.class_path(), "org.pytorch.serve.ModelServer",
-            "--python", sys.executable, "-f", str(config), "-s", str(model_store.resolve()),
+            "--python", str(worker_python(tmp_dir)), "-f", str(config), "-s", str(model_store.resolve()),
             "-w", str(model_store.resolve()), "-ncs"]
 
 
