@@ -76,7 +76,6 @@ public class DagExecutor {
         Set<String> ready = dag.getStartNodeNames(); // likewise
         Set<String> running = new HashSet<>();
         ArrayList<NodeOutput> leaves = new ArrayList<>();
-        int inFlight = 0;
 
         if (!dryRun) {
             for (String name : ready) {
@@ -96,14 +95,12 @@ public class DagExecutor {
                         WorkflowModel model = dag.getNodes().get(name).getWorkflowModel();
                         RequestInput nodeInput = inputs.get(name);
                         done.submit(() -> invokeModel(name, model, nodeInput, 0));
-                        inFlight++;
                     }
                 }
             }
             if (!dryRun) {
                 try {
                     finished.add(done.take().get());
-                    inFlight--;
                 } catch (InterruptedException | ExecutionException e) {
                     logger.error(e.getMessage());
                     // The client sees what follows the message's last colon (WorkflowManager).
