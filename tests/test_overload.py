@@ -33,6 +33,7 @@ import pytest
 import requests
 
 from bench.load import load_test, ok_answer, percentiles
+from tests.test_reliability import log_lines
 from torchserve_ops.server import workflow_model_names
 
 pytestmark = [pytest.mark.soak, pytest.mark.server,
@@ -234,10 +235,7 @@ def frontend(server) -> dict:
 def node_timeouts(server, since: int = 0) -> tuple[int, int]:
     """Workflow node calls that TorchServe timed out (and retried) in ts_log.log from byte `since`,
     and the log's size now. Each is a request stranded for the node's timeout-ms."""
-    data = (server.log_dir / "ts_log.log").read_bytes()[since:]
-    # TorchServe's log4j2.xml sends each line to ts_log twice (its logger and the root logger)
-    lines = {line for line in data.splitlines() if b"Timed out while executing" in line}
-    return len(lines), since + len(data)
+    return log_lines(server, b"Timed out while executing", since)
 
 
 def assert_workers_alive(server, before: dict) -> None:
