@@ -11,6 +11,7 @@ galaxies passes; training.ood writes the file and measures it against the other 
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,28 +29,62 @@ SMOOTH = 5
 
 
 def cheap_check(image) -> str | None:
-    """A reason to flag the image without any model, or None. `image`: HxWxC uint8 (array or PIL) or
-    a CxHxW uint8/float tensor (0-255)."""
-    import torch
-    import torch.nn.functional as F
-
-    if isinstance(image, torch.Tensor):
-        g = image.float().mean(0) if image.dim() == 3 else image.float()
-    else:
-        a = np.asarray(image)
-        if a.ndim == 3:  # the channels' mean: integer sums are exact, so this equals a.mean(2), 7x faster
-            a = sum((a[..., c] for c in range(1, a.shape[2])), a[..., 0].astype(np.float32)) / np.float32(a.shape[2])
-        g = torch.from_numpy(np.asarray(a, np.float32))
-    if float(g.std()) < CONSTANT_STD:
+    """A reason to flag the image without any model, or None. `image`: HxWxC or HxW integer pixels
+    (uint8 array or PIL image) or a CxHxW uint8 tensor (the GPU decoder's)."""
+    if hasattr(image, "detach"):  # a torch tensor, on any device
+        t = image.detach().cpu()
+        image = t.permute(1, 2, 0).numpy() if t.dim() == 3 else t.numpy()
+    a = np.asarray(image)
+    if a.dtype.kind not in "ui":
+        raise TypeError(f"cheap_check wants integer pixels, got {a.dtype}")
+    # The grey image is the channels' mean, kept as the integer channel sum k = channels * grey, and
+    # the 5x5 mean as the integer box sum times lcm / (pixels in the window): every statistic below
+    # is exact, and the medians come from a histogram instead of a sort (4x faster than float32).
+    channels = a.shape[2] if a.ndim == 3 else 1
+    a = a.reshape(a.shape[0], a.shape[1], channels)
+    k = a[..., 0].astype(np.int32)
+    for c in range(1, channels):  # slice by slice: 7x faster than a.sum(2)
+        k += a[..., c]
+    if k.std(ddof=1) / channels < CONSTANT_STD:  # ddof 1: torch's std, as the threshold was set
         return "constant image: no structure at all"
-    s = F.avg_pool2d(g[None, None], SMOOTH, stride=1, padding=SMOOTH // 2, count_include_pad=False)[0, 0]
-    sky = s.median()
-    sigma = 1.4826 * (s - sky).abs().median() + 1e-6
-    h, w = s.shape
+    h, w = k.shape
+    p = np.pad(k, SMOOTH // 2)
+    rows = sum(p[i:i + h] for i in range(SMOOTH))
+    lcm, weight = _window_weights(h, w)
+    s = sum(rows[:, j:j + w] for j in range(SMOOTH)) * weight  # = channels * lcm * smoothed grey
+    sky = _lower_median(s.ravel())
+    mad = _lower_median(np.abs(s.ravel() - sky))
     peak = s[h // 4: 3 * h // 4, w // 4: 3 * w // 4].max()
-    if float((peak - sky) / sigma) < SOURCE_SIGMA:
-        return f"no source above the sky noise in the centre (peak {float((peak - sky) / sigma):.1f} sigma)"
+    unit = channels * lcm
+    sigmas = float((peak - sky) / unit / (1.4826 * mad / unit + 1e-6))
+    if sigmas < SOURCE_SIGMA:
+        return f"no source above the sky noise in the centre (peak {sigmas:.1f} sigma)"
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def _window_weights(h: int, w: int) -> tuple[int, np.ndarray]:
+    """(lcm, lcm // pixels) of the SMOOTH x SMOOTH windows of an h x w image, clipped at its edges
+    (avg_pool2d's count_include_pad=False)."""
+    r = SMOOTH // 2
+
+    def inside(n):
+        i = np.arange(n)
+        return np.minimum(i + r, n - 1) - np.maximum(i - r, 0) + 1
+    pixels = np.outer(inside(h), inside(w))
+    lcm = int(np.lcm.reduce(np.unique(pixels)))
+    return lcm, (lcm // pixels).astype(np.int32)
+
+
+def _lower_median(v: np.ndarray, bits: int = 8):
+    """The lower of the two middle values (torch.median's) of non-negative integers: a histogram of
+    v >> bits finds the bin that holds it, a partition of that bin alone the value."""
+    m = (v.size - 1) // 2
+    high = v >> bits
+    below = np.cumsum(np.bincount(high))
+    b = int(np.searchsorted(below, m, side="right"))
+    rank = m - (int(below[b - 1]) if b else 0)
+    return np.partition(v[high == b], rank)[rank]
 
 
 @dataclass

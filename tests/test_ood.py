@@ -29,6 +29,40 @@ def test_cheap_checks():
         assert cheap_check(decode_image(path.read_bytes())) is None, path.name
 
 
+def _float_reference(image) -> float:
+    """The cheap check's sigmas in torch float32 (avg_pool2d, torch.median), as first written."""
+    import torch.nn.functional as F
+
+    g = torch.from_numpy(np.asarray(image, np.float32).mean(2))
+    s = F.avg_pool2d(g[None, None], 5, stride=1, padding=2, count_include_pad=False)[0, 0]
+    sky = s.median()
+    sigma = 1.4826 * (s - sky).abs().median() + 1e-6
+    h, w = s.shape
+    return float((s[h // 4: 3 * h // 4, w // 4: 3 * w // 4].max() - sky) / sigma)
+
+
+def test_cheap_check_exact_integer_arithmetic_matches_the_float_reference():
+    """The histogram medians over integer box sums give torch's float32 verdicts and sigmas on the
+    real samples, every generated non-galaxy family and photographs (odd sizes included)."""
+    from galaxy_morph.ood import SOURCE_SIGMA
+
+    images = [np.asarray(decode_image(p.read_bytes())) for p, _ in sample_files()]
+    images += [im for ims in outliers.generated(np.random.default_rng(1), 6).values() for im in ims]
+    images += list(outliers.photographs().values())[:10]
+    images += [np.random.default_rng(2).integers(0, 256, (97, 131, 3), dtype=np.uint8)]
+    checked = 0
+    for im in images:
+        reason = cheap_check(im)
+        if reason and reason.startswith("constant image"):
+            continue
+        ref = _float_reference(im)
+        assert (reason is None) == (ref >= SOURCE_SIGMA)
+        if reason:
+            assert f"peak {ref:.1f} sigma" in reason or abs(ref - float(reason.split("peak ")[1].split()[0])) <= 0.05
+        checked += 1
+    assert checked > 150
+
+
 def test_reject_head_fit_score_and_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     galaxies = rng.normal(0, 1, (2000, 20))
