@@ -53,7 +53,8 @@ def raw_rates(run: Path, name: str, device_kind: str, payloads: list[bytes], sec
     config = model_config_for(name, name, device_kind)
     handler, batch = config["handler"], int(config["batchSize"])
     device = torch.device("cuda" if device_kind == "cuda" else "cpu")
-    dtype = PRECISIONS[handler["precision"]]
+    dtype_name = PRECISIONS[handler["precision"]]  # a torch dtype's name, None: fp32
+    dtype = getattr(torch, dtype_name) if dtype_name else None
     ckpt = load_checkpoint(run / name, map_location="cpu")
     model = ckpt.model.to(device, memory_format=torch.channels_last).eval()
     on_device, pil = eval_tensor_transform(ckpt.spec), ckpt.transform

@@ -333,11 +333,12 @@ def write_md(path, results, summary, goals, ray, info, memory, flask_rss, settin
                  f"{(ray.get('small') or {}).get('images')} images took {(ray.get('small') or {}).get('wall_s')} s.\n")
 
     L.append("## Memory after the load tests (MB)\n")
-    L.append("Every TorchServe worker is its own Python process. A model worker imports torch (its "
-             "handler does; this torch build maps its CUDA libraries at import, about 0.5 GB per process "
-             "before a model is loaded); the workflow's function nodes (`__pre`, `__ensemble`) do not: "
-             "TorchServe's worker imports torch only for its message codec, and torchserve_ops.worker "
-             "defers that import to first use. The workflow adds four workers: its own copies of both "
+    L.append("Every TorchServe worker is its own Python process. No worker that answers on onnx imports "
+             "torch (this torch build holds about 270 MB of private memory per process after its import, "
+             "its CUDA libraries included): TorchServe's worker imports it only for its message codec, "
+             "which torchserve_ops.worker defers to first use, and the handler answers with numpy and ONNX "
+             "Runtime; a worker loads torch on its first explanation (Grad-CAM) or MC-dropout request. "
+             "Each model has its workers (two on a CPU), and the workflow has its own: its copies of both "
              "models (`galaxy-ensemble__b0`, `__b2`) and one per function node. RSS counts the shared "
              "library pages once per process; PSS divides them among the processes that share them, so "
              "the PSS total is what the stack really holds.\n")
@@ -380,9 +381,10 @@ def write_md(path, results, summary, goals, ray, info, memory, flask_rss, settin
         if isinstance(v, dict) and "workers" in v:
             L.append(f"| {k} | {v['workers']} | {v['batchSize']} | {v['maxBatchDelay']} |")
     ch = settings["changes_over_archive_defaults"]
-    L.append(f"\nTorch threads per worker: {settings.get('torch_threads_per_worker')}; every process of "
-             "the benchmark (raw, the peers, TorchServe, Ray) runs with OMP_WAIT_POLICY=PASSIVE. The handler "
-             "runs `torch.inference_mode` with channels_last. Changed on top of the archive defaults for "
+    L.append(f"\nForward threads per worker: {settings.get('torch_threads_per_worker')}; every process of "
+             "the benchmark (raw, the peers, TorchServe, Ray) runs with OMP_WAIT_POLICY=PASSIVE. On onnx a "
+             "worker never imports torch; on torch the handler runs `torch.inference_mode` with channels_last. "
+             "Changed on top of the archive defaults for "
              f"this run: workflow {ch['workflow'] or 'none'}, model-config {ch['model-config'] or 'none'}, "
              f"environment {ch['env'] or 'none'}.\n")
     if tuning:

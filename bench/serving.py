@@ -68,28 +68,31 @@ from bench.peers import PEERS, peer_server, pss_mb
 from bench.report import collect_raw, judge, ratio, summarise, write_md
 from bench.servers import build_store, flask_server, measure_served, served_memory, served_runtime, torchserve
 
-# What the benchmark serves with on top of the archive defaults (torchserve_ops/archive.py: batches of
-# up to 8 images, 10 ms delay, one worker per model, workflow node timeouts with retries): nothing, so the table is what `make serve` runs.
+# What the benchmark serves with on top of the archive defaults (torchserve_ops/archive.py: on a CPU
+# two workers per model with batches of up to 4 and a 10 ms delay, workflow node timeouts with
+# retries): nothing, so the table is what `make serve` runs.
 CHOSEN_WORKFLOW = {}
 CHOSEN_MODEL = {}
-# Torch's default threads (one per core) in every worker, with OMP_WAIT_POLICY=PASSIVE (set in
-# bench.common, inherited): spinning OpenMP threads were 10-50x slower on this shared machine.
+# The handler's default forward threads (cores / workers per model), with OMP_WAIT_POLICY=PASSIVE
+# (set in bench.common, inherited): spinning OpenMP threads were 10-50x slower on this shared machine.
 CHOSEN_ENV = {}
-CHOSEN_LABEL = ("archive defaults: 1 worker per model, batch 8 / 10 ms, torch default threads (2), "
+CHOSEN_LABEL = ("archive defaults: 2 workers per model, batch 4 / 10 ms, cores / workers forward threads, "
                 "passive OpenMP waiting")
+ONE_WORKER = {"minWorkers": 1, "maxWorkers": 1}
+ONE_WORKER_WF = {"min-workers": 1, "max-workers": 1}
 
 # What TorchServe offers through configuration (torchserve_ops.archive.build_all(model_config=...,
 # workflow_models=...) and the workers' environment), each measured at c=8 next to raw-from-bytes.
 TUNING = [
     # (label, env for the workers, model-config overrides, workflow overrides)
-    ("batch 8, max delay 2 ms", {}, {"maxBatchDelay": 2}, {"max-batch-delay": 2}),
-    ("batch 8, max delay 50 ms", {}, {"maxBatchDelay": 50}, {"max-batch-delay": 50}),
-    ("batch 4, max delay 10 ms", {}, {"batchSize": 4}, {"batch-size": 4}),
-    ("batch 16, max delay 20 ms", {}, {"batchSize": 16, "maxBatchDelay": 20},
-     {"batch-size": 16, "max-batch-delay": 20}),
-    ("1 torch thread per worker (OMP_NUM_THREADS=1)", {"OMP_NUM_THREADS": "1"}, {}, {}),
-    ("2 workers per model, 1 torch thread each", {"OMP_NUM_THREADS": "1"},
-     {"minWorkers": 2, "maxWorkers": 2}, {"min-workers": 2, "max-workers": 2}),
+    ("1 worker per model, batch 8, all cores' threads (the default until this sweep)", {},
+     {**ONE_WORKER, "batchSize": 8}, {**ONE_WORKER_WF, "batch-size": 8}),
+    ("1 worker per model, batch 4, all cores' threads", {}, {**ONE_WORKER}, {**ONE_WORKER_WF}),
+    ("2 workers, batch 8", {}, {"batchSize": 8}, {"batch-size": 8}),
+    ("2 workers, batch 2", {}, {"batchSize": 2}, {"batch-size": 2}),
+    ("2 workers, batch 4, max delay 2 ms", {}, {"maxBatchDelay": 2}, {"max-batch-delay": 2}),
+    ("3 workers per model, batch 4, 1 thread each", {}, {"minWorkers": 3, "maxWorkers": 3},
+     {"min-workers": 3, "max-workers": 3}),
 ]
 
 
@@ -238,8 +241,10 @@ def served_settings(server) -> dict:
         d = ts.describe(m["modelName"], customized=False)[0]
         out[m["modelName"]] = {"workers": len(d.get("workers", [])), "batchSize": d.get("batchSize"),
                                "maxBatchDelay": d.get("maxBatchDelay")}
+    workers = max(v["workers"] for v in out.values())
     out["torch_threads_per_worker"] = (CHOSEN_ENV.get("OMP_NUM_THREADS")
-                                       or f"torch default (one per core: {os.cpu_count()})")
+                                       or f"the handler's default, cores / workers per model: "
+                                          f"{os.cpu_count()} / {workers} = {max(1, os.cpu_count() // workers)}")
     return out
 
 

@@ -17,14 +17,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from galaxy_morph.files import atomic_write_json
-
-if TYPE_CHECKING:
-    import torch
 
 CALIBRATION_FILE = "calibration.json"
 ECE_BINS = 15
@@ -34,10 +30,15 @@ def mode(tta: bool) -> str:
     return "tta" if tta else "plain"
 
 
-def calibrate(probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(log(p) / T) over the last axis; T = 1 returns `probs` as they are."""
+def calibrate(probs, temperature: float):
+    """softmax(log(p) / T) over the last axis of a torch tensor or a numpy array (float32 back);
+    T = 1 returns `probs` as they are."""
     if temperature == 1.0:
         return probs
+    if isinstance(probs, np.ndarray):
+        z = np.log(np.clip(probs, 1e-12, None)) / np.float32(temperature)
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return (e / e.sum(-1, keepdims=True)).astype(np.float32)
     import torch
 
     return torch.softmax(probs.clamp_min(1e-12).log() / temperature, dim=-1)

@@ -16,24 +16,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from galaxy_morph.answers import DEFAULT_VERSION
-from galaxy_morph.data import SYNTHETIC_SOURCE
-from galaxy_morph.calibration import provenance, read_calibration, served_entry, temperature_of
+from galaxy_morph.checkpoint import (SYNTHETIC_SOURCES, Checkpoint, read_checkpoint,  # noqa: F401  (re-exported)
+                                     synthetic_data)
 from galaxy_morph.files import atomic_path, atomic_write_json
 from galaxy_morph.run_files import META_FILE, WEIGHTS_FILE, read_meta  # noqa: F401  (re-exported)
 from galaxy_morph.specs import GALAXY10_CLASSES, ModelSpec, get_spec
-from galaxy_morph.preprocess import eval_transform
-
-SYNTHETIC_SOURCES = (SYNTHETIC_SOURCE, "simulation.synthetic")
-TTA_BATCH = 256  # class_probabilities: up to this many images in one forward (8 views x 32)
+from galaxy_morph.runtimes import TTA_BATCH
+from galaxy_morph.uncertainty import MAX_MC_PASSES  # noqa: F401  (re-exported)
 
 
 class PretrainedUnavailable(RuntimeError):
@@ -228,54 +223,15 @@ def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, spec: ModelSpe
     return out
 
 
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint: everything a caller needs to answer with it, parsed once."""
-    model: nn.Module | None  # eval mode; None when loaded without it
-    spec: ModelSpec
-    transform: Callable  # PIL image -> normalised tensor, from the spec
-    class_names: list[str]
-    meta: dict
-    calibration: dict  # calibration.json beside the weights ({} when not calibrated)
-
-    @property
-    def version(self) -> str:
-        return str(self.meta.get("version", DEFAULT_VERSION))
-
-    def temperature(self, tta: bool = False) -> float:
-        """The fitted temperature for this answering mode, 1.0 when there is none."""
-        return temperature_of(self.calibration, tta) or 1.0
-
-    def calibrated(self, tta: bool = False) -> bool:
-        return temperature_of(self.calibration, tta) is not None
-
-    def calibration_info(self, tta: bool = False) -> dict | None:
-        """{"on", "n", "temperature"} of the fit this mode answers with (None: not calibrated)."""
-        return provenance(served_entry(self.calibration, tta), synthetic_data(self.meta))
-
-
-def synthetic_data(meta: dict) -> bool:
-    """Whether the checkpoint's training data was the project's synthetic galaxies."""
-    data = meta.get("data") or {}
-    return data.get("source") in SYNTHETIC_SOURCES or "synthetic" in Path(str(data.get("path") or "")).name
-
-
 def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu", with_model: bool = True) -> Checkpoint:
     """Rebuild the model a checkpoint folder describes and load its weights (eval mode);
-    `with_model` False: everything but the model (no torchvision or timm imported)."""
-    ckpt_dir = Path(ckpt_dir)
-    meta = read_meta(ckpt_dir)
-    spec = ModelSpec.from_dict(meta["spec"])
-    weights = ckpt_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise FileNotFoundError(f"no checkpoint weights at {weights}")
-    model = None
+    `with_model` False: everything but the model (galaxy_morph.checkpoint.read_checkpoint)."""
+    ckpt = read_checkpoint(ckpt_dir)
     if with_model:
-        model = build_model(spec, num_classes=meta["num_classes"])
-        model.load_state_dict(torch.load(weights, map_location=map_location, weights_only=True))
-        model.eval()
-    return Checkpoint(model, spec, eval_transform(spec), list(meta["class_names"]), meta,
-                      read_calibration(ckpt_dir))
+        model = build_model(ckpt.spec, num_classes=ckpt.meta["num_classes"])
+        model.load_state_dict(torch.load(Path(ckpt_dir) / WEIGHTS_FILE, map_location=map_location, weights_only=True))
+        ckpt.model = model.eval()
+    return ckpt
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -289,9 +245,6 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-MAX_MC_PASSES = 64  # MC-dropout passes one request may ask for (each is one head forward)
 
 
 def head_dropout_rate(model: nn.Module) -> float:

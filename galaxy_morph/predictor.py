@@ -23,22 +23,20 @@ import functools
 import os
 from pathlib import Path
 import numpy as np
-import torch
 
 from galaxy_morph.answers import (CATALOGUE_BASE, CATALOGUE_TRAILING, WORKFLOW_NAME,
                                   prediction, served_name, workflow_member_name)
 from galaxy_morph.calibration import calibrate
+from galaxy_morph.checkpoint import read_checkpoint
 from galaxy_morph.ensemble import RULES, check_rule, default_rule, ensemble_answer, ensemble_calibration
 from galaxy_morph.imaging import ImageError, decode_image, to_rgb8
-from galaxy_morph.models import (WEIGHTS_FILE, class_probabilities, classifier_layer, head_dropout_rate,
-                                 load_checkpoint, mc_dropout_probabilities)
 from galaxy_morph.ood import OODDetector, cheap_check, verdict
 from galaxy_morph.run_files import (ENSEMBLE, ONNX_FILE, REPORT_FILE, RUNTIMES, SETTINGS_FILE,  # noqa: F401
-                                    CheckpointError, read_settings, run_members, val_per_class_f1)
+                                    WEIGHTS_FILE, CheckpointError, read_settings, run_members, val_per_class_f1)
 from galaxy_morph.specs import ALL_SPECS, PAIR
 from galaxy_morph.uncertainty import mutual_information
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": None, "bf16": "bfloat16"}  # the forward's autocast dtype, a torch dtype's name
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".fits", ".fit")
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
@@ -63,9 +61,16 @@ def to_image(item):
     return decode_image(bytes(item))
 
 
+def _numpy(x) -> np.ndarray:
+    """A torch tensor (any device) or an array -> a numpy array."""
+    return x.detach().float().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
 class Member:
     """One checkpoint answering as its served archive does: `answers()` for a batch of
-    transformed images, `explain()` for one. `version` may be overridden (the archive's)."""
+    transformed images, `explain()` for one. `version` may be overridden (the archive's).
+    On onnx it answers with numpy and ONNX Runtime and imports torch only for what needs the torch
+    model (Grad-CAM, MC dropout's head): a TorchServe worker that only answers never loads it."""
 
     def __init__(self, ckpt_dir: str | os.PathLike, device=None, tta: bool = False, precision: str = "fp32",
                  cam_layer: str | None = None, runtime: str = "torch", onnx: bytes | None = None,
@@ -74,47 +79,81 @@ class Member:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        # On onnx the torch model is built when first needed (Grad-CAM, MC dropout's head): a worker
-        # that only answers imports neither torchvision nor timm.
-        ckpt = load_checkpoint(ckpt_dir, map_location="cpu", with_model=runtime == "torch")
-        self.ckpt_dir = Path(ckpt_dir)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self._model = None if ckpt.model is None else ckpt.model.to(self.device, memory_format=torch.channels_last)
-        self.runtime = runtime
+        self.ckpt_dir, self.runtime, self.precision = Path(ckpt_dir), runtime, precision
         if runtime == "onnx":
-            if self.device.type != "cpu" or PRECISIONS[precision] is not None:
-                raise ValueError(f"the onnx runtime answers on the CPU in fp32, not on {self.device.type} "
+            kind = str(device or "cpu").split(":")[0]
+            if kind != "cpu" or PRECISIONS[precision] is not None:
+                raise ValueError(f"the onnx runtime answers on the CPU in fp32, not on {kind} "
                                  f"in {precision}: use runtime torch")
             from galaxy_morph.runtimes import OnnxModel, ensure_onnx
 
+            ckpt, self._device, self._model = read_checkpoint(ckpt_dir), "cpu", None
             if onnx is None:  # the checked export beside the weights, made now if missing or stale
                 ensure_onnx(ckpt_dir)
                 onnx = self.ckpt_dir / ONNX_FILE
-            self.forward = OnnxModel(onnx, threads)  # the backbone and head; the torch model stays for
-        else:                                        # Grad-CAM and MC dropout's head
-            self.forward = self.model
+            # the backbone and head; the torch model is built when first needed (Grad-CAM, MC dropout)
+            self.forward = OnnxModel(onnx, threads)
+        else:
+            import torch
+
+            from galaxy_morph.models import load_checkpoint
+
+            ckpt = load_checkpoint(ckpt_dir, map_location="cpu")
+            self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self._model = ckpt.model.to(self._device, memory_format=torch.channels_last)
+            self.forward = self._model
         self.meta, self.spec, self.class_names = ckpt.meta, ckpt.spec, ckpt.class_names
         self.transform = ckpt.transform
         self.name, self.version = served_name(self.spec.name), ckpt.version
         self.tta = bool(tta)
         self.temperature, self.calibrated = ckpt.temperature(self.tta), ckpt.calibrated(self.tta)
         self.calibration = ckpt.calibration_info(self.tta)  # where the temperature was fitted
-        self.autocast_dtype = PRECISIONS[precision]
         self.ood = OODDetector.load(ckpt_dir)  # None: only the cheap checks flag inputs
         self.f1 = val_per_class_f1(ckpt_dir, self.meta)
         self._cam_layer = cam_layer
 
     @property
+    def device(self):
+        """The torch device of the torch model (torch is imported when asked)."""
+        import torch
+
+        if not isinstance(self._device, torch.device):
+            self._device = torch.device(self._device)
+        return self._device
+
+    @property
+    def autocast_dtype(self):
+        name = PRECISIONS[self.precision]
+        if name is None:
+            return None
+        import torch
+
+        return getattr(torch, name)
+
+    @property
     def model(self):
         """The torch model (eval mode, on the device)."""
         if self._model is None:
+            import torch
+
+            from galaxy_morph.models import load_checkpoint
+
             model = load_checkpoint(self.ckpt_dir, map_location="cpu").model
             self._model = model.to(self.device, memory_format=torch.channels_last)
         return self._model
 
     @property
+    def has_mc_dropout(self) -> bool:
+        """Whether the head has dropout before its classifier (MC-dropout passes differ)."""
+        from galaxy_morph.models import head_dropout_rate
+
+        return head_dropout_rate(self.model) > 0
+
+    @property
     def cam_layer(self) -> str:
         if self._cam_layer is None:
+            from galaxy_morph.models import classifier_layer
+
             self._cam_layer = next(n for n, m in self.model.named_modules() if m is classifier_layer(self.model))
         return self._cam_layer
 
@@ -125,17 +164,37 @@ class Member:
 
         return eval_tensor_transform(self.spec)
 
-    def inputs(self, images) -> torch.Tensor:
-        """PIL images -> the normalised batch this model reads."""
-        return torch.stack([self.transform(im) for im in images])
+    def input(self, image):
+        """A PIL image -> the normalised image this model reads: a numpy array on onnx, else a tensor."""
+        return self.transform.array(image) if self.runtime == "onnx" else self.transform(image)
 
-    def probabilities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(calibrated probabilities, penultimate features of the images as given) of a batch."""
-        probs, feats = class_probabilities(self.forward, x.to(self.device), self.tta, self.autocast_dtype,
-                                           with_features=True)
+    def batch(self, inputs):
+        """input()s (or tensors, as the device decoder's transform makes) -> one batch."""
+        if self.runtime == "onnx":
+            return np.stack([_numpy(x) for x in inputs])
+        import torch
+
+        return torch.stack([torch.as_tensor(x) for x in inputs])
+
+    def inputs(self, images):
+        """PIL images -> the normalised batch this model reads."""
+        return self.batch([self.input(im) for im in images])
+
+    def probabilities(self, x):
+        """(calibrated probabilities, penultimate features of the images as given) of a batch (a
+        tensor or an array): numpy arrays on onnx, tensors on torch."""
+        if self.runtime == "onnx":
+            probs, feats = self.forward.class_probabilities(_numpy(x).astype(np.float32, copy=False), self.tta)
+        else:
+            import torch
+
+            from galaxy_morph.models import class_probabilities
+
+            probs, feats = class_probabilities(self.forward, torch.as_tensor(x).to(self.device), self.tta,
+                                               self.autocast_dtype, with_features=True)
         return calibrate(probs, self.temperature), feats
 
-    def answers(self, x: torch.Tensor, reasons=None, embeddings=False, mc_passes=0) -> list[dict]:
+    def answers(self, x, reasons=None, embeddings=False, mc_passes=0) -> list[dict]:
         """One answer per image of a transformed batch. `reasons`: the cheap OOD checks of the
         decoded images; `embeddings` and `mc_passes`: one value for all, or one per image."""
         n = len(x)
@@ -144,34 +203,40 @@ class Member:
         mc_passes = mc_passes if isinstance(mc_passes, (list, tuple)) else [mc_passes] * n
         probs, feats = self.probabilities(x)
         scores = self.ood.score(feats) if self.ood is not None else [None] * n
-        feats_cpu = feats.float().cpu()
+        feats_np = _numpy(feats)
         out = []
-        for k, p in enumerate(probs.cpu().tolist()):
+        for k, p in enumerate(_numpy(probs).tolist()):
             a = prediction(self.name, self.version, p, self.class_names, self.calibrated,
-                           verdict(reasons[k], scores[k], self.ood), feats_cpu[k].tolist() if embeddings[k] else None,
+                           verdict(reasons[k], scores[k], self.ood), feats_np[k].tolist() if embeddings[k] else None,
                            self.calibration)
             if mc_passes[k]:
                 a["mc_dropout"] = self.mc_dropout(feats[k:k + 1], mc_passes[k])
             out.append(a)
         return out
 
-    def mc_dropout(self, features: torch.Tensor, passes: int) -> dict:
+    def mc_dropout(self, features, passes: int) -> dict:
         """{"passes", "bald", "probabilities": passes x classes} for one image's features."""
-        if head_dropout_rate(self.model) <= 0:
+        import torch
+
+        from galaxy_morph.models import mc_dropout_probabilities
+
+        if not self.has_mc_dropout:
             raise ValueError(f"{self.name} was trained without dropout before its classifier: "
                              f"MC-dropout passes would all be equal")
-        samples = mc_dropout_probabilities(self.model, features.to(self.device), passes, self.temperature)[:, 0]
+        features = torch.as_tensor(features).to(self.device)
+        samples = mc_dropout_probabilities(self.model, features, passes, self.temperature)[:, 0]
         samples = samples.cpu().numpy()
         return {"passes": passes, "bald": float(mutual_information(samples)),
                 "probabilities": [[float(f"{v:.6g}") for v in row] for row in samples]}
 
-    def explain(self, x: torch.Tensor, target: int | None = None) -> dict:
+    def explain(self, x, target: int | None = None) -> dict:
         """Grad-CAM (captum LayerGradCam) for one transformed image, normalised to 0..1; "predicted"
         and "probability" come from the answer's own (calibrated, TTA when on) probabilities."""
+        import torch
         from captum.attr import LayerGradCam
 
-        x = x.unsqueeze(0).to(self.device).contiguous(memory_format=torch.channels_last)
-        probs = self.probabilities(x)[0][0].float().cpu()
+        x = torch.as_tensor(x).unsqueeze(0).to(self.device).contiguous(memory_format=torch.channels_last)
+        probs = _numpy(self.probabilities(x)[0])[0]
         predicted = int(probs.argmax())
         t = predicted if target is None else int(target)  # None: explain the predicted class
         layer = self.model.get_submodule(self.cam_layer)
@@ -265,8 +330,7 @@ class Predictor:
         `mc_passes`: MC-dropout passes of each member with dropout before its head (B0's answers then
         carry "mc_dropout"; B2, trained without, answers without); ValueError when none has it."""
         images = list(images)
-        passes = {m: mc_passes if mc_passes and head_dropout_rate(mem.model) > 0 else 0
-                  for m, mem in self.members.items()}
+        passes = {m: mc_passes if mc_passes and mem.has_mc_dropout else 0 for m, mem in self.members.items()}
         if mc_passes and not any(passes.values()):
             raise ValueError(f"{', '.join(self.members)}: trained without dropout before the classifier, "
                              f"MC-dropout passes would all be equal")

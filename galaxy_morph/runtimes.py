@@ -17,33 +17,36 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 from galaxy_morph.files import atomic_write_bytes, atomic_write_json
-from galaxy_morph.models import features_and_logits, load_checkpoint
 from galaxy_morph.run_files import ONNX_FILE, ONNX_RECORD, RUNTIMES, onnx_is_current, weights_sha256  # noqa: F401
 
 OPSET = 18
 MAX_PROB_DIFF = 1e-4
 RANDOM_CHECK_IMAGES = 16  # no check images given: seeded random pixels, 256 x 256
+TTA_BATCH = 256  # class probabilities: up to this many images in one forward (8 views x 32)
 
 
-class _FeaturesAndLogits(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return features_and_logits(self.model, x)
-
-
-def export_onnx(model: nn.Module, crop: int) -> bytes:
+def export_onnx(model, crop: int) -> bytes:
     """The ONNX graph of (features, logits) = model(images), images N x 3 x crop x crop."""
-    wrapper = _FeaturesAndLogits(model.float()).eval()  # the wrapper's own mode counts in the export
+    import torch
+    from torch import nn
+
+    from galaxy_morph.models import features_and_logits
+
+    class FeaturesAndLogits(nn.Module):
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return features_and_logits(self.model, x)
+
+    wrapper = FeaturesAndLogits(model.float()).eval()  # the wrapper's own mode counts in the export
     buf = io.BytesIO()
     torch.onnx.export(wrapper, (torch.zeros(2, 3, crop, crop),), buf, opset_version=OPSET, dynamo=False,
                       input_names=["images"], output_names=["features", "logits"],
@@ -51,14 +54,36 @@ def export_onnx(model: nn.Module, crop: int) -> bytes:
     return buf.getvalue()
 
 
+def default_threads() -> int:
+    """torch's default intra-op threads, without importing torch: OMP_NUM_THREADS, else the cores
+    this process may run on."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def dihedral(x: np.ndarray):
+    """The 8 flips/quarter turns of an NCHW batch, in galaxy_morph.models.dihedral's order."""
+    for flipped in (x, x[..., ::-1]):
+        for k in range(4):
+            yield np.rot90(flipped, k, (2, 3))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 class OnnxModel:
-    """An exported member on ONNX Runtime's CPU provider; `threads` per forward (default: torch's)."""
+    """An exported member on ONNX Runtime's CPU provider; `threads` per forward (default: torch's).
+    Numpy in, numpy out: a worker that answers with it never imports torch."""
 
     def __init__(self, onnx, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        options.intra_op_num_threads = int(threads or default_threads())
         options.inter_op_num_threads = 1
         # No spinning between batches: a server runs several workers on few cores, and a spinning
         # thread pool takes CPU that the others' forwards need (OMP_WAIT_POLICY=PASSIVE for torch).
@@ -67,9 +92,32 @@ class OnnxModel:
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.threads = options.intra_op_num_threads
 
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats, logits = self.session.run(None, {"images": np.ascontiguousarray(x.float().cpu().numpy())})
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(penultimate features, logits) of a normalised float32 NCHW batch."""
+        feats, logits = self.session.run(None, {"images": np.ascontiguousarray(x, np.float32)})
+        return feats, logits
+
+    def features_and_logits(self, x):
+        """run() on a torch batch, torch tensors back (galaxy_morph.models.features_and_logits)."""
+        import torch
+
+        feats, logits = self.run(x.float().cpu().numpy())
         return torch.from_numpy(feats), torch.from_numpy(logits)
+
+    def class_probabilities(self, x: np.ndarray, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(softmax, N x classes; the features of the images as given), as
+        galaxy_morph.models.class_probabilities(with_features=True) computes them with torch:
+        `tta` the mean over the 8 dihedral views."""
+        n = len(x)
+        views = list(dihedral(x)) if tta else [x]
+        chunks = [np.concatenate(views)] if len(views) * n <= TTA_BATCH else views
+        probs, feats = [], None
+        for c in chunks:
+            f, logits = self.run(c)
+            probs.append(softmax(logits.astype(np.float32)))
+            feats = f[:n] if feats is None else feats  # the first view is the image itself
+        probs = np.concatenate(probs)
+        return probs.reshape(len(views), n, -1).mean(0), feats
 
 
 def check_images(samples=None) -> tuple[list, str]:
@@ -108,6 +156,10 @@ def ensure_onnx(ckpt_dir, samples=None, force: bool = False) -> dict:
     ckpt_dir = Path(ckpt_dir)
     if onnx_is_current(ckpt_dir) and not force:
         return json.loads((ckpt_dir / ONNX_RECORD).read_text())
+    import torch
+
+    from galaxy_morph.models import load_checkpoint
+
     ckpt = load_checkpoint(ckpt_dir)
     onnx = export_onnx(ckpt.model, ckpt.spec.crop)
     images, checked_on = check_images(samples)

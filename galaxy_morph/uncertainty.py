@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+MAX_MC_PASSES = 64  # MC-dropout passes one request may ask for (each is one head forward)
 EPS = 1e-12  # probabilities are clipped to this inside logs: 0 * log(0) counts as 0
 
 

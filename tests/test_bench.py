@@ -214,7 +214,9 @@ def test_gpu_bench_raw_rates_follow_the_archive_settings(tmp_path, capsys):
                     data={"path": "random-init", "sha256": None, "n": 0})
     payloads = common.sample_payloads()[:16]
     r = gpu_serving.raw_rates(tmp_path, "b0", "cpu", payloads, seconds=0.2)
-    assert r["precision"] == "fp32" and r["decode"] == "pil" and r["batch"] == 8
+    from torchserve_ops.archive import DEVICE_CONFIG
+
+    assert r["precision"] == "fp32" and r["decode"] == "pil" and r["batch"] == DEVICE_CONFIG["cpu"]["batchSize"]
     assert r["raw_img_s"] > 0 and r["raw_bytes_img_s"] > 0
     if not torch.cuda.is_available():
         assert gpu_serving.main(["--device", "cuda", "--out", str(tmp_path)]) == 2

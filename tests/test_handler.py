@@ -576,15 +576,19 @@ def test_archive_settings_per_device():
 
     cpu = archive.model_config_for("b0", "b0", "cpu")
     cuda = archive.model_config_for("b2", "b2", "cuda", tta=True, overrides={"batchSize": 4})
-    assert "deviceType" not in cpu and cpu["batchSize"] == archive.MODEL_CONFIG["batchSize"]
+    assert "deviceType" not in cpu and (cpu["minWorkers"], cpu["maxWorkers"], cpu["batchSize"]) == (2, 2, 4)
     assert cpu["handler"] == {"spec": "b0", "precision": "fp32", "decode": "pil", "runtime": "onnx", "tta": False,
                               "cam_layer": "features.5"}
     assert cuda["deviceType"] == "gpu" and cuda["batchSize"] == 4  # overrides win
     assert cuda["handler"] == {"spec": "b2", "precision": "bf16", "decode": "device", "runtime": "torch", "tta": True}
     with pytest.raises(ValueError, match="unknown serving device 'tpu'"):
         archive.model_config_for("b0", "b0", "tpu")
-    assert archive.workflow_config_for("cpu") == {"batch-size": 8, "max-batch-delay": 10}
-    assert archive.workflow_config_for("cuda", {"batch-size": 4}) == {"batch-size": 4, "max-batch-delay": 5}
+    assert cuda["minWorkers"] == cuda["maxWorkers"] == 1
+    # the workflow's own copies of the models run as the device's archives do
+    assert archive.workflow_config_for("cpu") == {"min-workers": 2, "max-workers": 2, "batch-size": 4,
+                                                  "max-batch-delay": 10}
+    assert archive.workflow_config_for("cuda", {"batch-size": 4}) == {"min-workers": 1, "max-workers": 1,
+                                                                      "batch-size": 4, "max-batch-delay": 5}
 
 def test_store_stamp_follows_every_input(tmp_path, monkeypatch):
     """The store's stamp changes with a checkpoint file, the run's ensemble settings, the options and

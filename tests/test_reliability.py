@@ -201,20 +201,29 @@ def test_workflow_burst_refused_promptly_without_leaking_threads(torchserve):
     assert threads_after <= threads_before + 10, (threads_before, threads_after)
 
 
-def test_the_workflow_function_nodes_never_load_torch(torchserve):
-    """torchserve_ops.worker: TorchServe's worker imports torch for its message codec; here the
-    workflow's function nodes (pre, ensemble) never load it, the model workers do."""
-    def loaded_torch(model: str) -> bool:
-        pid, status = worker_pid(torchserve, model)
-        assert pid and status == "READY", (model, pid, status)
-        return any("libtorch" in m.path for m in psutil.Process(pid).memory_maps())
+def test_workers_answering_on_onnx_never_load_torch(torchserve):
+    """torchserve_ops.worker and the torch-free ONNX answer path: the workflow's workers (its copies
+    of the models, which only ever answer predictions, and its function nodes) map no libtorch; an
+    explanation (Grad-CAM needs the torch model) loads it in the worker that made it. (Other test
+    modules may have asked the shared server's galaxy-b0 for explanations already.)"""
+    def with_torch(model: str) -> list[bool]:
+        r = requests.get(f"{torchserve.management_url}/models/{model}", headers=torchserve.auth("management"),
+                         timeout=10)
+        workers = r.json()[0]["workers"]
+        assert workers and all(w["status"] == "READY" for w in workers), (model, workers)
+        return [any("libtorch" in m.path for m in psutil.Process(int(w["pid"])).memory_maps()) for w in workers]
 
-    body = samples(1)[0]
-    r = requests.post(f"{torchserve.inference_url}/wfpredict/galaxy-ensemble", data=body,
-                      headers=torchserve.auth("inference"), timeout=120)
-    assert r.status_code == 200 and "label" in r.json(), r.text[:300]
-    assert not loaded_torch("galaxy-ensemble__pre") and not loaded_torch("galaxy-ensemble__ensemble")
-    assert loaded_torch("galaxy-ensemble__b0") and loaded_torch("galaxy-b2")
+    headers = {**torchserve.auth("inference"), "Content-Type": "application/octet-stream"}
+    for path in ("wfpredict/galaxy-ensemble", "predictions/galaxy-b0", "predictions/galaxy-b2"):
+        for body in samples(4):
+            r = requests.post(f"{torchserve.inference_url}/{path}", data=body, headers=headers, timeout=120)
+            assert r.status_code == 200 and "label" in r.json(), r.text[:300]
+    nodes = ("galaxy-ensemble__pre", "galaxy-ensemble__b0", "galaxy-ensemble__b2", "galaxy-ensemble__ensemble")
+    assert not any(any(with_torch(m)) for m in nodes), {m: with_torch(m) for m in nodes}
+    r = requests.post(f"{torchserve.inference_url}/explanations/galaxy-b0", data=samples(1)[0], headers=headers,
+                      timeout=120)
+    assert r.status_code == 200 and "heatmap" in r.json(), r.text[:300]
+    assert any(with_torch("galaxy-b0"))
 
 
 def test_worker_killed_during_bulk_classification(victim, tmp_path):

@@ -48,19 +48,23 @@ from survey.samples import SAMPLES_DIR
 HANDLERS = Path(handlers.__file__).resolve().parent  # what runs inside a worker
 SHIPPED = (galaxy_morph, handlers)  # the packages every archive carries
 
-# Serving defaults per model (model-config.yaml). Batches of up to 8 images wait at most 10 ms:
-# on CPU a batch of 8 costs far less than 8 single calls, and at 50 ms a lone request (the
-# dashboard) waited twice as long for no gain in throughput at concurrency 8 (make bench).
+# Serving defaults per model (model-config.yaml); a batch waits at most 10 ms for more requests (at
+# 50 ms a lone request, the dashboard's, waited twice as long for no gain in throughput).
 MODEL_CONFIG = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10,
                 "responseTimeout": 120, "startupTimeout": 120}
-# Per serving device, over MODEL_CONFIG. On a GPU the forward costs little next to decoding and the
-# Python around it: larger batches, bf16 autocast, and JPEGs decoded by nvJPEG on the GPU
-# (torchvision.io.decode_jpeg(device="cuda")); the handler reads the `handler:` part.
+# Per serving device, over MODEL_CONFIG; the handler reads the `handler:` part.
 # On a CPU the forward runs on ONNX Runtime: the same answers (checked per archive, below), about
-# twice PyTorch eager's images/s (make bench). ONNX Runtime's CUDA provider is not installed: a GPU
-# archive runs torch.
+# twice PyTorch eager's images/s, and the worker never imports torch. Two workers per model, each
+# with a batch of up to 4 and cores / workers forward threads (the handler's default): while one
+# decodes its batch in Python, the other's forward has the cores. One worker with batches of 8 and
+# all the cores left a core idle during every decode (make bench's --tune table: b0 at c=8
+# 0.64x -> about 0.75x of raw from bytes).
+# On a GPU the forward costs little next to decoding and the Python around it: one worker, larger
+# batches, bf16 autocast and JPEGs decoded by nvJPEG on the GPU (torchvision.io.decode_jpeg(
+# device="cuda")). ONNX Runtime's CUDA provider is not installed: a GPU archive runs torch.
 DEVICE_CONFIG = {
-    "cpu": {"handler": {"precision": "fp32", "decode": "pil", "runtime": "onnx"}},
+    "cpu": {"minWorkers": 2, "maxWorkers": 2, "batchSize": 4,
+            "handler": {"precision": "fp32", "decode": "pil", "runtime": "onnx"}},
     "cuda": {"deviceType": "gpu", "batchSize": 32, "maxBatchDelay": 5,
              "handler": {"precision": "bf16", "decode": "device", "runtime": "torch"}},
 }
@@ -70,6 +74,8 @@ CAM_LAYERS = {"b0": "features.5"}
 # (the frontend's executor: torchserve_ops/frontend/DagExecutor.java).
 WORKFLOW_MODELS = {"min-workers": 1, "max-workers": 1, "batch-size": 8, "max-batch-delay": 10,
                    "retry-attempts": 3, "timeout-ms": 5000}
+WORKFLOW_KEYS = {"minWorkers": "min-workers", "maxWorkers": "max-workers", "batchSize": "batch-size",
+                 "maxBatchDelay": "max-batch-delay"}  # model-config.yaml's names -> the workflow spec's
 WORKFLOW_MODEL_NODE = {"timeout-ms": 30000}  # b0/b2 nodes: inference may take seconds under load
 
 
@@ -282,12 +288,10 @@ BUILT_FROM = ".built_from"
 
 
 def workflow_config_for(device: str = "cpu", overrides: dict | None = None) -> dict:
-    """The workflow's per-model settings over WORKFLOW_MODELS: its own copies of the models batch
-    as the device's archives do; then `overrides`."""
-    dev = DEVICE_CONFIG[device]
-    return {"batch-size": dev.get("batchSize", WORKFLOW_MODELS["batch-size"]),
-            "max-batch-delay": dev.get("maxBatchDelay", WORKFLOW_MODELS["max-batch-delay"]),
-            **(overrides or {})}
+    """The workflow's per-model settings over WORKFLOW_MODELS: its own copies of the models run
+    with the workers and batches of the device's archives; then `overrides`."""
+    dev = {**MODEL_CONFIG, **DEVICE_CONFIG[device]}
+    return {**{wf: dev[k] for k, wf in WORKFLOW_KEYS.items()}, **(overrides or {})}
 
 
 def built_from(run, models, device: str = "cpu", tta: bool = False, runtime: str | None = None) -> str:
