@@ -114,8 +114,7 @@ def worker_pid(server, model="galaxy-b0") -> tuple[int | None, str | None]:
 
 
 def log_lines(server, text: bytes, since: int = 0) -> tuple[int, int]:
-    """Distinct lines of ts_log.log from byte `since` that contain `text`, and the log's size now
-    (TorchServe's log4j2.xml writes each line to ts_log twice)."""
+    """Distinct lines of ts_log.log from byte `since` that contain `text`, and the log's size now."""
     data = (server.log_dir / "ts_log.log").read_bytes()[since:]
     return len({line for line in data.splitlines() if text in line}), since + len(data)
 

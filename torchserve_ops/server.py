@@ -42,6 +42,7 @@ from torchserve_ops.client import (DEFAULT_HOST, KEY_FILE_NAME, PORT_ENV, TorchS
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "config.properties"
+LOG_CONFIG = Path(__file__).resolve().parent / "log4j2.xml"  # the frontend's logging: INFO, each line once
 HOST = DEFAULT_HOST
 # The default pair's archives; a workflow names its own members (PAIR without an ensemble.json list).
 ARCHIVES = tuple(f"{served_name(m)}.mar" for m in PAIR)
@@ -204,7 +205,8 @@ def java_command(config: Path, model_store: Path, tmp_dir: Path, log_dir: Path) 
         if line.startswith("vmargs="):
             vmargs = line.split("=", 1)[1].split()
     return [java, f"-Dmodel_server_home={ts_home}", f"-Djava.io.tmpdir={tmp_dir}",
-            f"-Dlog_location={log_dir}", f"-Dmetrics_location={log_dir}", *vmargs,
+            f"-Dlog_location={log_dir}", f"-Dmetrics_location={log_dir}",
+            f"-Dlog4j.configurationFile={LOG_CONFIG}", *vmargs,
             "-cp", frontend.class_path(), "org.pytorch.serve.ModelServer",
             "--python", str(worker_python(tmp_dir)), "-f", str(config), "-s", str(model_store.resolve()),
             "-w", str(model_store.resolve()), "-ncs"]

@@ -150,7 +150,7 @@ public class DagExecutor {
 
     private NodeOutput invokeModel(String nodeName, WorkflowModel model, RequestInput input, int attempt)
             throws ModelNotFoundException, ModelVersionNotFoundException {
-        logger.info(String.format("Invoking -  %s for attempt %d", nodeName, attempt));
+        logger.debug(String.format("Invoking -  %s for attempt %d", nodeName, attempt));
         CompletableFuture<byte[]> answer = new CompletableFuture<>();
         RestJob job = new RestJob(null, model.getName(), null, WorkerCommands.PREDICT, input);
         job.setResponsePromise(answer); // before the job is queued: a quick answer is not lost
