@@ -310,6 +310,16 @@ def write_md(path, results, summary, goals, ray, info, memory, flask_rss, settin
                  "and sends the bytes base64 in JSON to every model node, each of which decodes them (as "
                  "many decodes as members); `ensemble` parses the members' answers; the Java frontend routes "
                  "every request through 4 nodes (4 worker round trips instead of 1).\n")
+        e, b0 = summary.get("ensemble") or {}, summary.get("b0") or {}
+        java_e, java_b0 = e.get("served_java_cpu_ms_per_img_c8"), b0.get("served_java_cpu_ms_per_img_c8")
+        peer = e.get("best_peer")
+        peer_cpu = (((e.get("peers_detail") or {}).get(peer) or {}).get("c8") or {}).get("cpu_s_per_img")
+        if java_e and java_b0 and peer_cpu:
+            L.append(f"In CPU ms per image at c=8: the frontend spends {java_b0} on b0 (one worker round trip) "
+                     f"and {java_e} on the workflow (four), about {(java_e - java_b0) / 3:.2f} per extra node "
+                     f"call; the served ensemble costs {e['served_cpu_ms_per_img_c8']} in all, "
+                     f"{SERVER_NAMES.get(peer, peer)} {1000 * peer_cpu:.2f}, which decodes each image once and "
+                     f"runs both models in one process without a frontend between them.\n")
 
     if ray:
         L.append("## make predict on Ray against raw from bytes\n")
