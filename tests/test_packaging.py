@@ -30,7 +30,7 @@ ROLES = {"galaxy_morph": [], "galaxy_morph_cli": [], "handlers": ["serving"], "t
          "tests": ["dev"], "bench": ["dev"]}
 # imports no ast walk sees: simulation/outliers.py reads scikit-image's sample images by path
 BY_PATH = {"simulation": {"skimage"}}
-DEV_TOOLS = {"pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "playwright", "flask", "waitress",
+DEV_TOOLS = {"pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "aiohttp", "playwright", "flask", "waitress",
              "kubernetes-validate", "fastapi", "uvicorn", "starlette"}
 
 
