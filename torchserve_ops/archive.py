@@ -57,8 +57,8 @@ MODEL_CONFIG = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay
 # twice PyTorch eager's images/s, and the worker never imports torch. Two workers per model, each
 # with a batch of up to 4 and cores / workers forward threads (the handler's default): while one
 # decodes its batch in Python, the other's forward has the cores. One worker with batches of 8 and
-# all the cores left a core idle during every decode (make bench's --tune table: b0 at c=8
-# 0.64x -> about 0.75x of raw from bytes).
+# all the cores left a core idle during every decode (make bench --tune, b0 at c=8: 161 -> 210 img/s,
+# 0.57x -> 0.74x of raw from bytes; b2 0.89x -> 0.99x, the ensemble 0.74x -> 0.92x).
 # On a GPU the forward costs little next to decoding and the Python around it: one worker, larger
 # batches, bf16 autocast and JPEGs decoded by nvJPEG on the GPU (torchvision.io.decode_jpeg(
 # device="cuda")). ONNX Runtime's CUDA provider is not installed: a GPU archive runs torch.
