@@ -586,7 +586,7 @@ def test_archive_settings_per_device():
     assert cuda["minWorkers"] == cuda["maxWorkers"] == 1
     # the workflow's own copies of the models run as the device's archives do
     assert archive.workflow_config_for("cpu") == {"min-workers": 2, "max-workers": 2, "batch-size": 4,
-                                                  "max-batch-delay": 10}
+                                                  "max-batch-delay": 3}
     assert archive.workflow_config_for("cuda", {"batch-size": 4}) == {"min-workers": 1, "max-workers": 1,
                                                                       "batch-size": 4, "max-batch-delay": 5}
 

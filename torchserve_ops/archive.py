@@ -48,9 +48,11 @@ from survey.samples import SAMPLES_DIR
 HANDLERS = Path(handlers.__file__).resolve().parent  # what runs inside a worker
 SHIPPED = (galaxy_morph, handlers)  # the packages every archive carries
 
-# Serving defaults per model (model-config.yaml); a batch waits at most 10 ms for more requests (at
-# 50 ms a lone request, the dashboard's, waited twice as long for no gain in throughput).
-MODEL_CONFIG = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 10,
+# Serving defaults per model (model-config.yaml); a batch waits at most 3 ms for more requests: a
+# lone request (the dashboard's) waits that long for nothing. With two workers at c=8 batches fill
+# without waiting; 10 ms cost b0 at c=1 8-10 ms of latency (p50 21-26 -> 15-16 ms) for no measurable
+# gain at c=8 or 64 (A/B runs of `python -m bench.serving`'s load, side by side).
+MODEL_CONFIG = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 3,
                 "responseTimeout": 120, "startupTimeout": 120}
 # Per serving device, over MODEL_CONFIG; the handler reads the `handler:` part.
 # On a CPU the forward runs on ONNX Runtime: the same answers (checked per archive, below), about
