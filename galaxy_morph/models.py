@@ -223,14 +223,13 @@ def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, spec: ModelSpe
     return out
 
 
-def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu", with_model: bool = True) -> Checkpoint:
-    """Rebuild the model a checkpoint folder describes and load its weights (eval mode);
-    `with_model` False: everything but the model (galaxy_morph.checkpoint.read_checkpoint)."""
+def load_checkpoint(ckpt_dir: str | os.PathLike, map_location="cpu") -> Checkpoint:
+    """Rebuild the model a checkpoint folder describes and load its weights (eval mode); everything
+    but the model, without torch: galaxy_morph.checkpoint.read_checkpoint."""
     ckpt = read_checkpoint(ckpt_dir)
-    if with_model:
-        model = build_model(ckpt.spec, num_classes=ckpt.meta["num_classes"])
-        model.load_state_dict(torch.load(Path(ckpt_dir) / WEIGHTS_FILE, map_location=map_location, weights_only=True))
-        ckpt.model = model.eval()
+    model = build_model(ckpt.spec, num_classes=ckpt.meta["num_classes"])
+    model.load_state_dict(torch.load(Path(ckpt_dir) / WEIGHTS_FILE, map_location=map_location, weights_only=True))
+    ckpt.model = model.eval()
     return ckpt
 
 

@@ -29,14 +29,14 @@ SMOOTH = 5
 
 
 def cheap_check(image) -> str | None:
-    """A reason to flag the image without any model, or None. `image`: HxWxC or HxW integer pixels
-    (uint8 array or PIL image) or a CxHxW uint8 tensor (the GPU decoder's)."""
+    """A reason to flag the image without any model, or None. `image`: HxWxC or HxW uint8 pixels
+    (array or PIL image) or a CxHxW uint8 tensor (the GPU decoder's)."""
     if hasattr(image, "detach"):  # a torch tensor, on any device
         t = image.detach().cpu()
         image = t.permute(1, 2, 0).numpy() if t.dim() == 3 else t.numpy()
     a = np.asarray(image)
-    if a.dtype.kind not in "ui":
-        raise TypeError(f"cheap_check wants integer pixels, got {a.dtype}")
+    if a.dtype != np.uint8:  # the int32 sums below are sized for 8-bit pixels
+        raise TypeError(f"cheap_check wants uint8 pixels, got {a.dtype}")
     # The grey image is the channels' mean, kept as the integer channel sum k = channels * grey, and
     # the 5x5 mean as the integer box sum times lcm / (pixels in the window): every statistic below
     # is exact, and the medians come from a histogram instead of a sort (4x faster than float32).
